@@ -1,0 +1,138 @@
+"""The ``lightning-tt`` command.
+
+    lightning-tt demo [--workdir runs/demo]           synthesise, prepare and summarise the embedded default
+    lightning-tt data synth --out DIR [...]           write a synthetic dataset in the Yambda layout
+    lightning-tt data download --size 50m --out DIR   fetch a Yambda size from the Hugging Face hub
+    lightning-tt data prepare --raw DIR --out DIR     raw parquet -> prepared arrays + meta.json
+    lightning-tt data describe --data DIR             print the splits and a sample batch
+
+Errors in the input (a missing file, a bad column, an empty split...) print one line naming the file
+and column and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lightning_tt.data.prepare import SplitConfig
+from lightning_tt.data.prepared import PreparedDataError
+from lightning_tt.data.schema import RawDataError
+
+#: The embedded default: a synthetic dataset small enough for 2 CPU cores.
+DEMO_SYNTH = {"rows": 300_000, "users": 2_000, "items": 20_000, "days": 30.0, "seed": 0}
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    d = SplitConfig()
+    p.add_argument("--test-days", type=float, default=d.test_days, help="length of the test window in days (fractions allowed)")
+    p.add_argument("--val-days", type=float, default=d.val_days, help="length of the validation window in days; 0 for none")
+    p.add_argument("--gap-seconds", type=int, default=d.gap_seconds, help="gap before the test and the validation windows")
+    p.add_argument("--history", type=int, default=d.history, help="default history window length N")
+    p.add_argument("--min-played-pct", type=int, default=d.min_played_pct, help="a listen is a positive when played_ratio_pct >= this")
+
+
+def _split_config(args: argparse.Namespace) -> SplitConfig:
+    return SplitConfig(test_days=args.test_days, val_days=args.val_days, gap_seconds=args.gap_seconds,
+                       history=args.history, min_played_pct=args.min_played_pct)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightning-tt", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="synthesise, prepare and summarise the embedded default dataset")
+    demo.add_argument("--workdir", default="runs/demo", help="where the raw and prepared data go (default runs/demo)")
+
+    data = commands.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write a synthetic dataset in the Yambda layout")
+    synth.add_argument("--out", required=True, help="output directory")
+    synth.add_argument("--rows", type=int, default=200_000, help="number of event rows")
+    synth.add_argument("--users", type=int, default=1_000)
+    synth.add_argument("--items", type=int, default=20_000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--days", type=float, default=301.0, help="time span in days (Yambda: 301)")
+    synth.add_argument("--size", default=None, help="size label of flat/<size>/ (default: from --rows, e.g. 200k)")
+    synth.add_argument("--row-group-size", type=int, default=1_000_000)
+
+    down = data.add_parser("download", help="fetch one Yambda size from the Hugging Face hub")
+    down.add_argument("--size", required=True, choices=["50m", "500m", "5b"])
+    down.add_argument("--out", required=True, help="output directory (the Yambda layout)")
+    down.add_argument("--revision", default=None, help="dataset revision (branch, tag or commit)")
+
+    prep = data.add_parser("prepare", help="raw parquet -> prepared arrays + meta.json")
+    prep.add_argument("--raw", required=True, help="directory in the Yambda layout")
+    prep.add_argument("--size", default=None, help="which flat/<size>/ to use (default: the only one)")
+    prep.add_argument("--out", required=True, help="output directory (written atomically)")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    prep.add_argument("--audio-dim", type=int, default=128, help="expected audio embedding dimension (Yambda: 128)")
+    _add_split_options(prep)
+
+    desc = data.add_parser("describe", help="print the splits and a sample batch of a prepared dataset")
+    desc.add_argument("--data", required=True, help="a prepared directory")
+    desc.add_argument("--batch-size", type=int, default=4)
+    return parser
+
+
+def _demo(workdir: Path) -> None:
+    from lightning_tt.data.prepare import prepare
+    from lightning_tt.data.schema import find_size
+    from lightning_tt.data.summary import summarize
+    from lightning_tt.data.synth import synthesize
+
+    raw, prepared = workdir / "raw", workdir / "prepared"
+    try:
+        find_size(raw, None)
+        print(f"[demo] using the synthetic dataset in {raw}")
+    except RawDataError:
+        print(f"[demo] synthesising {DEMO_SYNTH['rows']:,} events into {raw}")
+        synthesize(raw, **DEMO_SYNTH)
+    if (prepared / "meta.json").is_file():
+        print(f"[demo] using the prepared arrays in {prepared}")
+    else:
+        print(f"[demo] preparing {raw} -> {prepared}")
+        prepare(raw, prepared, config=SplitConfig())
+    print(summarize(str(prepared)))
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "demo":
+        _demo(Path(args.workdir))
+        return
+    if args.data_command == "synth":
+        from lightning_tt.data.synth import synthesize
+
+        path = synthesize(args.out, rows=args.rows, users=args.users, items=args.items, seed=args.seed,
+                          size=args.size, days=args.days, row_group_size=args.row_group_size)
+        print(f"wrote {path}")
+    elif args.data_command == "download":
+        from lightning_tt.data.download import download
+
+        print(f"downloaded Yambda {args.size} into {download(args.size, args.out, revision=args.revision)}")
+    elif args.data_command == "prepare":
+        from lightning_tt.data.prepare import prepare
+
+        meta = prepare(args.raw, args.out, size=args.size, config=_split_config(args),
+                       audio_dim=args.audio_dim, overwrite=args.overwrite)
+        c = meta["counts"]
+        print(f"prepared {args.out}: {c['train_examples']:,} train examples, {c['val_examples']:,} val cases, "
+              f"{c['test_examples']:,} test cases in {meta['seconds']:.1f} s")
+    elif args.data_command == "describe":
+        from lightning_tt.data.summary import summarize
+
+        print(summarize(args.data, batch_size=args.batch_size))
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``lightning-tt``; ``args`` defaults to ``sys.argv[1:]``."""
+    parsed = _parser().parse_args(sys.argv[1:] if args is None else args)
+    try:
+        _run(parsed)
+    except (RawDataError, PreparedDataError, FileExistsError, ValueError, RuntimeError) as err:
+        print(f"lightning-tt: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+
+
+if __name__ == "__main__":
+    main()

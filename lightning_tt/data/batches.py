@@ -1,0 +1,223 @@
+"""Batch assembly: example indices -> dicts of tensors, by index arithmetic on the event stream.
+
+A query at stream position ``p`` of user ``u`` sees only the stream before ``p``: its history window
+is ``stream[max(off[u], p - N) : p]`` and its seed track is ``stream[p - 1]`` (the user's previous
+listen), so no feature can contain the target (at ``p``) or anything later. Everything is vectorised
+over the batch: one fancy-index gather per array, no Python loop per example.
+
+Keys of a next-track batch (``B`` examples, ``N`` history length, ``D`` audio dim; item, artist and
+album indices use 0 for padding and 1 for unknown)::
+
+    user                                   [B]     int64
+    history_item, history_artist,
+    history_album                          [B, N]  int64   right-aligned: the most recent is last
+    history_mask                           [B, N]  bool    True on real entries
+    history_length                         [B]     int64   number of real entries (<= N)
+    history_track_length_mean              [B]     float32 seconds, 0 when the history is empty
+    seed_item, seed_artist, seed_album     [B]     int64   0 when the user has no previous listen
+    seed_audio                             [B, D]  float32 zeros when the item has no embedding
+    seed_has_audio                         [B]     bool
+    seed_track_length                      [B]     float32 seconds
+    example_age                            [B]     float32 seconds: train_max_timestamp - timestamp
+                                                           in training, 0 for evaluation cases
+    target_item, target_artist,
+    target_album, target_audio,
+    target_has_audio, target_track_length          as for the seed
+    weight                                 [B]     float32 play-ratio weight, see play_weight
+
+The history's mean audio embedding is left to the model (a masked mean over ``history_item`` rows of
+the item audio table it holds): gathering B x N x D floats here would dominate batch time.
+
+A paper-protocol batch has the query keys (``user``, ``history_*``, ``seed_*``, ``example_age``) and
+``target_items`` [B, T] int64 (the user's Listen+ items in the window, with repeats, 0-padded to the
+longest list T) and ``target_count`` [B] int64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lightning_tt.data.prepared import PreparedData
+
+
+def play_weight(played_ratio_pct: np.ndarray) -> np.ndarray:
+    """Example weight ``w = min(played_ratio_pct, 100) / 100``: a 90% listen weighs 0.9, a 50% one
+    0.5; rewinds (> 100%) count as complete listens."""
+    return np.minimum(np.asarray(played_ratio_pct, dtype=np.float32), 100.0) / 100.0
+
+
+class FeatureGatherer:
+    """Gathers query and item features from one prepared dataset (small item tables held in memory)."""
+
+    def __init__(self, data: PreparedData, history: int):
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.data = data
+        self.history = history
+        self.stream_item = data["stream_item"]
+        self.stream_ts = data["stream_ts"]
+        self.stream_ratio = data["stream_ratio"]
+        self.user_offsets = np.asarray(data["user_offsets"])
+        self.item_artist = np.asarray(data["item_artist"]).astype(np.int64)
+        self.item_album = np.asarray(data["item_album"]).astype(np.int64)
+        self.item_length = np.asarray(data["item_length"])
+        self.item_has_audio = np.asarray(data["item_has_audio"])
+        self.item_audio = data["item_audio"]  # float16 memmap [num_items, D]
+        self._window = np.arange(-history, 0, dtype=np.int64)
+
+    def items(self, items: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
+        """Features of item indices ``items`` [B] under keys ``{prefix}_item`` etc."""
+        return {
+            f"{prefix}_item": items,
+            f"{prefix}_artist": self.item_artist[items],
+            f"{prefix}_album": self.item_album[items],
+            f"{prefix}_audio": self.item_audio[items].astype(np.float32),
+            f"{prefix}_has_audio": self.item_has_audio[items],
+            f"{prefix}_track_length": self.item_length[items],
+        }
+
+    def query(self, pos: np.ndarray, user: np.ndarray) -> dict[str, np.ndarray]:
+        """Query features for targets at stream positions ``pos`` [B] of users ``user`` [B]."""
+        start = self.user_offsets[user]
+        window = pos[:, None] + self._window  # [B, N]
+        mask = window >= start[:, None]
+        history = np.where(mask, self.stream_item[np.maximum(window, 0)], 0).astype(np.int64)
+        count = mask.sum(axis=1)
+        lengths = self.item_length[history] * mask
+        out = {
+            "user": user.astype(np.int64),
+            "history_item": history,
+            "history_artist": np.where(mask, self.item_artist[history], 0),
+            "history_album": np.where(mask, self.item_album[history], 0),
+            "history_mask": mask,
+            "history_length": count,
+            "history_track_length_mean": lengths.sum(axis=1) / np.maximum(count, 1),
+        }
+        out.update(self.items(history[:, -1], "seed"))
+        return out
+
+
+def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """numpy -> torch: integer arrays become int64, floats float32, booleans stay bool."""
+    out = {}
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        if value.dtype == bool:
+            out[key] = torch.from_numpy(value)
+        elif np.issubdtype(value.dtype, np.integer):
+            out[key] = torch.from_numpy(value.astype(np.int64, copy=False))
+        else:
+            out[key] = torch.from_numpy(value.astype(np.float32, copy=False))
+    return out
+
+
+class NextTrackDataset(torch.utils.data.Dataset):
+    """Next-track examples of one split, indexed by *arrays* of example indices (one batch per item).
+
+    ``split="train"`` gives training examples (``example_age`` = train_max_timestamp - timestamp);
+    ``"val"``/``"test"`` give evaluation cases (age 0). Use with :class:`BatchIndexSampler` and
+    ``DataLoader(batch_size=None)``.
+    """
+
+    def __init__(self, data: PreparedData, split: str, history: int):
+        self.gather = FeatureGatherer(data, history)
+        self.split = split
+        self.pos = data[f"{split}_pos"]
+        self.user = data[f"{split}_user"]
+        self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def arrays(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch for example indices ``index`` [B] as numpy arrays."""
+        index = np.asarray(index, dtype=np.int64)
+        pos, user = np.asarray(self.pos[index]), np.asarray(self.user[index])
+        g = self.gather
+        out = g.query(pos, user)
+        if self.age_reference is None:
+            out["example_age"] = np.zeros(len(pos), np.float32)
+        else:
+            out["example_age"] = (self.age_reference - g.stream_ts[pos].astype(np.int64)).astype(np.float32)
+        out.update(g.items(g.stream_item[pos].astype(np.int64), "target"))
+        out["weight"] = play_weight(g.stream_ratio[pos])
+        return out
+
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        return to_tensors(self.arrays(index))
+
+
+class PaperListDataset(torch.utils.data.Dataset):
+    """Paper-protocol lists of an evaluation split: one query per user, from the state at the window
+    start, with that user's Listen+ targets in the window (repeats kept)."""
+
+    def __init__(self, data: PreparedData, split: str, history: int):
+        self.gather = FeatureGatherer(data, history)
+        self.user = data[f"paper_{split}_user"]
+        self.pos = data[f"paper_{split}_pos"]
+        self.offsets = np.asarray(data[f"paper_{split}_offsets"])
+        self.target_pos = data[f"{split}_pos"]
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def arrays(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        index = np.asarray(index, dtype=np.int64)
+        g = self.gather
+        out = g.query(np.asarray(self.pos[index]), np.asarray(self.user[index]))
+        out["example_age"] = np.zeros(len(index), np.float32)
+        first, count = self.offsets[index], self.offsets[index + 1] - self.offsets[index]
+        width = int(count.max()) if len(index) else 0
+        slot = np.arange(width, dtype=np.int64)
+        valid = slot[None, :] < count[:, None]
+        where = np.where(valid, first[:, None] + slot[None, :], 0)
+        out["target_items"] = np.where(valid, g.stream_item[self.target_pos[where]], 0)
+        out["target_count"] = count
+        return out
+
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        return to_tensors(self.arrays(index))
+
+
+class BatchIndexSampler(torch.utils.data.Sampler):
+    """Yields arrays of example indices, one per batch; reshuffled each epoch from ``seed + epoch``.
+
+    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th index of the same permutation.
+    With ``drop_last`` (training) the tail is cut so all ranks see the same number of batches; without
+    it (evaluation) every example is kept and ranks may differ by one batch.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(self.num_examples)
+        else:
+            order = np.arange(self.num_examples)
+        stop = (self.num_examples // self.num_replicas) * self.num_replicas if self.drop_last else None
+        return order[self.rank : stop : self.num_replicas]
+
+    def _per_rank(self) -> int:
+        if self.drop_last:
+            return self.num_examples // self.num_replicas
+        return len(range(self.rank, self.num_examples, self.num_replicas))
+
+    def __len__(self) -> int:
+        n = self._per_rank()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._indices()
+        for i in range(len(self)):
+            yield order[i * self.batch_size : (i + 1) * self.batch_size]

@@ -1,0 +1,104 @@
+"""LightningDataModule over a prepared directory (``lightning-tt data prepare`` output).
+
+Sizes (``num_users``, ``num_items``, ``num_artists``, ``num_albums``, ``audio_dim``) are read from
+``meta.json`` in the constructor, so LightningCLI can link them into the model at instantiate time.
+Batches are dicts of tensors; their keys and shapes are listed in :mod:`lightning_tt.data.batches`.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_tt.data.batches import BatchIndexSampler, NextTrackDataset, PaperListDataset
+from lightning_tt.data.prepared import PreparedData
+
+
+class YambdaDataModule(L.LightningDataModule):
+    """Training examples and evaluation cases of one prepared dataset.
+
+    Args:
+        data_dir: a directory written by ``lightning-tt data prepare``.
+        batch_size: training examples per batch.
+        eval_batch_size: evaluation cases per batch (default: ``batch_size``).
+        history: history window length N (default: the ``--history`` the data was prepared with).
+        num_workers: DataLoader worker processes (0 assembles batches in the training process).
+        seed: seed of the per-epoch shuffling of training examples.
+    """
+
+    def __init__(self, data_dir: str, batch_size: int = 4096, eval_batch_size: int | None = None,
+                 history: int | None = None, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.data = PreparedData(data_dir)
+        self.history = int(history if history is not None else self.data.default_history)
+        if self.history < 1:
+            raise ValueError(f"history must be >= 1, got {self.history}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+
+    @property
+    def num_users(self) -> int:
+        return int(self.data.vocab["num_users"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.data.vocab["num_items"])
+
+    @property
+    def num_artists(self) -> int:
+        return int(self.data.vocab["num_artists"])
+
+    @property
+    def num_albums(self) -> int:
+        return int(self.data.vocab["num_albums"])
+
+    @property
+    def audio_dim(self) -> int:
+        return int(self.data.vocab["audio_dim"])
+
+    def item_table(self) -> dict[str, torch.Tensor]:
+        """Per-item features for the item tower and the history means, indexed by item index:
+        ``artist``, ``album`` [num_items] int64, ``track_length`` [num_items] float32 (seconds),
+        ``audio`` [num_items, D] float32, ``has_audio`` [num_items] bool."""
+        d = self.data
+        return {
+            "artist": torch.from_numpy(np.asarray(d["item_artist"]).astype(np.int64)),
+            "album": torch.from_numpy(np.asarray(d["item_album"]).astype(np.int64)),
+            "track_length": torch.from_numpy(np.array(d["item_length"], dtype=np.float32)),
+            "audio": torch.from_numpy(np.array(d["item_audio"], dtype=np.float32)),
+            "has_audio": torch.from_numpy(np.array(d["item_has_audio"], dtype=bool)),
+        }
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self._trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
+        replicas, rank = self._replicas()
+        sampler = BatchIndexSampler(len(dataset), batch_size, shuffle=train, drop_last=train,
+                                    seed=self.hparams.seed, num_replicas=replicas, rank=rank)
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
+                          persistent_workers=workers > 0)
+
+    def dataset(self, split: str) -> NextTrackDataset:
+        """Next-track examples of ``split`` in {train, val, test}."""
+        return NextTrackDataset(self.data, split, self.history)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), self.eval_batch_size, train=False)
+
+    def paper_dataloader(self, split: str) -> DataLoader:
+        """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets)."""
+        return self._loader(PaperListDataset(self.data, split, self.history), self.eval_batch_size, train=False)

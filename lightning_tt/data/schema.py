@@ -1,0 +1,172 @@
+"""The Yambda raw layout: file names, columns, dtypes and event types.
+
+Everything that knows what the raw parquet files look like lives here, so that ``synth`` (which writes
+them), ``download`` (which fetches and checks them) and ``prepare`` (which reads them) agree by
+construction. See ../shared/DESIGN.md §2 for the real dataset.
+
+Layout of a raw directory::
+
+    DIR/flat/<size>/multi_event.parquet
+    DIR/embeddings.parquet
+    DIR/artist_item_mapping.parquet
+    DIR/album_item_mapping.parquet
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SIZES = ("50m", "500m", "5b")
+EVENTS_FILE = "multi_event.parquet"
+EMBEDDINGS_FILE = "embeddings.parquet"
+ARTIST_FILE = "artist_item_mapping.parquet"
+ALBUM_FILE = "album_item_mapping.parquet"
+
+#: event_type values in the order of our integer codes (``EVENT_CODES[name]``).
+EVENT_TYPES = ("listen", "like", "dislike", "unlike", "undislike")
+EVENT_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+LISTEN = EVENT_CODES["listen"]
+
+#: Exact dtypes of the real files. ``synth`` writes exactly these.
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("uid", pa.uint32()),
+        ("item_id", pa.uint32()),
+        ("timestamp", pa.uint32()),
+        ("is_organic", pa.uint8()),
+        ("event_type", pa.dictionary(pa.int32(), pa.string())),
+        ("played_ratio_pct", pa.uint16()),
+        ("track_length_seconds", pa.uint32()),
+    ]
+)
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.uint32()),
+        ("embed", pa.list_(pa.float32())),
+        ("normalized_embed", pa.list_(pa.float32())),
+    ]
+)
+ARTIST_SCHEMA = pa.schema([("artist_id", pa.uint32()), ("item_id", pa.uint32())])
+ALBUM_SCHEMA = pa.schema([("album_id", pa.uint32()), ("item_id", pa.uint32())])
+
+AUDIO_DIM = 128
+
+
+class RawDataError(ValueError):
+    """A raw input file is missing, has the wrong columns or holds invalid values.
+
+    The message always names the file (and the column where one is at fault).
+    """
+
+
+def events_path(raw_dir: str | Path, size: str) -> Path:
+    return Path(raw_dir) / "flat" / size / EVENTS_FILE
+
+
+def side_paths(raw_dir: str | Path) -> dict[str, Path]:
+    """Paths of the three size-independent files, keyed by a short name."""
+    raw_dir = Path(raw_dir)
+    return {
+        "embeddings": raw_dir / EMBEDDINGS_FILE,
+        "artists": raw_dir / ARTIST_FILE,
+        "albums": raw_dir / ALBUM_FILE,
+    }
+
+
+def find_size(raw_dir: str | Path, size: str | None) -> str:
+    """Return ``size`` or, when it is None, the only size present under ``raw_dir/flat``."""
+    flat = Path(raw_dir) / "flat"
+    present = sorted(p.parent.name for p in flat.glob(f"*/{EVENTS_FILE}")) if flat.is_dir() else []
+    if size is not None:
+        if not events_path(raw_dir, size).is_file():
+            raise RawDataError(
+                f"{events_path(raw_dir, size)}: file not found (sizes present: {present or 'none'})"
+            )
+        return size
+    if len(present) == 1:
+        return present[0]
+    if not present:
+        raise RawDataError(f"{flat}: no flat/<size>/{EVENTS_FILE} found; is --raw a Yambda directory?")
+    raise RawDataError(f"{flat}: several sizes present {present}; choose one with --size")
+
+
+def _is_integer(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t)
+
+
+def _is_float_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and (
+        pa.types.is_floating(t.value_type)
+    )
+
+
+def _is_string_like(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+# Column checks per file: name -> (predicate, what the column must be). Integer widths are accepted
+# loosely (other datasets in this layout may use int64); the kind must match.
+_CHECKS = {
+    "events": {
+        "uid": (_is_integer, "an integer"),
+        "item_id": (_is_integer, "an integer"),
+        "timestamp": (_is_integer, "an integer"),
+        "event_type": (_is_string_like, "a string or dictionary<string>"),
+        "played_ratio_pct": (_is_integer, "an integer"),
+        "track_length_seconds": (_is_integer, "an integer"),
+    },
+    "embeddings": {
+        "item_id": (_is_integer, "an integer"),
+    },
+    "artists": {"artist_id": (_is_integer, "an integer"), "item_id": (_is_integer, "an integer")},
+    "albums": {"album_id": (_is_integer, "an integer"), "item_id": (_is_integer, "an integer")},
+}
+
+
+def embedding_column(schema: pa.Schema, path: Path) -> str:
+    """The audio-embedding column to use: ``normalized_embed`` if present, else ``embed``."""
+    for name in ("normalized_embed", "embed"):
+        if name in schema.names:
+            if not _is_float_list(schema.field(name).type):
+                raise RawDataError(
+                    f"{path}: column '{name}' has type {schema.field(name).type}, expected list<float>"
+                )
+            return name
+    raise RawDataError(f"{path}: missing column 'normalized_embed' (or 'embed')")
+
+
+def check_schema(path: Path, kind: str) -> pa.Schema:
+    """Open ``path`` and check its columns for ``kind`` in {events, embeddings, artists, albums}.
+
+    Reads only the footer. Raises RawDataError naming the file and column on any problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RawDataError(f"{path}: file not found")
+    try:
+        schema = pq.read_schema(path)
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise RawDataError(f"{path}: not a readable parquet file ({err})") from err
+    for column, (ok, expected) in _CHECKS[kind].items():
+        if column not in schema.names:
+            raise RawDataError(f"{path}: missing column '{column}' (has {schema.names})")
+        actual = schema.field(column).type
+        if not ok(actual):
+            raise RawDataError(f"{path}: column '{column}' has type {actual}, expected {expected}")
+    if kind == "embeddings":
+        embedding_column(schema, path)
+    return schema
+
+
+def check_raw_dir(raw_dir: str | Path, size: str | None = None) -> str:
+    """Check that ``raw_dir`` holds all four files for a size with valid schemas; return the size."""
+    size = find_size(raw_dir, size)
+    check_schema(events_path(raw_dir, size), "events")
+    for kind, path in side_paths(raw_dir).items():
+        check_schema(path, kind)
+    return size

@@ -1,0 +1,47 @@
+"""Human-readable summary of a prepared dataset: split boundaries, counts and one sample batch."""
+
+from __future__ import annotations
+
+from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
+from lightning_tt.data.prepared import PreparedData
+
+DAY = 86_400
+
+
+def _when(seconds: int) -> str:
+    return f"{seconds:>11,d} s (day {seconds / DAY:7.2f})"
+
+
+def summarize(data_dir: str, batch_size: int = 4, history: int | None = None) -> str:
+    """A multi-line report: sources, vocabulary sizes, split windows and counts, a sample batch."""
+    data = PreparedData(data_dir)
+    b, c, v = data.boundaries, data.counts, data.vocab
+    history = history or data.default_history
+    lines = [
+        f"prepared dataset {data.path}",
+        f"  source: {data.meta['source']['raw_dir']} (size {data.meta['source']['size']}), "
+        f"{c['raw_rows']:,} raw rows, {c['stream_listens']:,} listens in the stream, "
+        f"{c['signals']:,} other events, {c['users_dropped_no_train_history']:,} users without training history dropped",
+        f"  vocab: {v['num_users']:,} users, {v['num_items']:,} items, {v['num_artists']:,} artists, "
+        f"{v['num_albums']:,} albums (incl. padding and unknown), audio dim {v['audio_dim']}, "
+        f"{c['items_with_audio']:,} items with audio",
+        "  splits (Listen+ = played_ratio_pct >= {}):".format(data.meta["config"]["min_played_pct"]),
+        f"    train  [{_when(b['min_timestamp'])}, {_when(b['train_end'])})  {c['train_examples']:>12,d} examples",
+        f"    val    [{_when(b['val_start'])}, {_when(b['val_end'])})  {c['val_examples']:>12,d} cases, "
+        f"{c['paper_val_users']:,} paper lists",
+        f"    test   [{_when(b['test_start'])}, {_when(b['test_end'])}]  {c['test_examples']:>12,d} cases, "
+        f"{c['paper_test_users']:,} paper lists",
+    ]
+    for name, dataset in (("train", NextTrackDataset(data, "train", history)),
+                          ("test paper", PaperListDataset(data, "test", history))):
+        n = min(batch_size, len(dataset))
+        if n == 0:
+            continue
+        batch = dataset[list(range(n))]
+        lines.append(f"  sample {name} batch (B={n}, N={history}):")
+        for key, tensor in batch.items():
+            shape = "x".join(str(s) for s in tensor.shape)
+            preview = tensor.flatten()[:6].tolist()
+            preview = [round(x, 3) if isinstance(x, float) else x for x in preview]
+            lines.append(f"    {key:<27} {str(tensor.dtype).replace('torch.', ''):<8} [{shape}]  {preview}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from rawdata import DAY, event, write_raw  # noqa: E402
+
+END = 10 * DAY
+
+
+def hand_rows():
+    """The hand-worked dataset of test_prepare.py (end = day 10; defaults give
+    train_end 687600, val [689400, 775800), test [777600, 864000])."""
+    L = lambda i: 100 + i  # noqa: E731  track length of item i
+    return [
+        event(5, 10, 100, ratio=80, length=L(10)),
+        event(5, 10, 100, "like"),
+        event(5, 11, 200, ratio=30, length=L(11)),
+        event(5, 12, 300, ratio=100, length=L(12)),
+        event(5, 13, 687_595, ratio=120, length=L(13)),
+        event(5, 14, 688_000, ratio=90, length=L(14)),
+        event(5, 15, 700_000, ratio=60, length=L(15)),
+        event(5, 16, 776_000, ratio=90, length=L(16)),
+        event(5, 99, 800_000, ratio=70, length=L(99)),
+        event(5, 10, 800_005, ratio=40, length=L(10)),
+        event(5, 12, END, ratio=55, length=L(12)),
+        event(7, 10, 690_000, ratio=90, length=L(10)),
+        event(7, 11, 800_000, ratio=90, length=L(11)),
+        event(9, 11, 50, ratio=50, length=L(11)),
+        event(9, 12, 60, "dislike"),
+        event(9, 12, 800_000, ratio=50, length=L(12)),
+    ]
+
+
+@pytest.fixture
+def hand_raw(tmp_path):
+    return write_raw(tmp_path / "raw", hand_rows(), row_group_size=4, second_album=(11,), no_artist=(13,),
+                     no_audio=(12,))
