@@ -1,0 +1,136 @@
+"""prepare on the hand-worked dataset of conftest.hand_rows: every array checked against values worked
+out by hand (see the comments), then invariance to row-group size and the atomic output."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import END, hand_rows
+from lightning_tt.data.batches import NextTrackDataset, PaperListDataset, play_weight
+from lightning_tt.data.prepare import SplitConfig, prepare
+from lightning_tt.data.prepared import PreparedData
+from rawdata import DAY, write_raw
+
+
+@pytest.fixture
+def hand(hand_raw, tmp_path):
+    prepare(hand_raw, tmp_path / "out", audio_dim=4, progress=False)
+    return PreparedData(tmp_path / "out")
+
+
+def arr(data, name):
+    return np.asarray(data[name]).tolist()
+
+
+def test_boundaries_follow_the_yambda_defaults():
+    b = SplitConfig().boundaries(26_000_000)
+    assert b["test_start"] == 25_913_600  # DESIGN.md §3
+    assert b["val_end"] == 25_913_600 - 1800
+    assert b["val_start"] == 25_913_600 - 1800 - DAY
+    assert b["train_end"] == 25_913_600 - 1800 - DAY - 1800
+    no_val = SplitConfig(test_days=0.5, val_days=0, gap_seconds=60).boundaries(1000_000)
+    assert no_val["test_start"] == 1000_000 - 43_200
+    assert no_val["train_end"] == 1000_000 - 43_200 - 60
+
+
+def test_vocabularies_and_item_tables(hand):
+    # uid 7's first event (690000) is after train_end (687600): dropped. Kept users 5, 9 -> 2, 3.
+    assert arr(hand, "user_ids") == [0, 0, 5, 9]
+    assert hand.counts["users_dropped_no_train_history"] == 1
+    # Items with a training event of a kept user: 10, 11, 12 (listens, like, dislike), 13.
+    assert arr(hand, "item_ids") == [0, 0, 10, 11, 12, 13]
+    # Artists 1000 + i // 2; item 13 has none -> unknown (1).
+    assert arr(hand, "artist_ids") == [0, 0, 1005, 1006]
+    assert arr(hand, "item_artist") == [0, 1, 2, 2, 3, 1]
+    # Albums 2000 + i; item 11 is also on album 1999 and keeps the smaller id.
+    assert arr(hand, "album_ids") == [0, 0, 1999, 2010, 2012, 2013]
+    assert arr(hand, "item_album") == [0, 1, 3, 2, 4, 5]
+    assert arr(hand, "item_length") == [0, 0, 110, 111, 112, 113]
+    assert arr(hand, "item_has_audio") == [False, False, True, True, False, True]
+    audio = np.asarray(hand["item_audio"], dtype=np.float32)
+    expected_10 = np.array([11, 1, 0, 0]) / np.hypot(11, 1)
+    np.testing.assert_allclose(audio[2], expected_10, atol=1e-3)  # float16 storage
+    assert not audio[4].any() and not audio[0].any()
+    assert hand.vocab == {"num_users": 4, "num_items": 6, "num_artists": 4, "num_albums": 6, "audio_dim": 4,
+                          "padding_index": 0, "unknown_index": 1}
+
+
+def test_stream_examples_and_paper_lists(hand):
+    # Stream: listens of users 5 then 9 in file order; 14, 15, 16 and 99 were never in training -> 1.
+    assert arr(hand, "stream_item") == [2, 3, 4, 5, 1, 1, 1, 1, 2, 4, 3, 4]
+    assert arr(hand, "stream_ts")[:4] == [100, 200, 300, 687_595]
+    assert arr(hand, "user_offsets") == [0, 0, 0, 10, 12]
+    # Listen+ (>= 50%) by window; 688000 and 776000 fall in gaps, the 30% and 40% listens are no positives.
+    assert arr(hand, "train_pos") == [0, 2, 3, 10] and arr(hand, "train_user") == [2, 2, 2, 3]
+    assert arr(hand, "val_pos") == [5] and arr(hand, "val_user") == [2]
+    assert arr(hand, "test_pos") == [7, 9, 11] and arr(hand, "test_user") == [2, 2, 3]
+    # Paper lists: state = first stream position at or after the window start.
+    assert arr(hand, "paper_val_user") == [2] and arr(hand, "paper_val_pos") == [5]
+    assert arr(hand, "paper_test_user") == [2, 3] and arr(hand, "paper_test_pos") == [7, 11]
+    assert arr(hand, "paper_test_offsets") == [0, 2, 3]
+    assert arr(hand, "signal_item") == [2, 4] and arr(hand, "signal_type") == [1, 2]
+    assert arr(hand, "signal_user") == [2, 3]
+    assert hand.boundaries["train_max_timestamp"] == 687_595
+    assert hand.boundaries["test_end"] == END
+
+
+def test_training_batch(hand):
+    b = NextTrackDataset(hand, "train", history=2)[np.array([0, 1, 2, 3])]
+    assert b["user"].tolist() == [2, 2, 2, 3]
+    # Example 2 is the listen of item 13 at position 3: history = positions 1, 2 (items 11, 12).
+    assert b["history_item"].tolist() == [[0, 0], [2, 3], [3, 4], [0, 0]]
+    assert b["history_mask"].tolist() == [[False, False], [True, True], [True, True], [False, False]]
+    assert b["history_artist"].tolist() == [[0, 0], [2, 2], [2, 3], [0, 0]]
+    assert b["history_album"].tolist() == [[0, 0], [3, 2], [2, 4], [0, 0]]
+    assert b["history_length"].tolist() == [0, 2, 2, 0]
+    assert b["history_track_length_mean"].tolist() == [0, 110.5, 111.5, 0]
+    assert b["seed_item"].tolist() == [0, 3, 4, 0]
+    assert b["seed_has_audio"].tolist() == [False, True, False, False]
+    assert b["seed_track_length"].tolist() == [0, 111, 112, 0]
+    assert b["target_item"].tolist() == [2, 4, 5, 3]
+    assert b["target_artist"].tolist() == [2, 3, 1, 2]
+    # age = 687595 - timestamp
+    assert b["example_age"].tolist() == [687_495, 687_295, 0, 687_545]
+    # weight = min(ratio, 100) / 100 for ratios 80, 100, 120, 50
+    assert b["weight"].tolist() == pytest.approx([0.8, 1.0, 1.0, 0.5])
+    assert b["seed_audio"].shape == (4, 4) and b["seed_audio"].dtype.is_floating_point
+
+
+def test_evaluation_batches(hand):
+    b = NextTrackDataset(hand, "test", history=3)[np.array([0, 1, 2])]
+    assert b["target_item"].tolist() == [1, 4, 4]
+    # Case 1 (position 9) sees the evaluation-window events before it (positions 6-8), not itself.
+    assert b["history_item"].tolist() == [[1, 1, 1], [1, 1, 2], [0, 0, 3]]
+    assert b["example_age"].tolist() == [0, 0, 0]
+    p = PaperListDataset(hand, "test", history=3)[np.array([0, 1])]
+    assert p["history_item"].tolist() == [[1, 1, 1], [0, 0, 3]]  # state at test_start
+    assert p["target_items"].tolist() == [[1, 4], [4, 0]]
+    assert p["target_count"].tolist() == [2, 1]
+
+
+def test_play_weight_formula():
+    assert play_weight(np.array([0, 50, 90, 100, 160])).tolist() == pytest.approx([0, 0.5, 0.9, 1.0, 1.0])
+
+
+def test_row_group_size_does_not_change_the_output(tmp_path):
+    rows = hand_rows()
+    outputs = []
+    for group in (1, 3, 100):
+        raw = write_raw(tmp_path / f"raw{group}", rows, row_group_size=group, no_audio=(12,))
+        prepare(raw, tmp_path / f"out{group}", audio_dim=4, progress=False)
+        data = PreparedData(tmp_path / f"out{group}")
+        outputs.append({name: arr(data, name) for name in data.meta["arrays"]})
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_output_is_atomic_and_not_overwritten_by_default(hand_raw, tmp_path):
+    out = tmp_path / "out"
+    prepare(hand_raw, out, audio_dim=4, progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare(hand_raw, out, audio_dim=4, progress=False)
+    meta = prepare(hand_raw, out, audio_dim=4, overwrite=True, progress=False,
+                   config=SplitConfig(min_played_pct=60))
+    assert json.loads((out / "meta.json").read_text())["config"]["min_played_pct"] == 60
+    assert meta["counts"]["train_examples"] == 3  # 80%, 100%, 120%: the 50% listen of user 9 drops out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # no temporary directories left
