@@ -1,0 +1,82 @@
+"""YambdaDataModule: sizes from meta.json at construction, documented batch shapes, sampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_tt.data.batches import BatchIndexSampler
+from lightning_tt.data.datamodule import YambdaDataModule
+from lightning_tt.data.prepare import prepare
+from lightning_tt.data.prepared import PreparedDataError
+
+
+@pytest.fixture
+def prepared(hand_raw, tmp_path):
+    prepare(hand_raw, tmp_path / "prepared", audio_dim=4, progress=False)
+    return tmp_path / "prepared"
+
+
+def test_sizes_are_known_right_after_construction(prepared):
+    dm = YambdaDataModule(str(prepared), batch_size=2)
+    assert (dm.num_users, dm.num_items, dm.num_artists, dm.num_albums, dm.audio_dim) == (4, 6, 4, 6, 4)
+    assert dm.history == 50  # the prepare default, overridable
+    assert YambdaDataModule(str(prepared), history=7).history == 7
+
+
+def test_a_directory_that_is_not_prepared(tmp_path):
+    with pytest.raises(PreparedDataError, match="meta.json: not found"):
+        YambdaDataModule(str(tmp_path))
+
+
+def test_batch_shapes_and_dtypes(prepared):
+    dm = YambdaDataModule(str(prepared), batch_size=3, eval_batch_size=2, history=5)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 1  # 4 training examples, batch 3, last partial batch dropped
+    b = batches[0]
+    B, N, D = 3, 5, 4
+    shapes = {
+        "user": (B,), "history_item": (B, N), "history_artist": (B, N), "history_album": (B, N),
+        "history_mask": (B, N), "history_length": (B,), "history_track_length_mean": (B,),
+        "seed_item": (B,), "seed_artist": (B,), "seed_album": (B,), "seed_audio": (B, D),
+        "seed_has_audio": (B,), "seed_track_length": (B,), "example_age": (B,), "target_item": (B,),
+        "target_artist": (B,), "target_album": (B,), "target_audio": (B, D), "target_has_audio": (B,),
+        "target_track_length": (B,), "weight": (B,),
+    }
+    assert {k: tuple(v.shape) for k, v in b.items()} == shapes
+    for key, value in b.items():
+        if key.endswith(("_mask", "has_audio")):
+            assert value.dtype == torch.bool, key
+        elif key.endswith(("_audio", "_mean", "_track_length", "age", "weight")):
+            assert value.dtype == torch.float32, key
+        else:
+            assert value.dtype == torch.int64, key
+    # Validation and test keep every case; paper lists carry padded targets.
+    assert sum(len(x["target_item"]) for x in dm.val_dataloader()) == 1
+    assert [len(x["target_item"]) for x in dm.test_dataloader()] == [2, 1]
+    paper = next(iter(dm.paper_dataloader("test")))
+    assert paper["target_items"].shape == (2, 2) and paper["target_count"].tolist() == [2, 1]
+
+
+def test_item_table(prepared):
+    table = YambdaDataModule(str(prepared)).item_table()
+    assert table["artist"].tolist() == [0, 1, 2, 2, 3, 1]
+    assert table["audio"].shape == (6, 4) and table["audio"].dtype == torch.float32
+    assert table["has_audio"].tolist() == [False, False, True, True, False, True]
+
+
+def test_sampler_shuffles_per_epoch_deterministically():
+    sampler = BatchIndexSampler(10, 4, shuffle=True, drop_last=True, seed=1)
+    first = [b.tolist() for b in sampler]
+    assert len(first) == 2 and all(len(b) == 4 for b in first)
+    assert first == [b.tolist() for b in sampler]  # same epoch, same order
+    sampler.set_epoch(1)
+    assert first != [b.tolist() for b in sampler]
+
+
+def test_sampler_shards_across_ranks():
+    train = [BatchIndexSampler(11, 2, shuffle=True, drop_last=True, seed=0, num_replicas=2, rank=r) for r in (0, 1)]
+    shards = [np.concatenate(list(s)) for s in train]
+    assert len(shards[0]) == len(shards[1]) == 4 and not set(shards[0]) & set(shards[1])
+    evals = [BatchIndexSampler(11, 2, shuffle=False, drop_last=False, num_replicas=2, rank=r) for r in (0, 1)]
+    covered = sorted(np.concatenate([np.concatenate(list(s)) for s in evals]).tolist())
+    assert covered == list(range(11))  # evaluation loses no case
