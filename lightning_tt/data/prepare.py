@@ -306,13 +306,17 @@ class _EventPass:
 
 
 def _remap_in_place(tmp: Path, entry: dict, lookup: np.ndarray, chunk: int = 1 << 24) -> None:
-    """Replace raw item ids by indices (``lookup[raw]``) in an on-disk int32 array, chunk by chunk."""
-    values = open_array(tmp, entry, mode="r+")
-    for start in range(0, len(values), chunk):
-        values[start : start + chunk] = lookup[values[start : start + chunk]]
-    if isinstance(values, np.memmap):
-        values.flush()
-    del values
+    """Replace raw item ids by indices (``lookup[raw]``) in an on-disk int32 array, chunk by chunk.
+
+    Plain reads and writes rather than a memory map, so resident memory stays at one chunk.
+    """
+    dtype = np.dtype(entry["dtype"])
+    with open(tmp / entry["file"], "r+b") as f:
+        for start in range(0, entry["shape"][0], chunk):
+            f.seek(start * dtype.itemsize)
+            values = np.fromfile(f, dtype=dtype, count=chunk)
+            f.seek(start * dtype.itemsize)
+            lookup[values].astype(dtype, copy=False).tofile(f)
 
 
 def _first_per_item(item_index: np.ndarray, other_raw: np.ndarray, smallest: bool) -> tuple[np.ndarray, np.ndarray]:
