@@ -10,7 +10,7 @@ from conftest import END, hand_rows
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset, play_weight
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData
-from rawdata import DAY, write_raw
+from rawdata import DAY, event, write_raw
 
 
 @pytest.fixture
@@ -62,9 +62,9 @@ def test_stream_examples_and_paper_lists(hand):
     assert arr(hand, "stream_ts")[:4] == [100, 200, 300, 687_595]
     assert arr(hand, "user_offsets") == [0, 0, 0, 10, 12]
     # Listen+ (>= 50%) by window; 688000 and 776000 fall in gaps, the 30% and 40% listens are no positives.
-    assert arr(hand, "train_pos") == [0, 2, 3, 10] and arr(hand, "train_user") == [2, 2, 2, 3]
-    assert arr(hand, "val_pos") == [5] and arr(hand, "val_user") == [2]
-    assert arr(hand, "test_pos") == [7, 9, 11] and arr(hand, "test_user") == [2, 2, 3]
+    assert arr(hand, "train_pos") == [0, 2, 3, 10]
+    assert arr(hand, "val_pos") == [5]
+    assert arr(hand, "test_pos") == [7, 9, 11]
     # Paper lists: state = first stream position at or after the window start.
     assert arr(hand, "paper_val_user") == [2] and arr(hand, "paper_val_pos") == [5]
     assert arr(hand, "paper_test_user") == [2, 3] and arr(hand, "paper_test_pos") == [7, 11]
@@ -114,7 +114,11 @@ def test_play_weight_formula():
 
 
 def test_row_group_size_does_not_change_the_output(tmp_path):
+    # Users 5, 6 and 9 (uid 7 is dropped). User 6's first event is a like: with one row per group,
+    # their first listen (in the validation window) opens a group whose previous stream row is user
+    # 5's, later than val_start; it is still user 6's state at the window start.
     rows = hand_rows()
+    rows[11:11] = [event(6, 11, 100, "like"), event(6, 12, 700_000, ratio=80, length=112)]
     outputs = []
     for group in (1, 3, 100):
         raw = write_raw(tmp_path / f"raw{group}", rows, row_group_size=group, no_audio=(12,))
@@ -122,6 +126,9 @@ def test_row_group_size_does_not_change_the_output(tmp_path):
         data = PreparedData(tmp_path / f"out{group}")
         outputs.append({name: arr(data, name) for name in data.meta["arrays"]})
     assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0]["user_ids"] == [0, 0, 5, 6, 9]
+    assert outputs[0]["paper_val_user"] == [2, 3] and outputs[0]["paper_val_pos"] == [5, 10]
+    assert outputs[0]["val_pos"] == [5, 10]
 
 
 def test_output_is_atomic_and_not_overwritten_by_default(hand_raw, tmp_path):

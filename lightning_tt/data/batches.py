@@ -66,6 +66,10 @@ class FeatureGatherer:
         self.item_audio = data["item_audio"]  # float16 memmap [num_items, D]
         self._window = np.arange(-history, 0, dtype=np.int64)
 
+    def user_of(self, pos: np.ndarray) -> np.ndarray:
+        """User index owning each stream position (the last user whose range starts at or before it)."""
+        return np.searchsorted(self.user_offsets, pos, side="right") - 1
+
     def items(self, items: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
         """Features of item indices ``items`` [B] under keys ``{prefix}_item`` etc."""
         return {
@@ -124,7 +128,6 @@ class NextTrackDataset(torch.utils.data.Dataset):
         self.gather = FeatureGatherer(data, history)
         self.split = split
         self.pos = data[f"{split}_pos"]
-        self.user = data[f"{split}_user"]
         self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
 
     def __len__(self) -> int:
@@ -133,9 +136,9 @@ class NextTrackDataset(torch.utils.data.Dataset):
     def arrays(self, index: np.ndarray) -> dict[str, np.ndarray]:
         """The batch for example indices ``index`` [B] as numpy arrays."""
         index = np.asarray(index, dtype=np.int64)
-        pos, user = np.asarray(self.pos[index]), np.asarray(self.user[index])
         g = self.gather
-        out = g.query(pos, user)
+        pos = np.asarray(self.pos[index], dtype=np.int64)
+        out = g.query(pos, g.user_of(pos))
         if self.age_reference is None:
             out["example_age"] = np.zeros(len(pos), np.float32)
         else:
@@ -165,7 +168,7 @@ class PaperListDataset(torch.utils.data.Dataset):
     def arrays(self, index: np.ndarray) -> dict[str, np.ndarray]:
         index = np.asarray(index, dtype=np.int64)
         g = self.gather
-        out = g.query(np.asarray(self.pos[index]), np.asarray(self.user[index]))
+        out = g.query(np.asarray(self.pos[index], dtype=np.int64), np.asarray(self.user[index]))
         out["example_age"] = np.zeros(len(index), np.float32)
         first, count = self.offsets[index], self.offsets[index + 1] - self.offsets[index]
         width = int(count.max()) if len(index) else 0

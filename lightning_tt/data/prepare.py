@@ -21,9 +21,9 @@ padding and index 1 unknown in every vocabulary):
   order: ``stream_item`` int32 [N] (item index), ``stream_ts`` uint32 [N], ``stream_ratio`` uint16 [N]
   (played_ratio_pct), and ``user_offsets`` int64 [Vu + 1]: user ``u`` owns ``[off[u], off[u+1])``.
   History windows are slices of this stream computed at batch time (no N-long window per example).
-- examples per split: ``{split}_pos`` int64 (stream position of the target listen) and ``{split}_user``
-  int32, for every listen with ``played_ratio_pct >= min_played_pct`` in the split's window, sorted by
-  user then time.
+- examples per split: ``{split}_pos`` int32 (int64 past 2^31 rows): the stream position of every
+  listen with ``played_ratio_pct >= min_played_pct`` in the split's window, sorted by user then time.
+  The user of a position is found by ``searchsorted(user_offsets, pos, side="right") - 1``.
 - paper-protocol lists per evaluation split: ``paper_{split}_user`` int32 [L], ``paper_{split}_pos``
   int64 [L] (first stream position at or after the window start: the state at that time), and
   ``paper_{split}_offsets`` int64 [L + 1] into ``{split}_pos`` (the user's targets, with repeats).
@@ -44,6 +44,7 @@ import json
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -149,13 +150,14 @@ def _event_codes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
 
 
 def _ints(table: pa.Table, column: str, path: Path, hi: int | None = None) -> np.ndarray:
-    """A non-null integer column as int64, checked to lie in [0, hi)."""
+    """A non-null integer column as numpy (its own dtype, no copy), checked to lie in [0, hi)."""
     col = table.column(column)
     if col.null_count:
         raise RawDataError(f"{path}: column '{column}' has {col.null_count} null values")
-    values = col.to_numpy().astype(np.int64, copy=False)
+    values = col.to_numpy()
     if len(values):
-        lo, top = values.min(), values.max()
+        lo = values.min() if np.issubdtype(values.dtype, np.signedinteger) else 0
+        top = values.max() if hi is not None or lo < 0 else 0
         if lo < 0 or (hi is not None and top >= hi):
             bad = lo if lo < 0 else top
             allowed = f"0..{hi - 1}" if hi is not None else ">= 0"
@@ -163,21 +165,80 @@ def _ints(table: pa.Table, column: str, path: Path, hi: int | None = None) -> np
     return values
 
 
-class _EventPass:
-    """The single streaming pass over the events file; holds the running state between row groups."""
+@dataclass
+class _RowGroup:
+    """One decoded row group: numpy columns and the masks that need nothing from earlier groups.
 
-    def __init__(self, path: Path, tmp: Path, bounds: dict[str, int], cfg: SplitConfig, max_item: int):
+    ``run_start`` [R] are the first rows of the runs (maximal blocks of one uid) and ``run_len`` [R]
+    their lengths. The sort order is checked inside the group here and across groups in ``add``.
+    """
+
+    first_row: int
+    uid: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    code: np.ndarray
+    is_listen: np.ndarray
+    ratio: np.ndarray
+    length: np.ndarray
+    run_start: np.ndarray
+    run_len: np.ndarray
+
+
+def _decode(table: pa.Table, path: Path, first_row: int, item_limit: int) -> _RowGroup:
+    """Columns of one row group as numpy, validated (runs in the reader thread)."""
+    uid = _ints(table, "uid", path, MAX_RAW_ID)
+    item = _ints(table, "item_id", path, item_limit)
+    ts = _ints(table, "timestamp", path)
+    same = uid[1:] == uid[:-1]
+    bad = (uid[1:] < uid[:-1]) | (same & (ts[1:] < ts[:-1]))
+    if bad.any():
+        i = int(np.argmax(bad)) + 1
+        _unsorted(path, first_row + i, "uid" if uid[i] < uid[i - 1] else "timestamp")
+    code = _event_codes(table.column("event_type"), path)
+    is_listen = code == schema.LISTEN
+    # Nulls become 65535, out of range, so one check finds nulls and bad values on listen rows.
+    ratio = pc.fill_null(table.column("played_ratio_pct"), 65535).to_numpy()
+    bad = is_listen & (ratio > MAX_PLAYED_RATIO_PCT)
+    if bad.any():
+        i = int(np.argmax(bad))
+        if table.column("played_ratio_pct")[i].as_py() is None:
+            raise RawDataError(f"{path}: column 'played_ratio_pct' is null on listen row {first_row + i}")
+        raise RawDataError(
+            f"{path}: column 'played_ratio_pct' has out-of-range value {ratio[i]} at row {first_row + i} "
+            f"(allowed 0..{MAX_PLAYED_RATIO_PCT})"
+        )
+    length = pc.fill_null(table.column("track_length_seconds"), 0).to_numpy()
+    run_start = np.flatnonzero(np.concatenate([[True], ~same]))
+    run_len = np.diff(np.append(run_start, len(uid)))
+    return _RowGroup(first_row, uid, item, ts, code, is_listen, ratio, length, run_start, run_len)
+
+
+def _unsorted(path: Path, row: int, column: str):
+    raise RawDataError(
+        f"{path}: rows are not sorted by (uid, timestamp): column '{column}' decreases at row {row}; "
+        f"the file must be sorted by (uid, timestamp)"
+    )
+
+
+class _EventPass:
+    """The single streaming pass over the events file; holds the running state between row groups.
+
+    Per row group it works on runs (blocks of rows of one uid) so that per-row work is a few
+    vectorised passes: masks, ``np.repeat`` of per-run flags, and compressions into the outputs.
+    """
+
+    def __init__(self, path: Path, tmp: Path, bounds: dict[str, int], cfg: SplitConfig, max_item: int,
+                 max_rows: int):
         self.path, self.bounds, self.cfg = path, bounds, cfg
+        pos_dtype = np.int32 if max_rows < 2**31 else np.int64  # stream positions
         self.stream = {
             "item": ArrayWriter(tmp, "stream_item", np.int32),  # raw ids until remapped
             "ts": ArrayWriter(tmp, "stream_ts", np.uint32),
             "ratio": ArrayWriter(tmp, "stream_ratio", np.uint16),
         }
-        self.examples = {
-            s: (ArrayWriter(tmp, f"{s}_pos", np.int64), ArrayWriter(tmp, f"{s}_user", np.int32))
-            for s in SPLITS
-        }
-        self.state_pos = {s: ([], []) for s in EVAL_SPLITS}  # (user, pos) at each window start
+        self.examples = {s: ArrayWriter(tmp, f"{s}_pos", pos_dtype) for s in SPLITS}
+        self.state_pos = {s: [] for s in EVAL_SPLITS}  # stream positions of the state at window start
         self.signals = {
             "user": ArrayWriter(tmp, "signal_user", np.int32),
             "item": ArrayWriter(tmp, "signal_item", np.int32),
@@ -186,122 +247,93 @@ class _EventPass:
         }
         self.user_ids: list[np.ndarray] = []
         self.user_starts: list[np.ndarray] = []
-        self.item_in_train = np.zeros(max_item + 1, dtype=bool)
-        self.item_length = np.zeros(max_item + 1, dtype=np.float32)
+        # Per raw item id: whether it has a training event, and its track length (0 = unknown).
+        self.in_train = np.zeros(max_item + 1, dtype=bool)
+        self.length = np.zeros(max_item + 1, dtype=np.float32)
         self.rows_seen = 0
         self.train_max_ts = -1
-        # Carried across row groups: the last row's (uid, ts), whether its user is kept, and the last
-        # stream row's user index and ts (to detect window crossings at row-group boundaries).
-        self.prev_uid, self.prev_ts, self.prev_kept = -1, -1, False
-        self.prev_stream_user, self.prev_stream_ts = -1, -1
+        # Carried across row groups: the last row's (uid, ts), its user index (when kept) and whether
+        # it is kept; the last stream row's ts; where the last kept user's stream range starts.
+        self.prev_uid, self.prev_ts, self.prev_user, self.prev_kept = -1, -1, -1, False
+        self.prev_stream_ts = -1
+        self.last_user_start = -1
         self.num_kept = 0
         self.num_dropped = 0
 
-    def _check_sorted(self, uid: np.ndarray, ts: np.ndarray) -> None:
-        u = np.concatenate([[self.prev_uid], uid])
-        t = np.concatenate([[self.prev_ts], ts])
-        du, dt = np.diff(u), np.diff(t)
-        bad = np.flatnonzero((du < 0) | ((du == 0) & (dt < 0)))
-        if len(bad):
-            row = self.rows_seen + int(bad[0])
-            column = "uid" if du[bad[0]] < 0 else "timestamp"
-            raise RawDataError(
-                f"{self.path}: rows are not sorted by (uid, timestamp): column '{column}' decreases at "
-                f"row {row}; the file must be sorted by (uid, timestamp)"
-            )
+    def add(self, g: _RowGroup) -> None:
+        """Process one decoded row group."""
+        b, n = self.bounds, len(g.uid)
+        if n == 0:
+            return
+        if g.uid[0] < self.prev_uid or (g.uid[0] == self.prev_uid and g.ts[0] < self.prev_ts):
+            _unsorted(self.path, g.first_row, "uid" if g.uid[0] < self.prev_uid else "timestamp")
 
-    def add(self, table: pa.Table) -> None:
-        """Process one row group."""
-        path, b = self.path, self.bounds
-        uid = _ints(table, "uid", path, MAX_RAW_ID)
-        item = _ints(table, "item_id", path, len(self.item_in_train))
-        ts = _ints(table, "timestamp", path)
-        self._check_sorted(uid, ts)
-        code = _event_codes(table.column("event_type"), path)
-        is_listen = code == schema.LISTEN
-        ratio_col = table.column("played_ratio_pct")
-        missing = ratio_col.is_null().to_numpy(zero_copy_only=False) & is_listen
-        if missing.any():
-            row = self.rows_seen + int(np.flatnonzero(missing)[0])
-            raise RawDataError(f"{path}: column 'played_ratio_pct' is null on listen row {row}")
-        ratio = pc.fill_null(ratio_col, 0).to_numpy().astype(np.int64, copy=False)
-        if len(ratio) and ratio.max() > MAX_PLAYED_RATIO_PCT:
-            row = self.rows_seen + int(np.argmax(ratio))
-            raise RawDataError(
-                f"{path}: column 'played_ratio_pct' has out-of-range value {ratio.max()} at row {row} "
-                f"(allowed 0..{MAX_PLAYED_RATIO_PCT})"
-            )
-        length_col = table.column("track_length_seconds")
-        has_length = is_listen & ~length_col.is_null().to_numpy(zero_copy_only=False)
-        self.item_length[item[has_length]] = pc.fill_null(length_col, 0).to_numpy()[has_length]
+        # Run 0 may continue the previous group's last user. A user is kept iff their first event is
+        # before train_end; kept users are numbered 2, 3, ... in file order.
+        run_new = np.ones(len(g.run_start), dtype=bool)
+        run_new[0] = g.uid[0] != self.prev_uid
+        run_kept = g.ts[g.run_start] < b["train_end"]
+        run_user = self.num_kept + 1 + np.cumsum(run_new & run_kept)
+        if not run_new[0]:
+            run_kept[0], run_user[0] = self.prev_kept, self.prev_user
+        new_kept = run_new & run_kept
+        self.num_dropped += int((run_new & ~run_kept).sum())
+        kept = np.repeat(run_kept, g.run_len)
 
-        # Users: a run of rows with one uid. A user is kept iff their first event is before train_end.
-        n = len(uid)
-        new_user = np.empty(n, dtype=bool)
-        new_user[:1] = uid[:1] != self.prev_uid
-        np.not_equal(uid[1:], uid[:-1], out=new_user[1:])
-        run = np.cumsum(new_user) - 1  # run index per row; -1 = continues the previous group's user
-        run_kept = ts[new_user] < b["train_end"]
-        self.num_dropped += int((~run_kept).sum())
-        # One extra entry so that rows with run == -1 index something; np.where picks the carry-over.
-        kept = np.where(run >= 0, np.append(run_kept, False)[run], self.prev_kept)
-        run_user = self.num_kept + 1 + np.cumsum(run_kept)  # user index of each run (if kept)
-        last_user = self.num_kept + 1  # index of the user carried over from the previous group
-        user = np.where(run >= 0, np.append(run_user, 0)[run], last_user).astype(np.int32)
-
-        # Stream rows: listens of kept users.
-        in_stream = is_listen & kept
+        # The stream: listens of kept users; a new user's range starts at the stream length so far.
+        in_stream = g.is_listen & kept
         base = self.stream["item"].rows
-        s_user, s_ts = user[in_stream], ts[in_stream]
-        s_ratio = ratio[in_stream]
-        first_rows = np.flatnonzero(new_user)[run_kept]
-        starts = base + np.cumsum(in_stream)[first_rows] - in_stream[first_rows]
-        self.user_ids.append(uid[first_rows])
-        self.user_starts.append(starts)
-        self.num_kept += len(first_rows)
-        self.stream["item"].append(item[in_stream])
+        run_count = np.add.reduceat(in_stream, g.run_start, dtype=np.int64)
+        self.user_ids.append(g.uid[g.run_start[new_kept]].astype(np.int64))
+        self.user_starts.append(base + (np.cumsum(run_count) - run_count)[new_kept])
+        self.num_kept += int(new_kept.sum())
+        s_item, s_ts, s_ratio = g.item[in_stream], g.ts[in_stream], g.ratio[in_stream]
+        self.stream["item"].append(s_item)
         self.stream["ts"].append(s_ts)
         self.stream["ratio"].append(s_ratio)
 
-        # Examples: Listen+ stream rows inside a split window.
-        pos = base + np.arange(len(s_ts), dtype=np.int64)
+        # Training examples; the training vocabulary; track lengths of items not seen before.
+        in_train = s_ts < b["train_end"]
         plus = s_ratio >= self.cfg.min_played_pct
-        windows = {
-            "train": s_ts < b["train_end"],
-            "val": (s_ts >= b["val_start"]) & (s_ts < b["val_end"]),
-            "test": s_ts >= b["test_start"],
-        }
-        for split, inside in windows.items():
-            take = plus & inside
-            self.examples[split][0].append(pos[take])
-            self.examples[split][1].append(s_user[take])
+        self.examples["train"].append(base + np.flatnonzero(plus & in_train))
+        train_items = s_item[in_train].astype(np.intp)
+        unseen = ~self.in_train[train_items]
+        self.in_train[train_items] = True
+        if unseen.any():
+            rows = np.flatnonzero(in_stream)[np.flatnonzero(in_train)[unseen]]
+            self.length[train_items[unseen]] = g.length[rows]
+        if in_train.any():
+            self.train_max_ts = max(self.train_max_ts, int(np.max(s_ts, where=in_train, initial=0)))
+
+        # Evaluation windows: only the (few) stream rows at or after val_start are looked at. A row
+        # is the state of its user at a window start when the previous stream row is earlier than the
+        # start or belongs to another user (a user's range starts at one of ``starts``).
+        late = np.flatnonzero(s_ts >= b["val_start"])
+        l_ts, l_plus = s_ts[late], plus[late]
+        prev_ts = np.where(late > 0, s_ts[np.maximum(late - 1, 0)].astype(np.int64), self.prev_stream_ts)
+        starts = np.append(self.user_starts[-1], self.last_user_start) - base
+        user_first = np.isin(late, starts)
+        for split, lo, hi in (("val", b["val_start"], b["val_end"]), ("test", b["test_start"], b["test_end"] + 1)):
+            inside = (l_ts >= lo) & (l_ts < hi)
+            self.examples[split].append(base + late[inside & l_plus])
+            cross = (l_ts >= lo) & (user_first | (prev_ts < lo))
+            self.state_pos[split].append(base + late[cross])
+
+        # Other event types of kept users (a few percent of rows).
+        sig = np.flatnonzero(kept > g.is_listen)
+        sig_item, sig_ts = g.item[sig], g.ts[sig]
+        self.signals["user"].append(run_user[np.searchsorted(g.run_start, sig, side="right") - 1])
+        self.signals["item"].append(sig_item)
+        self.signals["ts"].append(sig_ts)
+        self.signals["type"].append(g.code[sig])
+        self.in_train[sig_item[sig_ts < b["train_end"]]] = True
+
+        self.prev_uid, self.prev_ts = int(g.uid[-1]), int(g.ts[-1])
+        self.prev_kept, self.prev_user = bool(run_kept[-1]), int(run_user[-1])
+        if len(self.user_starts[-1]):
+            self.last_user_start = int(self.user_starts[-1][-1])
         if len(s_ts):
-            in_train = s_ts < b["train_end"]
-            if in_train.any():
-                self.train_max_ts = max(self.train_max_ts, int(s_ts[in_train].max()))
-
-        # Paper-protocol state: the first stream row of a user at or after each window start.
-        prev_user = np.concatenate([[self.prev_stream_user], s_user[:-1]])
-        prev_ts = np.concatenate([[self.prev_stream_ts], s_ts[:-1]])
-        for split, start in (("val", b["val_start"]), ("test", b["test_start"])):
-            cross = (s_ts >= start) & ((prev_user != s_user) | (prev_ts < start))
-            self.state_pos[split][0].append(s_user[cross])
-            self.state_pos[split][1].append(pos[cross])
-
-        # Other event types of kept users.
-        sig = ~is_listen & kept
-        self.signals["user"].append(user[sig])
-        self.signals["item"].append(item[sig])
-        self.signals["ts"].append(ts[sig])
-        self.signals["type"].append(code[sig])
-
-        # Training vocabulary: items with any training event of a kept user.
-        self.item_in_train[item[kept & (ts < b["train_end"])]] = True
-
-        if n:
-            self.prev_uid, self.prev_ts, self.prev_kept = int(uid[-1]), int(ts[-1]), bool(kept[-1])
-        if len(s_ts):
-            self.prev_stream_user, self.prev_stream_ts = int(s_user[-1]), int(s_ts[-1])
+            self.prev_stream_ts = int(s_ts[-1])
         self.rows_seen += n
 
 
@@ -319,27 +351,28 @@ def _remap_in_place(tmp: Path, entry: dict, lookup: np.ndarray, chunk: int = 1 <
             lookup[values].astype(dtype, copy=False).tofile(f)
 
 
-def _first_per_item(item_index: np.ndarray, other_raw: np.ndarray, smallest: bool) -> tuple[np.ndarray, np.ndarray]:
-    """For each item index that appears, pick one related raw id (the smallest if ``smallest``)."""
+def _smallest_per_item(item_index: np.ndarray, other_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each item index >= 2 that appears, its smallest related raw id (one sort of packed keys)."""
     keep = item_index >= 2
-    item_index, other_raw = item_index[keep], other_raw[keep]
-    order = np.lexsort((other_raw, item_index)) if smallest else np.argsort(item_index, kind="stable")
-    item_index, other_raw = item_index[order], other_raw[order]
-    first = np.ones(len(item_index), dtype=bool)
-    first[1:] = item_index[1:] != item_index[:-1]
-    return item_index[first], other_raw[first]
+    key = (item_index[keep].astype(np.uint64) << np.uint64(32)) | other_raw[keep].astype(np.uint64)
+    key.sort()
+    items = (key >> np.uint64(32)).astype(np.int64)
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = items[1:] != items[:-1]
+    return items[first], (key[first] & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
-def _side_vocab(path: Path, id_column: str, item_lookup: np.ndarray, num_items: int, smallest: bool):
-    """Map every item index to an index of ``id_column`` (artists or albums) from a mapping file."""
-    schema.check_schema(path, "artists" if id_column == "artist_id" else "albums")
+def _side_vocab(path: Path, kind: str, id_column: str, item_lookup: np.ndarray, num_items: int):
+    """Map every item index to an index of ``id_column`` (artists or albums) from a mapping file;
+    an item with several gets the smallest id, one with none the unknown index."""
+    schema.check_schema(path, kind)
     table = pq.read_table(path, columns=[id_column, "item_id"])
     raw_item = _ints(table, "item_id", path)
-    other = _ints(table, id_column, path)
+    other = _ints(table, id_column, path, 1 << 32)
     known = raw_item < len(item_lookup)
     item_index = np.full(len(raw_item), UNKNOWN, dtype=np.int64)
     item_index[known] = item_lookup[raw_item[known]]
-    items, others = _first_per_item(item_index, other, smallest)
+    items, others = _smallest_per_item(item_index, other)
     vocab = np.unique(others)
     per_item = np.full(num_items, UNKNOWN, dtype=np.int32)
     per_item[PAD] = PAD
@@ -349,11 +382,13 @@ def _side_vocab(path: Path, id_column: str, item_lookup: np.ndarray, num_items: 
 
 
 def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int, audio_dim: int):
-    """Write item_audio float16 [num_items, D] and item_has_audio; rows of items without one stay 0."""
+    """Write item_audio float16 [num_items, D] and item_has_audio; rows of items without one stay 0.
+
+    The table is filled in memory (it is an output: num_items x D x 2 bytes) and written once.
+    """
     file_schema = schema.check_schema(path, "embeddings")
     column = schema.embedding_column(file_schema, path)
-    audio_path = tmp / "item_audio.bin"
-    audio = np.memmap(audio_path, dtype=np.float16, mode="w+", shape=(num_items, audio_dim))
+    audio = np.zeros((num_items, audio_dim), dtype=np.float16)
     has_audio = np.zeros(num_items, dtype=bool)
     pf = pq.ParquetFile(path)
     row = 0
@@ -380,13 +415,10 @@ def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int,
         index = np.full(len(raw_item), UNKNOWN, dtype=np.int64)
         index[known] = item_lookup[raw_item[known]]
         keep = index >= 2
-        audio[index[keep]] = vectors[keep]
+        audio[index[keep]] = vectors[keep].astype(np.float16)  # convert first: a mixed-dtype scatter is slow
         has_audio[index[keep]] = True
         row += table.num_rows
-    audio.flush()
-    del audio
-    entry = {"file": audio_path.name, "dtype": np.dtype(np.float16).str, "shape": [num_items, audio_dim]}
-    return entry, has_audio
+    return write_array(tmp, "item_audio", audio), has_audio
 
 
 def _empty_split_error(split: str, bounds: dict, path: Path, cfg: SplitConfig) -> RawDataError:
@@ -455,21 +487,38 @@ def prepare(
 
 
 def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, config, audio_dim, progress):
-    run = _EventPass(events, tmp, bounds, config, max_item)
-    with tqdm(total=pf.metadata.num_rows, unit="row", unit_scale=True, desc="prepare: events", disable=not progress) as bar:
+    started = time.perf_counter()
+    run = _EventPass(events, tmp, bounds, config, max_item, pf.metadata.num_rows)
+    # A reader thread reads and decodes the next row group while this one is processed (pyarrow and
+    # numpy release the GIL, so the two use both cores).
+    starts = np.concatenate([[0], np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])])
+
+    def read(g: int) -> _RowGroup:
+        table = pf.read_row_group(g, columns=EVENT_COLUMNS)
+        return _decode(table, events, int(starts[g]), max_item + 1)
+
+    with tqdm(total=pf.metadata.num_rows, unit="row", unit_scale=True, desc="prepare: events",
+              disable=not progress) as bar, ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, 0)
         for g in range(pf.num_row_groups):
-            table = pf.read_row_group(g, columns=EVENT_COLUMNS)
-            run.add(table)
-            bar.update(table.num_rows)
+            group = pending.result()
+            if g + 1 < pf.num_row_groups:
+                pending = reader.submit(read, g + 1)
+            run.add(group)
+            bar.update(len(group.uid))
 
     arrays: dict[str, dict] = {}
     for name, writer in run.stream.items():
         arrays[f"stream_{name}"] = writer.close()
-    for split, (pos_w, user_w) in run.examples.items():
-        arrays[f"{split}_pos"], arrays[f"{split}_user"] = pos_w.close(), user_w.close()
+    for split, writer in run.examples.items():
+        arrays[f"{split}_pos"] = writer.close()
     for name, writer in run.signals.items():
         arrays[f"signal_{name}"] = writer.close()
     stream_len = arrays["stream_ts"]["shape"][0]
+    for split in SPLITS:
+        if arrays[f"{split}_pos"]["shape"][0] == 0 and not (split == "val" and config.val_days == 0):
+            raise _empty_split_error(split, bounds, events, config)
+    timings = {"events": time.perf_counter() - started}
 
     # Users: index 0 pad, 1 unknown, then kept users in uid order.
     user_raw = np.concatenate([[0, 0], *run.user_ids]).astype(np.uint32)
@@ -479,7 +528,7 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     arrays["user_offsets"] = write_array(tmp, "user_offsets", offsets)
 
     # Items: index 0 pad, 1 unknown, then training items in raw-id order.
-    train_raw = np.flatnonzero(run.item_in_train)
+    train_raw = np.flatnonzero(run.in_train)
     num_items = 2 + len(train_raw)
     item_lookup = np.full(max_item + 1, UNKNOWN, dtype=np.int32)
     item_lookup[train_raw] = np.arange(2, num_items, dtype=np.int32)
@@ -487,12 +536,13 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     _remap_in_place(tmp, arrays["signal_item"], item_lookup)
     arrays["item_ids"] = write_array(tmp, "item_ids", np.concatenate([[0, 0], train_raw]).astype(np.uint32))
     length = np.zeros(num_items, dtype=np.float32)
-    length[2:] = run.item_length[train_raw]
+    length[2:] = run.length[train_raw]
     arrays["item_length"] = write_array(tmp, "item_length", length)
+    timings["item_vocab"] = time.perf_counter() - started - sum(timings.values())
 
     # Artists, albums and audio embeddings joined per item.
-    item_artist, artist_raw = _side_vocab(sides["artists"], "artist_id", item_lookup, num_items, smallest=False)
-    item_album, album_raw = _side_vocab(sides["albums"], "album_id", item_lookup, num_items, smallest=True)
+    item_artist, artist_raw = _side_vocab(sides["artists"], "artists", "artist_id", item_lookup, num_items)
+    item_album, album_raw = _side_vocab(sides["albums"], "albums", "album_id", item_lookup, num_items)
     item_artist[UNKNOWN] = item_album[UNKNOWN] = UNKNOWN
     arrays["item_artist"] = write_array(tmp, "item_artist", item_artist)
     arrays["item_album"] = write_array(tmp, "item_album", item_album)
@@ -500,26 +550,22 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     arrays["album_ids"] = write_array(tmp, "album_ids", album_raw)
     arrays["item_audio"], has_audio = _audio_table(sides["embeddings"], tmp, item_lookup, num_items, audio_dim)
     arrays["item_has_audio"] = write_array(tmp, "item_has_audio", has_audio)
+    timings["item_side_files"] = time.perf_counter() - started - sum(timings.values())
 
     # Paper-protocol lists: users with targets in the window, their state position and targets.
     for split in EVAL_SPLITS:
-        users_at_start = np.concatenate(run.state_pos[split][0]).astype(np.int32)
-        pos_at_start = np.concatenate(run.state_pos[split][1]).astype(np.int64)
-        example_user = open_array(tmp, arrays[f"{split}_user"])
-        target_users, first = np.unique(example_user, return_index=True)
-        ends = np.append(first[1:], len(example_user)).astype(np.int64)
-        # Every user with targets crossed the window start, so the lookup below always hits.
-        where = np.searchsorted(users_at_start, target_users)
-        arrays[f"paper_{split}_user"] = write_array(tmp, f"paper_{split}_user", target_users.astype(np.int32))
-        arrays[f"paper_{split}_pos"] = write_array(tmp, f"paper_{split}_pos", pos_at_start[where])
-        arrays[f"paper_{split}_offsets"] = write_array(
-            tmp, f"paper_{split}_offsets", np.concatenate([[0], ends]).astype(np.int64)
-        )
+        state_pos = np.concatenate(run.state_pos[split]).astype(np.int64)
+        target_pos = np.asarray(open_array(tmp, arrays[f"{split}_pos"]), dtype=np.int64)
+        target_user = np.searchsorted(offsets, target_pos, side="right") - 1
+        users, first = np.unique(target_user, return_index=True)
+        # Every user with targets crossed the window start, so this lookup always hits.
+        where = np.searchsorted(np.searchsorted(offsets, state_pos, side="right") - 1, users)
+        arrays[f"paper_{split}_user"] = write_array(tmp, f"paper_{split}_user", users.astype(np.int32))
+        arrays[f"paper_{split}_pos"] = write_array(tmp, f"paper_{split}_pos", state_pos[where])
+        offsets_ = np.append(first, len(target_pos)).astype(np.int64)
+        arrays[f"paper_{split}_offsets"] = write_array(tmp, f"paper_{split}_offsets", offsets_)
 
     counts = {name: entry["shape"][0] for name, entry in arrays.items() if name.endswith("_pos")}
-    for split in SPLITS:
-        if counts[f"{split}_pos"] == 0 and not (split == "val" and config.val_days == 0):
-            raise _empty_split_error(split, bounds, events, config)
     files = {"events": fingerprint(events), **{k: fingerprint(p) for k, p in sides.items()}}
     return {
         "schema_version": SCHEMA_VERSION,
@@ -552,4 +598,5 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
             "paper_test_users": arrays["paper_test_user"]["shape"][0],
         },
         "arrays": arrays,
+        "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
     }

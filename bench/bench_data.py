@@ -1,0 +1,180 @@
+"""Benchmark of the data layer: prepare against a bare pyarrow scan, peak memory, DataModule speed.
+
+    python bench/bench_data.py [--rows 50000000] [--users 10000] [--items 1000000] [--repeat 2]
+
+1. Synthesises the dataset (once; kept in --workdir) and a quarter-size twin for the memory slope.
+2. Side by side, ``--repeat`` times: a bare scan (``ParquetFile.read_row_group`` over every row group,
+   nothing else) of the events file, and of all four input files; then ``lightning-tt data prepare`` in
+   a fresh process, whose peak RSS comes from ``os.wait4``. The ratio uses the best time of each.
+3. YambdaDataModule: training examples/s at batch 4096 and history 50 (batch assembly only).
+4. Writes its section of docs/benchmarks.md (between the bench_data markers) with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from lightning_tt.data import schema
+from lightning_tt.data.prepare import EVENT_COLUMNS
+from lightning_tt.data.synth import size_label, synthesize
+
+ROOT = Path(__file__).resolve().parent.parent
+GIB = 1 << 30
+
+
+def scan(path: Path, columns=None) -> int:
+    pf = pq.ParquetFile(path)
+    return sum(pf.read_row_group(g, columns=columns).num_rows for g in range(pf.num_row_groups))
+
+
+def bare_scan_seconds(raw: Path, size: str) -> tuple[float, float]:
+    """(events file only, all four inputs) seconds for a bare read of the columns prepare reads."""
+    start = time.perf_counter()
+    scan(schema.events_path(raw, size), EVENT_COLUMNS)
+    events = time.perf_counter() - start
+    emb = raw / schema.EMBEDDINGS_FILE
+    scan(emb, ["item_id", schema.embedding_column(pq.read_schema(emb), emb)])
+    scan(raw / schema.ARTIST_FILE)
+    scan(raw / schema.ALBUM_FILE)
+    return events, time.perf_counter() - start
+
+
+def prepare_in_child(raw: Path, out: Path) -> tuple[float, float, dict]:
+    """Run prepare in a fresh process; return (wall seconds, peak RSS bytes, meta.json)."""
+    cmd = [sys.executable, "-m", "lightning_tt.cli", "data", "prepare", "--raw", str(raw), "--out", str(out),
+           "--overwrite"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"prepare failed: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss * 1024, json.loads((out / "meta.json").read_text())
+
+
+def datamodule_speed(prepared: Path, batch_size: int, history: int, batches: int, workers: int) -> float:
+    from lightning_tt.data.datamodule import YambdaDataModule
+
+    dm = YambdaDataModule(str(prepared), batch_size=batch_size, history=history, num_workers=workers)
+    loader = iter(dm.train_dataloader())
+    for _ in range(3):  # warm-up: page cache, worker start
+        next(loader)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024 / GIB
+    except OSError:
+        mem = float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def write_section(path: Path, text: str, marker: str = "bench_data") -> None:
+    begin, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=50_000_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--batches", type=int, default=100)
+    p.add_argument("--workdir", default="/tmp/lightning-tt-bench")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = p.parse_args()
+    work = Path(args.workdir)
+
+    runs = {}
+    for rows in (args.rows // 4, args.rows):
+        raw, size = work / f"raw-{size_label(rows)}", size_label(rows)
+        if not schema.events_path(raw, size).is_file():
+            start = time.perf_counter()
+            synthesize(raw, rows=rows, users=args.users, items=args.items, seed=0)
+            print(f"synth {rows:,} rows: {time.perf_counter() - start:.1f} s")
+        best = {"scan_events": float("inf"), "scan_all": float("inf"), "prepare": float("inf"), "rss": 0}
+        for r in range(args.repeat if rows == args.rows else 1):
+            events_s, all_s = bare_scan_seconds(raw, size)
+            wall, rss, meta = prepare_in_child(raw, work / f"prepared-{size}")
+            print(f"{size} run {r}: scan events {events_s:.2f} s, scan inputs {all_s:.2f} s, prepare {wall:.2f} s "
+                  f"(stages {meta['stage_seconds']}), peak RSS {rss / GIB:.2f} GiB")
+            best = {"scan_events": min(best["scan_events"], events_s), "scan_all": min(best["scan_all"], all_s),
+                    "prepare": min(best["prepare"], wall), "rss": max(best["rss"], rss), "meta": meta}
+        runs[rows] = best
+
+    big, small = runs[args.rows], runs[args.rows // 4]
+    prepared = work / f"prepared-{size_label(args.rows)}"
+    speeds = {w: datamodule_speed(prepared, 4096, 50, args.batches, w) for w in (0, 1)}
+    for w, s in speeds.items():
+        print(f"DataModule, {w} workers: {s:,.0f} examples/s")
+
+    slope = (big["rss"] - small["rss"]) / (args.rows - args.rows // 4)  # bytes per extra input row
+    rows_500m = 480_255_564
+    projected = big["rss"] + slope * (rows_500m - args.rows)
+    meta = big["meta"]
+    v = meta["vocab"]
+    audio_500m = 3_000_000 * 128 * 2 / GIB
+    text = f"""## Data layer: prepare and DataModule
+
+Measured {dt.date.today().isoformat()} on {machine()}; `python bench/bench_data.py --rows {args.rows} --users {args.users} --items {args.items}`.
+Synthetic twin of {args.rows:,} rows ({args.users:,} users, {args.items:,} items; {v['num_items']:,} items in the training vocabulary).
+Times are the best of {args.repeat} side-by-side runs; the machine is shared, so only the ratios carry over.
+
+| step | seconds | rows/s | ratio to the bare events scan | ratio to the bare scan of all inputs |
+|---|---|---|---|---|
+| bare scan, events file (6 columns) | {big['scan_events']:.2f} | {args.rows / big['scan_events'] / 1e6:.1f} M | 1.0 | |
+| bare scan, all four input files | {big['scan_all']:.2f} | | {big['scan_all'] / big['scan_events']:.1f} | 1.0 |
+| `lightning-tt data prepare` (fresh process, imports included) | {big['prepare']:.2f} | {args.rows / big['prepare'] / 1e6:.1f} M | {big['prepare'] / big['scan_events']:.1f} | {big['prepare'] / big['scan_all']:.1f} |
+
+Prepare stages (seconds, from meta.json): {meta['stage_seconds']}.
+
+Peak RSS of prepare: {big['rss'] / GIB:.2f} GiB at {args.rows:,} rows, {small['rss'] / GIB:.2f} GiB at {args.rows // 4:,} rows
+(same users and items): {slope:.3f} bytes per extra input row. Memory model for `flat/500m` (480M rows, 3M
+items): RSS = fixed part (interpreter and libraries, two row groups in flight, dense per-raw-id tables of
+8 bytes per id: 75 MB at 9.4M ids) + the item audio table held before it is written ({audio_500m:.2f} GiB at 3M x 128
+float16) + the whole mapping files during their join (~0.3 GiB at 9.4M rows) + rows x slope; projected
+{projected / GIB:.2f} GiB + {audio_500m:.2f} GiB, far under 24 GiB. The outputs themselves are appended to
+files as the pass goes (on disk and in the page cache, not in the process): about 10 bytes per listen for
+the stream and 8 per example.
+
+DataModule (training batches of 4096 examples, history 50, assembly only, no model):
+
+| DataLoader workers | examples/s |
+|---|---|
+| 0 (in the training process) | {speeds[0]:,.0f} |
+| 1 | {speeds[1]:,.0f} |
+"""
+    write_section(Path(args.out), text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

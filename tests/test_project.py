@@ -1,0 +1,52 @@
+"""The project's own wiring: the README's quick start, .ci/run and the GitHub Actions workflow agree,
+and the workflow passes actionlint."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quick_start_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section)
+
+
+def test_readme_opens_with_two_quick_start_commands():
+    commands = quick_start_commands()
+    assert len(commands) == 2
+    main_job, tests = commands
+    for command in commands:  # self-sufficient: venv, CPU torch first, then the project
+        assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0")
+    assert main_job.endswith("lightning-tt demo")
+    assert "pytest" in tests
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    script = (ROOT / ".ci" / "run").read_text()
+    test_command = quick_start_commands()[1]
+    commands = [line for line in script.splitlines() if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert commands == [test_command]
+
+
+def test_workflow_runs_ci_script_and_passes_actionlint():
+    workflow = ROOT / ".github" / "workflows" / "ci.yml"
+    assert "bash .ci/run" in workflow.read_text()
+    actionlint = shutil.which("actionlint")
+    if actionlint is None:
+        pytest.fail("actionlint is not installed: pip install -e '.[test]'")
+    result = subprocess.run([actionlint, str(workflow)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_rejects_a_broken_workflow(tmp_path):
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    result = subprocess.run([shutil.which("actionlint") or "actionlint", str(broken)], capture_output=True, text=True)
+    assert result.returncode != 0
