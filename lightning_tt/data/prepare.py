@@ -34,7 +34,7 @@ padding and index 1 unknown in every vocabulary):
   uint32, ``signal_type`` uint8 (codes of :data:`schema.EVENT_TYPES`).
 
 The item vocabulary is the items with any training event; items first seen later map to 1. An item
-on several albums gets its smallest album id.
+on several albums (or artists) gets the smallest id.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def fingerprint(path: Path) -> dict:
     return {"path": str(path), "bytes": size, "footer_sha256": digest.hexdigest()}
 
 
-def _column_max(pf: pq.ParquetFile, column: str, path: Path) -> tuple[int, int]:
+def _column_range(pf: pq.ParquetFile, column: str, path: Path) -> tuple[int, int]:
     """(min, max) of an integer column from row-group statistics, scanning the column if absent."""
     index = pf.schema_arrow.get_field_index(column)
     lo, hi = None, None
@@ -406,8 +406,8 @@ def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int,
                 f"{path}: column '{column}' row {row + int(wrong[0])} has dimension {lengths[wrong[0]]}, "
                 f"expected {audio_dim}"
             )
-        vectors = pc.list_flatten(lists.filter(pa.array(valid))).to_numpy(zero_copy_only=False)
-        vectors = vectors.reshape(-1, audio_dim)
+        # list_flatten skips null lists, so the rows of ``vectors`` are the valid rows in order.
+        vectors = pc.list_flatten(lists).to_numpy(zero_copy_only=False).reshape(-1, audio_dim)
         if not np.isfinite(vectors).all():
             raise RawDataError(f"{path}: column '{column}' holds NaN or infinite values")
         raw_item = raw_item[valid]
@@ -415,7 +415,8 @@ def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int,
         index = np.full(len(raw_item), UNKNOWN, dtype=np.int64)
         index[known] = item_lookup[raw_item[known]]
         keep = index >= 2
-        audio[index[keep]] = vectors[keep].astype(np.float16)  # convert first: a mixed-dtype scatter is slow
+        # Convert, then select and scatter in float16 (a mixed-dtype scatter is much slower).
+        audio[index[keep]] = vectors.astype(np.float16)[keep]
         has_audio[index[keep]] = True
         row += table.num_rows
     return write_array(tmp, "item_audio", audio), has_audio
@@ -459,8 +460,8 @@ def prepare(
     pf = pq.ParquetFile(events)
     if pf.metadata.num_rows == 0:
         raise RawDataError(f"{events}: the file has no rows")
-    min_ts, end = _column_max(pf, "timestamp", events)
-    _, max_item = _column_max(pf, "item_id", events)
+    min_ts, end = _column_range(pf, "timestamp", events)
+    _, max_item = _column_range(pf, "item_id", events)
     if max_item >= MAX_RAW_ID:
         raise RawDataError(f"{events}: column 'item_id' has out-of-range value {max_item} (allowed 0..{MAX_RAW_ID})")
     bounds = config.boundaries(end)
@@ -532,13 +533,13 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     num_items = 2 + len(train_raw)
     item_lookup = np.full(max_item + 1, UNKNOWN, dtype=np.int32)
     item_lookup[train_raw] = np.arange(2, num_items, dtype=np.int32)
-    _remap_in_place(tmp, arrays["stream_item"], item_lookup)
-    _remap_in_place(tmp, arrays["signal_item"], item_lookup)
+    # The stream's raw ids are remapped in a second thread while the item side files are joined.
+    remapper = ThreadPoolExecutor(max_workers=1)
+    remapped = [remapper.submit(_remap_in_place, tmp, arrays[name], item_lookup) for name in ("stream_item", "signal_item")]
     arrays["item_ids"] = write_array(tmp, "item_ids", np.concatenate([[0, 0], train_raw]).astype(np.uint32))
     length = np.zeros(num_items, dtype=np.float32)
     length[2:] = run.length[train_raw]
     arrays["item_length"] = write_array(tmp, "item_length", length)
-    timings["item_vocab"] = time.perf_counter() - started - sum(timings.values())
 
     # Artists, albums and audio embeddings joined per item.
     item_artist, artist_raw = _side_vocab(sides["artists"], "artists", "artist_id", item_lookup, num_items)
@@ -550,7 +551,10 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     arrays["album_ids"] = write_array(tmp, "album_ids", album_raw)
     arrays["item_audio"], has_audio = _audio_table(sides["embeddings"], tmp, item_lookup, num_items, audio_dim)
     arrays["item_has_audio"] = write_array(tmp, "item_has_audio", has_audio)
-    timings["item_side_files"] = time.perf_counter() - started - sum(timings.values())
+    for job in remapped:
+        job.result()
+    remapper.shutdown()
+    timings["items"] = time.perf_counter() - started - sum(timings.values())
 
     # Paper-protocol lists: users with targets in the window, their state position and targets.
     for split in EVAL_SPLITS:
