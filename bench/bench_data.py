@@ -118,7 +118,7 @@ def main() -> None:
         raw, size = work / f"raw-{size_label(rows)}", size_label(rows)
         if not schema.events_path(raw, size).is_file():
             start = time.perf_counter()
-            synthesize(raw, rows=rows, users=args.users, items=args.items, seed=0)
+            synthesize(raw, rows=rows, users=args.users, items=args.items, seed=0, progress=False)
             print(f"synth {rows:,} rows: {time.perf_counter() - start:.1f} s")
         best = {"scan_events": float("inf"), "scan_all": float("inf"), "prepare": float("inf"), "rss": 0}
         for r in range(args.repeat if rows == args.rows else 1):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
 
@@ -37,11 +39,16 @@ def summarize(data_dir: str, batch_size: int = 4, history: int | None = None) ->
         n = min(batch_size, len(dataset))
         if n == 0:
             continue
-        batch = dataset[list(range(n))]
+        batch = dataset[np.linspace(0, len(dataset) - 1, n).astype(np.int64)]  # spread over users
         lines.append(f"  sample {name} batch (B={n}, N={history}):")
         for key, tensor in batch.items():
             shape = "x".join(str(s) for s in tensor.shape)
-            preview = tensor.flatten()[:6].tolist()
-            preview = [round(x, 3) if isinstance(x, float) else x for x in preview]
-            lines.append(f"    {key:<27} {str(tensor.dtype).replace('torch.', ''):<8} [{shape}]  {preview}")
+            # 1-d: the batch's values; 2-d: the last example's row (for histories, its most recent
+            # entries: they are right-aligned).
+            row = tensor if tensor.dim() == 1 else tensor[-1]
+            tail = key.startswith("history_") and tensor.dim() == 2
+            shown = [round(x, 3) if isinstance(x, float) else x for x in (row[-6:] if tail else row[:6]).tolist()]
+            more = len(row) > 6
+            preview = ("..., " if tail and more else "") + ", ".join(map(str, shown)) + (", ..." if more and not tail else "")
+            lines.append(f"    {key:<27} {str(tensor.dtype).replace('torch.', ''):<8} [{shape}]  [{preview}]")
     return "\n".join(lines)
