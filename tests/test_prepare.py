@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import END, hand_rows
+from lightning_tt.data.arrays import bfloat16_to_float32, float32_to_bfloat16
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset, play_weight
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData
@@ -48,9 +49,10 @@ def test_vocabularies_and_item_tables(hand):
     assert arr(hand, "item_album") == [0, 1, 3, 2, 4, 5]
     assert arr(hand, "item_length") == [0, 0, 110, 111, 112, 113]
     assert arr(hand, "item_has_audio") == [False, False, True, True, False, True]
-    audio = np.asarray(hand["item_audio"], dtype=np.float32)
+    assert hand.meta["arrays"]["item_audio"]["encoding"] == "bfloat16"
+    audio = bfloat16_to_float32(hand["item_audio"])
     expected_10 = np.array([11, 1, 0, 0]) / np.hypot(11, 1)
-    np.testing.assert_allclose(audio[2], expected_10, atol=1e-3)  # float16 storage
+    np.testing.assert_allclose(audio[2], expected_10, rtol=2**-8)  # bfloat16: 8 significant bits
     assert not audio[4].any() and not audio[0].any()
     assert hand.vocab == {"num_users": 4, "num_items": 6, "num_artists": 4, "num_albums": 6, "audio_dim": 4,
                           "padding_index": 0, "unknown_index": 1}
@@ -141,3 +143,14 @@ def test_output_is_atomic_and_not_overwritten_by_default(hand_raw, tmp_path):
     assert json.loads((out / "meta.json").read_text())["config"]["min_played_pct"] == 60
     assert meta["counts"]["train_examples"] == 3  # 80%, 100%, 120%: the 50% listen of user 9 drops out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # no temporary directories left
+
+
+def test_bfloat16_round_trip():
+    x = np.array([[1.0, -2.5, 0.0, 3.0e-3], [65504.0, 1e-30, 0.1, -0.7]], dtype=np.float32)
+    bits = float32_to_bfloat16(x)
+    assert bits.dtype == np.uint16 and bits.shape == x.shape
+    assert bits[0, 0] == 0x3F80 and bits[0, 1] == 0xC020  # 1.0 and -2.5 are exact in bfloat16
+    back = bfloat16_to_float32(bits)
+    assert back[0, :3].tolist() == [1.0, -2.5, 0.0]
+    assert np.all(np.abs(back - x) <= np.abs(x) * 2**-7)  # truncation keeps 8 significant bits
+    assert np.all(np.abs(back) <= np.abs(x))  # and rounds toward zero

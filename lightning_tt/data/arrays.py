@@ -58,3 +58,14 @@ def open_array(directory: str | Path, entry: dict, mode: str = "r") -> np.ndarra
     if expected == 0:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+
+
+def float32_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 [..., D] -> bfloat16 bit patterns as uint16 [..., D], truncating (the upper 16 bits)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return values.view(np.uint16)[..., 1::2] if np.little_endian else values.view(np.uint16)[..., ::2]
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32, exactly."""
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lightning_tt.data.arrays import bfloat16_to_float32
 from lightning_tt.data.prepared import PreparedData
 
 
@@ -63,7 +64,7 @@ class FeatureGatherer:
         self.item_album = np.asarray(data["item_album"]).astype(np.int64)
         self.item_length = np.asarray(data["item_length"])
         self.item_has_audio = np.asarray(data["item_has_audio"])
-        self.item_audio = data["item_audio"]  # float16 memmap [num_items, D]
+        self.item_audio = data["item_audio"]  # bfloat16 bits, uint16 memmap [num_items, D]
         self._window = np.arange(-history, 0, dtype=np.int64)
 
     def user_of(self, pos: np.ndarray) -> np.ndarray:
@@ -76,7 +77,7 @@ class FeatureGatherer:
             f"{prefix}_item": items,
             f"{prefix}_artist": self.item_artist[items],
             f"{prefix}_album": self.item_album[items],
-            f"{prefix}_audio": self.item_audio[items].astype(np.float32),
+            f"{prefix}_audio": bfloat16_to_float32(self.item_audio[items]),
             f"{prefix}_has_audio": self.item_has_audio[items],
             f"{prefix}_track_length": self.item_length[items],
         }

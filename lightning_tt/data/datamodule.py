@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_tt.data.arrays import bfloat16_to_float32
 from lightning_tt.data.batches import BatchIndexSampler, NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
 
@@ -68,7 +69,7 @@ class YambdaDataModule(L.LightningDataModule):
             "artist": torch.from_numpy(np.asarray(d["item_artist"]).astype(np.int64)),
             "album": torch.from_numpy(np.asarray(d["item_album"]).astype(np.int64)),
             "track_length": torch.from_numpy(np.array(d["item_length"], dtype=np.float32)),
-            "audio": torch.from_numpy(np.array(d["item_audio"], dtype=np.float32)),
+            "audio": torch.from_numpy(bfloat16_to_float32(d["item_audio"])),
             "has_audio": torch.from_numpy(np.array(d["item_has_audio"], dtype=bool)),
         }
 

@@ -28,7 +28,7 @@ padding and index 1 unknown in every vocabulary):
   int64 [L] (first stream position at or after the window start: the state at that time), and
   ``paper_{split}_offsets`` int64 [L + 1] into ``{split}_pos`` (the user's targets, with repeats).
 - item side tables, indexed by item index: ``item_ids`` (raw id), ``item_artist``, ``item_album``
-  int32, ``item_length`` float32 (seconds, 0 = unknown), ``item_audio`` float16 [Vi, D],
+  int32, ``item_length`` float32 (seconds, 0 = unknown), ``item_audio`` bfloat16 bits (uint16) [Vi, D],
   ``item_has_audio`` bool; ``user_ids``, ``artist_ids``, ``album_ids`` raw ids per index.
 - the other event types of the kept users: ``signal_user``, ``signal_item`` int32, ``signal_ts``
   uint32, ``signal_type`` uint8 (codes of :data:`schema.EVENT_TYPES`).
@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from lightning_tt.data import schema
-from lightning_tt.data.arrays import ArrayWriter, open_array, write_array
+from lightning_tt.data.arrays import ArrayWriter, float32_to_bfloat16, open_array, write_array
 from lightning_tt.data.schema import RawDataError
 
 SCHEMA_VERSION = 1
@@ -381,45 +381,58 @@ def _side_vocab(path: Path, kind: str, id_column: str, item_lookup: np.ndarray, 
     return per_item, raw_ids
 
 
-def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int, audio_dim: int):
-    """Write item_audio float16 [num_items, D] and item_has_audio; rows of items without one stay 0.
-
-    The table is filled in memory (it is an output: num_items x D x 2 bytes) and written once.
-    """
-    file_schema = schema.check_schema(path, "embeddings")
-    column = schema.embedding_column(file_schema, path)
-    audio = np.zeros((num_items, audio_dim), dtype=np.float16)
-    has_audio = np.zeros(num_items, dtype=bool)
+def _embedding_groups(path: Path, column: str, audio_dim: int):
+    """Yield (raw item ids [n], float32 vectors [n, D]) per row group of the embeddings file, skipping
+    null embeddings; the next group is read and checked in a second thread meanwhile."""
     pf = pq.ParquetFile(path)
-    row = 0
-    for g in range(pf.num_row_groups):
+    starts = np.concatenate([[0], np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])])
+
+    def read(g: int):
         table = pf.read_row_group(g, columns=["item_id", column])
         raw_item = _ints(table, "item_id", path)
         lists = table.column(column).combine_chunks()
-        if isinstance(lists, pa.ChunkedArray):
-            lists = lists.chunk(0)
         valid = ~lists.is_null().to_numpy(zero_copy_only=False)
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
         wrong = np.flatnonzero(valid & (lengths != audio_dim))
         if len(wrong):
             raise RawDataError(
-                f"{path}: column '{column}' row {row + int(wrong[0])} has dimension {lengths[wrong[0]]}, "
+                f"{path}: column '{column}' row {starts[g] + wrong[0]} has dimension {lengths[wrong[0]]}, "
                 f"expected {audio_dim}"
             )
         # list_flatten skips null lists, so the rows of ``vectors`` are the valid rows in order.
-        vectors = pc.list_flatten(lists).to_numpy(zero_copy_only=False).reshape(-1, audio_dim)
+        vectors = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
         if not np.isfinite(vectors).all():
             raise RawDataError(f"{path}: column '{column}' holds NaN or infinite values")
-        raw_item = raw_item[valid]
+        return raw_item[valid], vectors.reshape(-1, audio_dim)
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, 0) if pf.num_row_groups else None
+        for g in range(pf.num_row_groups):
+            group = pending.result()
+            if g + 1 < pf.num_row_groups:
+                pending = reader.submit(read, g + 1)
+            yield group
+
+
+def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int, audio_dim: int):
+    """Write item_audio [num_items, D] as bfloat16 bits and item_has_audio; items without an embedding
+    keep a zero row. bfloat16 is float32 truncated to its upper 16 bits (8 significant bits, relative
+    error < 0.4%), so the conversion is a strided copy. The table is an output held in memory
+    (num_items x D x 2 bytes) and written once.
+    """
+    column = schema.embedding_column(schema.check_schema(path, "embeddings"), path)
+    audio = np.zeros((num_items, audio_dim), dtype=np.uint16)
+    has_audio = np.zeros(num_items, dtype=bool)
+    for raw_item, vectors in _embedding_groups(path, column, audio_dim):
         known = raw_item < len(item_lookup)
         index = np.full(len(raw_item), UNKNOWN, dtype=np.int64)
         index[known] = item_lookup[raw_item[known]]
-        keep = index >= 2
-        # Convert, then select and scatter in float16 (a mixed-dtype scatter is much slower).
-        audio[index[keep]] = vectors.astype(np.float16)[keep]
+        keep = np.flatnonzero(index >= 2)
+        audio[index[keep]] = float32_to_bfloat16(vectors[keep])
         has_audio[index[keep]] = True
-        row += table.num_rows
-    return write_array(tmp, "item_audio", audio), has_audio
+    entry = write_array(tmp, "item_audio", audio)
+    entry["encoding"] = "bfloat16"
+    return entry, has_audio
 
 
 def _empty_split_error(split: str, bounds: dict, path: Path, cfg: SplitConfig) -> RawDataError:
@@ -533,27 +546,26 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     num_items = 2 + len(train_raw)
     item_lookup = np.full(max_item + 1, UNKNOWN, dtype=np.int32)
     item_lookup[train_raw] = np.arange(2, num_items, dtype=np.int32)
-    # The stream's raw ids are remapped in a second thread while the item side files are joined.
-    remapper = ThreadPoolExecutor(max_workers=1)
-    remapped = [remapper.submit(_remap_in_place, tmp, arrays[name], item_lookup) for name in ("stream_item", "signal_item")]
     arrays["item_ids"] = write_array(tmp, "item_ids", np.concatenate([[0, 0], train_raw]).astype(np.uint32))
     length = np.zeros(num_items, dtype=np.float32)
     length[2:] = run.length[train_raw]
     arrays["item_length"] = write_array(tmp, "item_length", length)
 
-    # Artists, albums and audio embeddings joined per item.
-    item_artist, artist_raw = _side_vocab(sides["artists"], "artists", "artist_id", item_lookup, num_items)
-    item_album, album_raw = _side_vocab(sides["albums"], "albums", "album_id", item_lookup, num_items)
-    item_artist[UNKNOWN] = item_album[UNKNOWN] = UNKNOWN
-    arrays["item_artist"] = write_array(tmp, "item_artist", item_artist)
-    arrays["item_album"] = write_array(tmp, "item_album", item_album)
-    arrays["artist_ids"] = write_array(tmp, "artist_ids", artist_raw)
-    arrays["album_ids"] = write_array(tmp, "album_ids", album_raw)
-    arrays["item_audio"], has_audio = _audio_table(sides["embeddings"], tmp, item_lookup, num_items, audio_dim)
-    arrays["item_has_audio"] = write_array(tmp, "item_has_audio", has_audio)
-    for job in remapped:
-        job.result()
-    remapper.shutdown()
+    # A second thread remaps the stream's raw ids and joins artists and albums while this one joins
+    # the audio embeddings (the largest input after the events).
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        remapped = [helper.submit(_remap_in_place, tmp, arrays[name], item_lookup)
+                    for name in ("stream_item", "signal_item")]
+        artists = helper.submit(_side_vocab, sides["artists"], "artists", "artist_id", item_lookup, num_items)
+        albums = helper.submit(_side_vocab, sides["albums"], "albums", "album_id", item_lookup, num_items)
+        arrays["item_audio"], has_audio = _audio_table(sides["embeddings"], tmp, item_lookup, num_items, audio_dim)
+        arrays["item_has_audio"] = write_array(tmp, "item_has_audio", has_audio)
+        for name, job in (("artist", artists), ("album", albums)):
+            per_item, raw_ids = job.result()
+            arrays[f"item_{name}"] = write_array(tmp, f"item_{name}", per_item)
+            arrays[f"{name}_ids"] = write_array(tmp, f"{name}_ids", raw_ids)
+        for job in remapped:
+            job.result()
     timings["items"] = time.perf_counter() - started - sum(timings.values())
 
     # Paper-protocol lists: users with targets in the window, their state position and targets.
@@ -583,8 +595,8 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
         "vocab": {
             "num_users": num_users,
             "num_items": num_items,
-            "num_artists": len(artist_raw),
-            "num_albums": len(album_raw),
+            "num_artists": arrays["artist_ids"]["shape"][0],
+            "num_albums": arrays["album_ids"]["shape"][0],
             "audio_dim": audio_dim,
             "padding_index": PAD,
             "unknown_index": UNKNOWN,
