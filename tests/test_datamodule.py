@@ -129,3 +129,20 @@ def test_lightning_trainer_drives_the_loaders(prepared):
     orders = [sum((items for e, items in seen if e == epoch), []) for epoch in range(4)]
     assert all(sorted(o) == [2, 3, 4, 5] for o in orders)  # every training target once per epoch
     assert len({tuple(o) for o in orders}) > 1  # reshuffled between epochs (set_epoch reached the sampler)
+
+
+def test_datasets_pickle_without_their_arrays(prepared):
+    """Spawned DataLoader workers receive the directory and reopen the memory maps."""
+    import pickle
+
+    from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
+    from lightning_tt.data.prepared import PreparedData
+
+    data = PreparedData(prepared)
+    for dataset in (NextTrackDataset(data, "train", 3), PaperListDataset(data, "test", 3)):
+        index = np.arange(len(dataset))
+        before = dataset[index]
+        copy = pickle.loads(pickle.dumps(dataset))
+        assert isinstance(copy.gather.stream_item, np.memmap)  # reopened, not copied into the pickle
+        after = copy[index]
+        assert all(torch.equal(before[k], after[k]) for k in before)

@@ -67,6 +67,13 @@ class FeatureGatherer:
         self.item_audio = data["item_audio"]  # bfloat16 bits, uint16 memmap [num_items, D]
         self._window = np.arange(-history, 0, dtype=np.int64)
 
+    def __getstate__(self):
+        """Pickle (for spawned DataLoader workers) the directory, not the memory-mapped arrays."""
+        return {"data": self.data, "history": self.history}
+
+    def __setstate__(self, state):
+        self.__init__(state["data"], state["history"])
+
     def user_of(self, pos: np.ndarray) -> np.ndarray:
         """User index owning each stream position (the last user whose range starts at or before it)."""
         return np.searchsorted(self.user_offsets, pos, side="right") - 1
@@ -128,8 +135,11 @@ class NextTrackDataset(torch.utils.data.Dataset):
     def __init__(self, data: PreparedData, split: str, history: int):
         self.gather = FeatureGatherer(data, history)
         self.split = split
-        self.pos = data[f"{split}_pos"]
         self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
+
+    @property
+    def pos(self) -> np.ndarray:
+        return self.gather.data[f"{self.split}_pos"]
 
     def __len__(self) -> int:
         return len(self.pos)
@@ -158,25 +168,24 @@ class PaperListDataset(torch.utils.data.Dataset):
 
     def __init__(self, data: PreparedData, split: str, history: int):
         self.gather = FeatureGatherer(data, history)
-        self.user = data[f"paper_{split}_user"]
-        self.pos = data[f"paper_{split}_pos"]
-        self.offsets = np.asarray(data[f"paper_{split}_offsets"])
-        self.target_pos = data[f"{split}_pos"]
+        self.split = split
 
     def __len__(self) -> int:
-        return len(self.user)
+        return len(self.gather.data[f"paper_{self.split}_user"])
 
     def arrays(self, index: np.ndarray) -> dict[str, np.ndarray]:
         index = np.asarray(index, dtype=np.int64)
-        g = self.gather
-        out = g.query(np.asarray(self.pos[index], dtype=np.int64), np.asarray(self.user[index]))
+        g, d, split = self.gather, self.gather.data, self.split
+        out = g.query(np.asarray(d[f"paper_{split}_pos"][index], dtype=np.int64),
+                      np.asarray(d[f"paper_{split}_user"][index]))
         out["example_age"] = np.zeros(len(index), np.float32)
-        first, count = self.offsets[index], self.offsets[index + 1] - self.offsets[index]
+        offsets = d[f"paper_{split}_offsets"]
+        first, count = np.asarray(offsets[index]), np.asarray(offsets[index + 1] - offsets[index])
         width = int(count.max()) if len(index) else 0
         slot = np.arange(width, dtype=np.int64)
         valid = slot[None, :] < count[:, None]
         where = np.where(valid, first[:, None] + slot[None, :], 0)
-        out["target_items"] = np.where(valid, g.stream_item[self.target_pos[where]], 0)
+        out["target_items"] = np.where(valid, g.stream_item[d[f"{split}_pos"][where]], 0)
         out["target_count"] = count
         return out
 
