@@ -382,8 +382,8 @@ def _side_vocab(path: Path, kind: str, id_column: str, item_lookup: np.ndarray, 
 
 
 def _embedding_groups(path: Path, column: str, audio_dim: int):
-    """Yield (raw item ids [n], float32 vectors [n, D]) per row group of the embeddings file, skipping
-    null embeddings; the next group is read and checked in a second thread meanwhile."""
+    """Yield (rows read, raw item ids [n], float32 vectors [n, D]) per row group of the embeddings file,
+    skipping null embeddings; the next group is read and checked in a second thread meanwhile."""
     pf = pq.ParquetFile(path)
     starts = np.concatenate([[0], np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])])
 
@@ -403,7 +403,7 @@ def _embedding_groups(path: Path, column: str, audio_dim: int):
         vectors = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
         if not np.isfinite(vectors).all():
             raise RawDataError(f"{path}: column '{column}' holds NaN or infinite values")
-        return raw_item[valid], vectors.reshape(-1, audio_dim)
+        return table.num_rows, raw_item[valid], vectors.reshape(-1, audio_dim)
 
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(read, 0) if pf.num_row_groups else None
@@ -414,7 +414,8 @@ def _embedding_groups(path: Path, column: str, audio_dim: int):
             yield group
 
 
-def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int, audio_dim: int):
+def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int, audio_dim: int,
+                 progress: bool = False):
     """Write item_audio [num_items, D] as bfloat16 bits and item_has_audio; items without an embedding
     keep a zero row. bfloat16 is float32 truncated to its upper 16 bits (8 significant bits, relative
     error < 0.4%), so the conversion is a strided copy. The table is an output held in memory
@@ -423,13 +424,17 @@ def _audio_table(path: Path, tmp: Path, item_lookup: np.ndarray, num_items: int,
     column = schema.embedding_column(schema.check_schema(path, "embeddings"), path)
     audio = np.zeros((num_items, audio_dim), dtype=np.uint16)
     has_audio = np.zeros(num_items, dtype=bool)
-    for raw_item, vectors in _embedding_groups(path, column, audio_dim):
+    rows = pq.ParquetFile(path).metadata.num_rows
+    bar = tqdm(total=rows, unit="row", unit_scale=True, desc="prepare: audio", disable=not progress)
+    for rows_read, raw_item, vectors in _embedding_groups(path, column, audio_dim):
+        bar.update(rows_read)
         known = raw_item < len(item_lookup)
         index = np.full(len(raw_item), UNKNOWN, dtype=np.int64)
         index[known] = item_lookup[raw_item[known]]
         keep = np.flatnonzero(index >= 2)
         audio[index[keep]] = float32_to_bfloat16(vectors[keep])
         has_audio[index[keep]] = True
+    bar.close()
     entry = write_array(tmp, "item_audio", audio)
     entry["encoding"] = "bfloat16"
     return entry, has_audio
@@ -558,7 +563,8 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
                     for name in ("stream_item", "signal_item")]
         artists = helper.submit(_side_vocab, sides["artists"], "artists", "artist_id", item_lookup, num_items)
         albums = helper.submit(_side_vocab, sides["albums"], "albums", "album_id", item_lookup, num_items)
-        arrays["item_audio"], has_audio = _audio_table(sides["embeddings"], tmp, item_lookup, num_items, audio_dim)
+        arrays["item_audio"], has_audio = _audio_table(sides["embeddings"], tmp, item_lookup, num_items, audio_dim,
+                                                          progress)
         arrays["item_has_audio"] = write_array(tmp, "item_has_audio", has_audio)
         for name, job in (("artist", artists), ("album", albums)):
             per_item, raw_ids = job.result()
