@@ -1,0 +1,1 @@
+"""The two-tower model: towers, corrected loss, frequency estimator, LightningModule."""
