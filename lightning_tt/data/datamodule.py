@@ -100,6 +100,10 @@ class YambdaDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, train=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test cases (``predict`` writes top-k lists for them)."""
+        return self.test_dataloader()
+
     def paper_dataloader(self, split: str) -> DataLoader:
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets)."""
         return self._loader(PaperListDataset(self.data, split, self.history), self.eval_batch_size, train=False)

@@ -1,0 +1,174 @@
+"""TwoTowerModule: both towers, the corrected in-batch softmax and the frequency estimator.
+
+training_step:  u = query_tower(batch) [B, o], v = item_tower(target_item) [B, o] (+ M uniform
+                negatives), log q from the estimator (updated with the batch first), loss.py's loss.
+validation/test: exact next-track Recall@k by brute force: the whole catalogue is embedded once per
+                epoch ([V, o]), every case scores all items (padding and unknown excluded) and counts
+                a hit when its target is in the top k. Logged as ``{stage}/recall@{k}``.
+predict_step:   top-k item indices and scores per case.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from lightning_tt.model.estimator import StreamingFrequencyEstimator
+from lightning_tt.model.loss import corrected_softmax_loss
+from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
+
+FIRST_ITEM = 2  # 0 = padding, 1 = unknown
+
+
+class TwoTowerModule(L.LightningModule):
+    """Two-tower retrieval model. Every argument is a primitive, so configs and sweeps can set it and
+    checkpoints reload with ``weights_only=True``; the ``num_*``/``audio_dim`` sizes and ``data_dir`` are
+    linked from the DataModule by the CLI.
+
+    Feature switches (``use_*``) turn feature groups off for ablations; ``share_tables`` shares the item,
+    artist and album tables between the towers; ``logq_correction`` subtracts log q (Yi et al.);
+    ``mixed_negatives`` adds M uniformly sampled catalogue items as extra negative columns.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        num_users: int = 2,
+        num_items: int = 3,
+        num_artists: int = 2,
+        num_albums: int = 2,
+        audio_dim: int = 128,
+        embedding_dim: int = 64,
+        hidden_dims: list[int] = [256],  # noqa: B006 (jsonargparse needs the literal default)
+        output_dim: int = 64,
+        dropout: float = 0.0,
+        temperature: float = 0.05,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        share_tables: bool = True,
+        use_user: bool = True,
+        use_history: bool = True,
+        use_seed: bool = True,
+        use_age: bool = True,
+        use_item_id: bool = True,
+        use_artist: bool = True,
+        use_album: bool = True,
+        use_length: bool = True,
+        use_audio: bool = True,
+        logq_correction: bool = True,
+        estimator_hashes: int = 2,
+        estimator_buckets: int = 1 << 20,
+        estimator_alpha: float = 0.01,
+        mixed_negatives: int = 0,
+        recall_k: list[int] = [10, 100],  # noqa: B006
+        eval_chunk: int = 65536,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if num_items <= FIRST_ITEM:
+            raise ValueError(f"num_items must be > {FIRST_ITEM} (padding and unknown come first), got {num_items}")
+        self.table = ItemTable(num_items, audio_dim, data_dir)
+        item_ids = Embeddings(num_items, num_artists, num_albums, embedding_dim)
+        query_ids = item_ids if share_tables else Embeddings(num_items, num_artists, num_albums, embedding_dim)
+        features = dict(use_item_id=use_item_id, use_artist=use_artist, use_album=use_album, use_length=use_length,
+                        use_audio=use_audio)
+        self.item_tower = ItemTower(self.table, item_ids, output_dim, hidden_dims, dropout, **features)
+        self.query_tower = QueryTower(self.table, query_ids, num_users, output_dim, hidden_dims, dropout,
+                                      use_user, use_history, use_seed, use_age, **features)
+        self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
+        self.recall = torch.nn.ModuleDict({f"{stage}_{k}": MeanMetric() for stage in ("val", "test")
+                                           for k in recall_k})
+        self._catalogue: torch.Tensor | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Query embeddings [B, o]."""
+        return self.query_tower(batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        targets = batch["target_item"]
+        query = self.query_tower(batch)
+        candidates, columns = self.item_tower(targets), targets
+        if hp.mixed_negatives > 0:
+            negatives = torch.randint(FIRST_ITEM, hp.num_items, (hp.mixed_negatives,), device=targets.device)
+            candidates = torch.cat([candidates, self.item_tower(negatives)])
+            columns = torch.cat([targets, negatives])
+        if hp.logq_correction:
+            self.estimator.update(targets)
+            log_q = torch.log(self.estimator.probability(targets))
+            if hp.mixed_negatives > 0:
+                uniform = math.log(hp.mixed_negatives / (hp.num_items - FIRST_ITEM))
+                log_q = torch.cat([log_q, log_q.new_full((hp.mixed_negatives,), uniform)])
+        else:
+            log_q = candidates.new_zeros(len(columns))
+        loss = corrected_softmax_loss(query, candidates, targets, columns, log_q, batch["weight"], hp.temperature)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
+        return loss
+
+    @torch.no_grad()
+    def item_embeddings(self) -> torch.Tensor:
+        """[num_items, o] embeddings of the whole catalogue (rows 0 and 1 are never retrieved)."""
+        items = torch.arange(self.hparams.num_items, device=self.device)
+        return torch.cat([self.item_tower(chunk) for chunk in items.split(self.hparams.eval_chunk)])
+
+    def _top_k(self, batch: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._catalogue is None:
+            self._catalogue = self.item_embeddings()
+        scores = self.query_tower(batch) @ self._catalogue.T
+        scores[:, :FIRST_ITEM] = float("-inf")
+        return scores.topk(min(k, scores.shape[1] - FIRST_ITEM), dim=1)
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        ks = self.hparams.recall_k
+        _, top = self._top_k(batch, max(ks))
+        hits = top == batch["target_item"][:, None]
+        for k in ks:
+            self.recall[f"{stage}_{k}"].update(hits[:, :k].any(dim=1).float())
+
+    def _log_recall(self, stage: str) -> dict[str, float]:
+        self._catalogue = None
+        values = {}
+        for k in self.hparams.recall_k:
+            metric = self.recall[f"{stage}_{k}"]
+            values[f"{stage}/recall@{k}"] = metric.compute().item()
+            self.log(f"{stage}/recall@{k}", metric, prog_bar=k == max(self.hparams.recall_k))
+        return values
+
+    def on_validation_epoch_start(self) -> None:
+        self._catalogue = None  # the towers changed since the last epoch
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_recall("val")
+        if not self.trainer.sanity_checking:
+            loss = self.trainer.callback_metrics.get("train/loss")
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+            self.print(f"epoch {self.current_epoch}: train/loss {float(loss):.4f}, {summary}" if loss is not None
+                       else f"epoch {self.current_epoch}: {summary}")
+
+    def on_test_epoch_start(self) -> None:
+        self._catalogue = None
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_recall("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._catalogue = None
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        scores, items = self._top_k(batch, max(self.hparams.recall_k))
+        return {"items": items, "scores": scores, "target_item": batch["target_item"]}
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate,
+                                weight_decay=self.hparams.weight_decay)
