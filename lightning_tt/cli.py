@@ -1,6 +1,7 @@
 """The ``lightning-tt`` command.
 
-    lightning-tt demo [--workdir runs/demo]           synthesise, prepare and summarise the embedded default
+    lightning-tt fit|validate|test|predict --config configs/demo.yaml [...]   LightningCLI (model + data)
+    lightning-tt demo [--workdir runs/demo]           synthesise, prepare, train and test the embedded default
     lightning-tt data synth --out DIR [...]           write a synthetic dataset in the Yambda layout
     lightning-tt data download --size 50m --out DIR   fetch a Yambda size from the Hugging Face hub
     lightning-tt data prepare --raw DIR --out DIR     raw parquet -> prepared arrays + meta.json
@@ -8,6 +9,12 @@
 
 Errors in the input (a missing file, a bad column, an empty split...) print one line naming the file
 and column and exit with status 1.
+
+The Lightning commands link the DataModule's sizes (``num_users``, ``num_items``, ``num_artists``,
+``num_albums``, ``audio_dim``, read from meta.json) and ``data_dir`` into the model, so a config never
+repeats them. The resolved config is saved as ``config.yaml`` in the run's log directory, next to its
+``checkpoints/``; ``test --config that/config.yaml --ckpt_path that/checkpoints/X.ckpt`` rebuilds the run
+in a fresh process, and ``fit ... --ckpt_path last.ckpt`` resumes it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,30 @@ from lightning_tt.data.schema import RawDataError
 
 #: The embedded default: a synthetic dataset small enough for 2 CPU cores.
 DEMO_SYNTH = {"rows": 300_000, "users": 2_000, "items": 20_000, "days": 30.0, "seed": 0}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def lightning_cli(args: list[str], run: bool = True):
+    """Run (or, with ``run=False``, only build) the LightningCLI over TwoTowerModule and YambdaDataModule."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_tt.data.datamodule import YambdaDataModule
+    from lightning_tt.model.module import TwoTowerModule
+
+    class TwoTowerCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.link_arguments("data.data_dir", "model.data_dir")
+            for name in ("num_users", "num_items", "num_artists", "num_albums", "audio_dim"):
+                parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    # The arguments always come in ``args``; LightningCLI warns when sys.argv holds others (as it does
+    # under `lightning-tt demo` or pytest), so it sees only the program name.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=args, run=run, seed_everything_default=0)
+    finally:
+        sys.argv = argv
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
@@ -42,8 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightning-tt", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="synthesise, prepare and summarise the embedded default dataset")
-    demo.add_argument("--workdir", default="runs/demo", help="where the raw and prepared data go (default runs/demo)")
+    demo = commands.add_parser("demo", help="synthesise, prepare, train and test the embedded default")
+    for name in LIGHTNING_COMMANDS:
+        commands.add_parser(name, help=f"LightningCLI {name} (lightning-tt {name} --help)", add_help=False)
+    demo.add_argument("--workdir", default="runs/demo", help="where data, logs and checkpoints go (default runs/demo)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: configs/demo.yaml's)")
 
     data = commands.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write a synthetic dataset in the Yambda layout")
@@ -75,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo(workdir: Path) -> None:
+def _demo(workdir: Path, epochs: int | None) -> None:
+    from lightning_tt.baselines import evaluate
     from lightning_tt.data.prepare import prepare
     from lightning_tt.data.schema import find_size
     from lightning_tt.data.summary import summarize
@@ -95,10 +130,32 @@ def _demo(workdir: Path) -> None:
         prepare(raw, prepared, config=SplitConfig())
     print(summarize(str(prepared)))
 
+    config = CONFIGS / "demo.yaml"
+    if not config.is_file():
+        raise RuntimeError(f"{config}: not found; run the demo from a checkout (pip install -e .)")
+    overrides = ["--data.data_dir", str(prepared), "--trainer.logger.init_args.save_dir", str(workdir / "runs")]
+    if epochs is not None:
+        overrides += ["--trainer.max_epochs", str(epochs)]
+    print(f"[demo] training: lightning-tt fit --config {config} {' '.join(overrides)}")
+    fit = lightning_cli(["fit", "--config", str(config), *overrides])
+    best = fit.trainer.checkpoint_callback.best_model_path
+    run_config = Path(fit.trainer.log_dir) / "config.yaml"
+    print(f"[demo] testing: lightning-tt test --config {run_config} --ckpt_path {best}")
+    test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best])
+    ks = test.model.hparams.recall_k
+    model = {k: float(test.trainer.callback_metrics[f"test/recall@{k}"]) for k in ks}
+    rows = {"TwoTower": model, **evaluate(str(prepared), "test", ks)}
+    print("[demo] next-track Recall@k on the test split:")
+    print("    " + f"{'':<12}" + "".join(f"{f'@{k}':>10}" for k in ks))
+    for name, values in rows.items():
+        print("    " + f"{name:<12}" + "".join(f"{values[k]:>10.4f}" for k in ks))
+    print(f"[demo] checkpoint: {best}")
+    print(f"[demo] logs and config: {fit.trainer.log_dir}")
+
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
-        _demo(Path(args.workdir))
+        _demo(Path(args.workdir), args.epochs)
         return
     if args.data_command == "synth":
         from lightning_tt.data.synth import synthesize
@@ -126,9 +183,12 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lightning-tt``; ``args`` defaults to ``sys.argv[1:]``."""
-    parsed = _parser().parse_args(sys.argv[1:] if args is None else args)
+    args = sys.argv[1:] if args is None else list(args)
     try:
-        _run(parsed)
+        if args and args[0] in LIGHTNING_COMMANDS:
+            lightning_cli(args)
+            return
+        _run(_parser().parse_args(args))
     except (RawDataError, PreparedDataError, FileExistsError, ValueError, RuntimeError) as err:
         print(f"lightning-tt: error: {err}", file=sys.stderr)
         raise SystemExit(1) from err

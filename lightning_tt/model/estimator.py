@@ -12,8 +12,8 @@ and the estimated probability that item ``y`` appears in a step is ``p(y) = 1 / 
 clamped to (0, 1] (the max over hashes undoes collisions, which only shorten gaps). ``B`` starts at
 ``num_items / items_per_step`` (every item equally likely) on the first update.
 
-``h_i(y) = ((a_i * y + b_i) mod P) mod H`` with ``P = 2^31 - 1``; ``a``, ``b``, ``A``, ``B`` and ``t`` are
-persistent buffers, so checkpoints carry the estimator and resuming continues it. Under several
+``h_i(y) = ((a_i * y + b_i) mod P) mod H`` with ``P = 2^31 - 1``; ``a``, ``b``, ``A`` (int64), ``B``
+(float32) and ``t`` are persistent buffers (12 bytes per bucket and hash in a checkpoint), so checkpoints carry the estimator and resuming continues it. Under several
 processes the step's items are all-gathered first, so every rank applies the same update.
 """
 
@@ -39,8 +39,8 @@ class StreamingFrequencyEstimator(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("hash_a", torch.randint(1, PRIME, (num_hashes, 1), generator=generator))
         self.register_buffer("hash_b", torch.randint(0, PRIME, (num_hashes, 1), generator=generator))
-        self.register_buffer("last_step", torch.zeros(num_hashes, num_buckets, dtype=torch.float64))
-        self.register_buffer("gap", torch.zeros(num_hashes, num_buckets, dtype=torch.float64))
+        self.register_buffer("last_step", torch.zeros(num_hashes, num_buckets, dtype=torch.int64))
+        self.register_buffer("gap", torch.zeros(num_hashes, num_buckets, dtype=torch.float32))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     def extra_repr(self) -> str:
@@ -56,12 +56,13 @@ class StreamingFrequencyEstimator(nn.Module):
         """One step: the items [n] seen in this training batch (all ranks' items when distributed)."""
         items = _gather(items.long())
         self.step += 1
-        t = self.step.to(torch.float64)
+        t = self.step
         if int(self.step) == 1:
             self.gap.fill_(max(self.num_items / max(int(items.unique().numel()), 1), 1.0))
         for i, buckets in enumerate(self.buckets(items)):
             buckets = buckets.unique()
-            self.gap[i, buckets] = (1 - self.alpha) * self.gap[i, buckets] + self.alpha * (t - self.last_step[i, buckets])
+            steps_since = (t - self.last_step[i, buckets]).float()
+            self.gap[i, buckets] = (1 - self.alpha) * self.gap[i, buckets] + self.alpha * steps_since
             self.last_step[i, buckets] = t
 
     @torch.no_grad()
@@ -69,7 +70,7 @@ class StreamingFrequencyEstimator(nn.Module):
         """[n] estimated per-step probability of ``items`` [n], in (0, 1] (float32)."""
         buckets = self.buckets(items)
         gaps = torch.gather(self.gap, 1, buckets).amax(dim=0)
-        return (1.0 / gaps.clamp(min=1.0)).float()
+        return 1.0 / gaps.clamp(min=1.0)
 
 
 def _gather(items: torch.Tensor) -> torch.Tensor:

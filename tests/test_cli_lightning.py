@@ -1,0 +1,88 @@
+"""lightning-tt fit / test / resume / predict through LightningCLI on a tiny synthetic dataset, with a
+real config (tests/conf/tiny.yaml)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_tt.cli import main
+from lightning_tt.data.prepare import SplitConfig, prepare
+from lightning_tt.data.synth import synthesize
+
+CONF = Path(__file__).parent / "conf" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize(root / "raw", rows=20_000, users=100, items=2_000, days=20, seed=0, progress=False)
+    prepare(root / "raw", root / "prepared", config=SplitConfig(test_days=2, val_days=2), progress=False)
+    return root / "prepared"
+
+
+def fit(prepared, runs, *extra):
+    main(["fit", "--config", str(CONF), "--data.data_dir", str(prepared),
+          "--trainer.logger.init_args.save_dir", str(runs), "--trainer.enable_progress_bar", "false", *extra])
+    return sorted((runs / "tiny").iterdir())[-1]
+
+
+def test_fit_saves_config_next_to_checkpoints_and_links_sizes(prepared, tmp_path):
+    run = fit(prepared, tmp_path)
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["data_dir"] == str(prepared) and "num_items" not in config["model"]  # linked, not repeated
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # primitives only
+    meta = yaml.safe_load((prepared / "meta.json").read_text())
+    assert ckpt["hyper_parameters"]["num_items"] == meta["vocab"]["num_items"]  # linked from the DataModule
+    assert ckpt["hyper_parameters"]["data_dir"] == str(prepared)
+    assert int(ckpt["state_dict"]["estimator.step"]) == 4
+    assert "estimator.gap" in ckpt["state_dict"] and "table.audio" not in ckpt["state_dict"]
+    second = fit(prepared, tmp_path)  # a second run in the same place gets its own directory
+    assert second != run and (second / "config.yaml").is_file()
+
+
+def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
+    run = fit(prepared, tmp_path)
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_tt.cli", "test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best),
+         "--trainer.enable_progress_bar", "false"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test/recall@100" in result.stdout
+
+    resumed = fit(prepared, tmp_path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "2")
+    ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8
+    assert int(ckpt["state_dict"]["estimator.step"]) == 8  # the estimator continued, not restarted
+
+
+def test_predict_returns_top_k(prepared, tmp_path):
+    from lightning_tt.cli import lightning_cli
+
+    cli = lightning_cli(["predict", "--config", str(CONF), "--data.data_dir", str(prepared),
+                         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    out = cli.trainer.predict_loop.predictions
+    assert out[0]["items"].shape[1] == 100 and (out[0]["items"] >= 2).all()
+    assert torch.all(out[0]["scores"][:, :-1] >= out[0]["scores"][:, 1:])  # sorted
+
+
+def test_a_mistyped_option_fails_clearly(prepared, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONF), "--data.data_dir", str(prepared), "--model.temprature", "0.1"])
+    assert exit_info.value.code != 0
+    assert "temprature" in capsys.readouterr().err
+
+
+def test_configs_in_the_repository_parse(prepared):
+    from lightning_tt.cli import CONFIGS, lightning_cli
+
+    for config in sorted(CONFIGS.glob("*.yaml")):
+        cli = lightning_cli(["--config", str(config), "--data.data_dir", str(prepared),
+                             "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
+        assert cli.model.hparams.num_items == cli.datamodule.num_items
