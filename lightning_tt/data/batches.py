@@ -25,6 +25,11 @@ album indices use 0 for padding and 1 for unknown)::
     target_has_audio, target_track_length          as for the seed
     weight                                 [B]     float32 play-ratio weight, see play_weight
 
+A *lean* batch (``lean=True``) holds only the indices (``user``, ``history_item``, ``history_mask``,
+``history_length``, ``seed_item``, ``target_item``) and ``example_age`` and ``weight``: a model that
+holds the item table (as TwoTowerModule does) looks every other item feature up on its device, and the
+loader moves a third of the bytes.
+
 The history's mean audio embedding is left to the model (a masked mean over ``history_item`` rows of
 the item audio table it holds): gathering B x N x D floats here would dominate batch time.
 
@@ -51,11 +56,12 @@ def play_weight(played_ratio_pct: np.ndarray) -> np.ndarray:
 class FeatureGatherer:
     """Gathers query and item features from one prepared dataset (small item tables held in memory)."""
 
-    def __init__(self, data: PreparedData, history: int):
+    def __init__(self, data: PreparedData, history: int, lean: bool = False):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         self.data = data
         self.history = history
+        self.lean = lean
         self.stream_item = data["stream_item"]
         self.stream_ts = data["stream_ts"]
         self.stream_ratio = data["stream_ratio"]
@@ -69,17 +75,20 @@ class FeatureGatherer:
 
     def __getstate__(self):
         """Pickle (for spawned DataLoader workers) the directory, not the memory-mapped arrays."""
-        return {"data": self.data, "history": self.history}
+        return {"data": self.data, "history": self.history, "lean": self.lean}
 
     def __setstate__(self, state):
-        self.__init__(state["data"], state["history"])
+        self.__init__(state["data"], state["history"], state["lean"])
 
     def user_of(self, pos: np.ndarray) -> np.ndarray:
         """User index owning each stream position (the last user whose range starts at or before it)."""
         return np.searchsorted(self.user_offsets, pos, side="right") - 1
 
     def items(self, items: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
-        """Features of item indices ``items`` [B] under keys ``{prefix}_item`` etc."""
+        """Features of item indices ``items`` [B] under keys ``{prefix}_item`` etc. (only the index
+        when the gatherer is lean)."""
+        if self.lean:
+            return {f"{prefix}_item": items}
         return {
             f"{prefix}_item": items,
             f"{prefix}_artist": self.item_artist[items],
@@ -96,16 +105,11 @@ class FeatureGatherer:
         mask = window >= start[:, None]
         history = np.where(mask, self.stream_item[np.maximum(window, 0)], 0).astype(np.int64)
         count = mask.sum(axis=1)
-        lengths = self.item_length[history] * mask
-        out = {
-            "user": user.astype(np.int64),
-            "history_item": history,
-            "history_artist": np.where(mask, self.item_artist[history], 0),
-            "history_album": np.where(mask, self.item_album[history], 0),
-            "history_mask": mask,
-            "history_length": count,
-            "history_track_length_mean": lengths.sum(axis=1) / np.maximum(count, 1),
-        }
+        out = {"user": user.astype(np.int64), "history_item": history, "history_mask": mask, "history_length": count}
+        if not self.lean:
+            out["history_artist"] = np.where(mask, self.item_artist[history], 0)
+            out["history_album"] = np.where(mask, self.item_album[history], 0)
+            out["history_track_length_mean"] = (self.item_length[history] * mask).sum(axis=1) / np.maximum(count, 1)
         out.update(self.items(history[:, -1], "seed"))
         return out
 
@@ -132,8 +136,8 @@ class NextTrackDataset(torch.utils.data.Dataset):
     ``DataLoader(batch_size=None)``.
     """
 
-    def __init__(self, data: PreparedData, split: str, history: int):
-        self.gather = FeatureGatherer(data, history)
+    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False):
+        self.gather = FeatureGatherer(data, history, lean)
         self.split = split
         self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
 
@@ -166,8 +170,8 @@ class PaperListDataset(torch.utils.data.Dataset):
     """Paper-protocol lists of an evaluation split: one query per user, from the state at the window
     start, with that user's Listen+ targets in the window (repeats kept)."""
 
-    def __init__(self, data: PreparedData, split: str, history: int):
-        self.gather = FeatureGatherer(data, history)
+    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False):
+        self.gather = FeatureGatherer(data, history, lean)
         self.split = split
 
     def __len__(self) -> int:

@@ -27,10 +27,14 @@ class YambdaDataModule(L.LightningDataModule):
         history: history window length N (default: the ``--history`` the data was prepared with).
         num_workers: DataLoader worker processes (0 assembles batches in the training process).
         seed: seed of the per-epoch shuffling of training examples.
+        lean: batches of indices only (see :mod:`lightning_tt.data.batches`); the model looks the
+            item features up itself, and the loader does a third of the work.
+        pin_memory: page-locked batches, for fast copies to a GPU.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 4096, eval_batch_size: int | None = None,
-                 history: int | None = None, num_workers: int = 0, seed: int = 0):
+                 history: int | None = None, num_workers: int = 0, seed: int = 0, lean: bool = False,
+                 pin_memory: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.data = PreparedData(data_dir)
@@ -85,11 +89,11 @@ class YambdaDataModule(L.LightningDataModule):
                                     seed=self.hparams.seed, num_replicas=replicas, rank=rank)
         workers = self.hparams.num_workers
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
-                          persistent_workers=workers > 0)
+                          persistent_workers=workers > 0, pin_memory=self.hparams.pin_memory)
 
     def dataset(self, split: str) -> NextTrackDataset:
         """Next-track examples of ``split`` in {train, val, test}."""
-        return NextTrackDataset(self.data, split, self.history)
+        return NextTrackDataset(self.data, split, self.history, self.hparams.lean)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), self.batch_size, train=True)
@@ -106,4 +110,5 @@ class YambdaDataModule(L.LightningDataModule):
 
     def paper_dataloader(self, split: str) -> DataLoader:
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets)."""
-        return self._loader(PaperListDataset(self.data, split, self.history), self.eval_batch_size, train=False)
+        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean)
+        return self._loader(dataset, self.eval_batch_size, train=False)

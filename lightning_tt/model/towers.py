@@ -117,7 +117,9 @@ class ItemTower(nn.Module):
 
 
 class QueryTower(nn.Module):
-    """batch -> [B, o]: MLP over the feature groups below, L2-normalised.
+    """batch -> [B, o]: MLP over the feature groups below, L2-normalised. It reads only ``user``,
+    ``history_item``, ``history_mask``, ``seed_item`` and ``example_age`` from the batch; every other
+    item feature comes from the item table, exactly as in the item tower.
 
     user: user embedding [d]. history: masked means of the last N listens' item, artist and album
     embeddings [3d], of their log lengths [1] and of their audio [D]. seed: the previous track's item,
@@ -141,15 +143,15 @@ class QueryTower(nn.Module):
             raise ValueError("the query tower needs at least one feature")
         self.mlp = mlp(width, hidden, output_dim, dropout)
 
-    def _tracks(self, items: torch.Tensor, artists: torch.Tensor, albums: torch.Tensor) -> list[torch.Tensor]:
-        """Seed-track features [B, k] of item, artist and album indices [B]."""
+    def _seed(self, items: torch.Tensor) -> list[torch.Tensor]:
+        """Seed-track features [B, k] of item indices [B] (artist and album come from the item table)."""
         u, parts = self.use, []
         if u["item"]:
             parts.append(self.ids.item(items))
         if u["artist"]:
-            parts.append(self.ids.artist(artists))
+            parts.append(self.ids.artist(self.table.artist[items]))
         if u["album"]:
-            parts.append(self.ids.album(albums))
+            parts.append(self.ids.album(self.table.album[items]))
         if u["length"]:
             parts.append(log_length(self.table.track_length[items])[..., None])
         if u["audio"]:
@@ -161,8 +163,8 @@ class QueryTower(nn.Module):
         u, t, items, mask = self.use, self.table, batch["history_item"], batch["history_mask"]
         count = mask.sum(1, keepdim=True).clamp(min=1)
         parts = []
-        for key, table, ids in (("item", self.ids.item, items), ("artist", self.ids.artist, batch["history_artist"]),
-                                ("album", self.ids.album, batch["history_album"])):
+        for key, table, ids in (("item", self.ids.item, items), ("artist", self.ids.artist, t.artist[items]),
+                                ("album", self.ids.album, t.album[items])):
             if u[key]:  # padding (index 0) is left out of the mean
                 parts.append(F.embedding_bag(ids, table.weight, mode="mean", padding_idx=0))
         if u["length"]:
@@ -180,7 +182,7 @@ class QueryTower(nn.Module):
         if self.use["history"]:
             parts.extend(self._history(batch))
         if self.use["seed"]:
-            parts.extend(self._tracks(batch["seed_item"], batch["seed_artist"], batch["seed_album"]))
+            parts.extend(self._seed(batch["seed_item"]))
         if self.use["age"]:
             parts.append(log_age(batch["example_age"])[:, None])
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
