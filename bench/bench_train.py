@@ -1,0 +1,153 @@
+"""Training throughput: the full Lightning ``fit`` loop next to a bare PyTorch loop, same model.
+
+    python bench/bench_train.py                                   # CPU, the demo's model and data
+    python bench/bench_train.py --preset 500m --accelerator gpu   # GPU, the 500m config's model and batch
+
+The bare loop runs ``training_step`` + backward + Adam on batches built beforehand (on the device);
+the full loop is ``Trainer.fit`` with the real DataModule loader (no validation, checkpointing or
+logging). Both skip ``--warmup`` steps, then time ``--steps`` steps; examples/s and their ratio are
+printed and written to docs/benchmarks.md (the section named by --section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import machine, write_section  # noqa: E402
+
+from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
+from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
+from lightning_tt.data.synth import synthesize  # noqa: E402
+from lightning_tt.model.module import TwoTowerModule  # noqa: E402
+
+PRESETS = {  # model and batch of configs/demo.yaml and configs/yambda-500m.yaml
+    "demo": dict(model=dict(embedding_dim=64, hidden_dims=[256], output_dim=64, estimator_buckets=65536),
+                 batch_size=1024, precision="32-true"),
+    "500m": dict(model=dict(embedding_dim=128, hidden_dims=[512], output_dim=128, estimator_buckets=4194304),
+                 batch_size=16384, precision="bf16-mixed"),
+}
+
+
+def build_model(dm: YambdaDataModule, preset: dict) -> TwoTowerModule:
+    torch.manual_seed(0)
+    return TwoTowerModule(data_dir=str(dm.data.path), num_users=dm.num_users, num_items=dm.num_items,
+                          num_artists=dm.num_artists, num_albums=dm.num_albums, audio_dim=dm.audio_dim,
+                          **preset["model"])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_loop(model: TwoTowerModule, batches: list[dict], device: torch.device, bf16: bool, warmup: int) -> float:
+    model.to(device).train()
+    optimizer = model.configure_optimizers()
+    batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+    start = None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model.training_step(batch, i)
+        loss.backward()
+        optimizer.step()
+    sync(device)
+    return (len(batches) - warmup) * len(batches[0]["target_item"]) / (time.perf_counter() - start)
+
+
+class Timer(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.examples = warmup, None, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            sync(module.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.examples += len(batch["target_item"])
+
+    def on_train_end(self, trainer, module):
+        sync(module.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def fit_loop(model: TwoTowerModule, dm: YambdaDataModule, accelerator: str, precision: str, warmup: int,
+             steps: int) -> float:
+    timer = Timer(warmup)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=warmup + steps,
+                        limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+    trainer.fit(model, datamodule=dm)
+    return timer.examples / timer.seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="a prepared directory (default: synthesise one into --workdir)")
+    p.add_argument("--workdir", default="/tmp/lightning-tt-bench-train")
+    p.add_argument("--rows", type=int, default=300_000)
+    p.add_argument("--users", type=int, default=2_000)
+    p.add_argument("--items", type=int, default=20_000)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--section", default=None, help="docs/benchmarks.md section (default bench_train_<accelerator>)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs outside a Trainer
+    preset = PRESETS[args.preset]
+    batch_size = args.batch_size or preset["batch_size"]
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+
+    data = Path(args.data) if args.data else Path(args.workdir) / "prepared"
+    if not (data / "meta.json").is_file():
+        raw = Path(args.workdir) / "raw"
+        synthesize(raw, rows=args.rows, users=args.users, items=args.items, days=30, seed=0, progress=False)
+        prepare(raw, data, config=SplitConfig(), progress=False)
+    lean = device.type == "cuda"
+    dm = YambdaDataModule(str(data), batch_size=batch_size, num_workers=args.workers, lean=lean,
+                          pin_memory=device.type == "cuda")
+    loader = iter(YambdaDataModule(str(data), batch_size=batch_size, lean=lean).train_dataloader())
+    batches = [next(loader) for _ in range(args.warmup + args.steps)]
+
+    bf16 = preset["precision"].startswith("bf16")
+    bare = bare_loop(build_model(dm, preset), batches, device, bf16, args.warmup)
+    full = fit_loop(build_model(dm, preset), dm, args.accelerator, preset["precision"], args.warmup, args.steps)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
+    print(f"bare loop {bare:,.0f} examples/s, fit loop {full:,.0f} examples/s, ratio {full / bare:.2f}")
+    text = f"""## Training throughput ({args.accelerator})
+
+Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
+`python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}`
+on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {preset['precision']},
+{'lean' if lean else 'full'} batches). {args.steps} timed steps after {args.warmup} warm-up steps, both loops in one run.
+
+| loop | examples/s |
+|---|---|
+| bare PyTorch loop (pre-built batches on the device) | {bare:,.0f} |
+| `Trainer.fit` with the DataModule ({args.workers} workers) | {full:,.0f} |
+| ratio fit / bare | {full / bare:.2f} |
+"""
+    write_section(Path(args.out), text, marker=args.section or f"bench_train_{args.accelerator}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
