@@ -69,3 +69,16 @@ def test_gradients_flow_to_both_towers():
     value = corrected_softmax_loss(u, v, torch.arange(4), torch.arange(4), torch.zeros(4), torch.ones(4), 0.1)
     value.backward()
     assert u.grad.abs().sum() > 0 and v.grad.abs().sum() > 0
+
+
+def test_accidental_hits_match_the_full_comparison():
+    from lightning_tt.model.loss import accidental_hits
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        targets = torch.randint(0, 15, (12,), generator=generator)
+        columns = torch.cat([targets, torch.randint(0, 15, (5,), generator=generator)])
+        rows, cols = accidental_hits(targets, columns)
+        full = targets[:, None] == columns[None, :]
+        full[torch.arange(12), torch.arange(12)] = False
+        assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(map(tuple, torch.nonzero(full).tolist()))

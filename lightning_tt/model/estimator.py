@@ -10,7 +10,7 @@ step's items (deduplicated: a second hit at the same ``t`` would pull ``B`` towa
 
 and the estimated probability that item ``y`` appears in a step is ``p(y) = 1 / max_i B[i, h_i(y)]``,
 clamped to (0, 1] (the max over hashes undoes collisions, which only shorten gaps). ``B`` starts at
-``num_items / items_per_step`` (every item equally likely) on the first update.
+``num_items / items in the first step`` (every item equally likely) on the first update.
 
 ``h_i(y) = ((a_i * y + b_i) mod P) mod H`` with ``P = 2^31 - 1``; ``a``, ``b``, ``A`` (int64), ``B``
 (float32) and ``t`` are persistent buffers (12 bytes per bucket and hash in a checkpoint), so checkpoints carry the estimator and resuming continues it. Under several
@@ -53,14 +53,19 @@ class StreamingFrequencyEstimator(nn.Module):
 
     @torch.no_grad()
     def update(self, items: torch.Tensor) -> None:
-        """One step: the items [n] seen in this training batch (all ranks' items when distributed)."""
+        """One step: the items [n] seen in this training batch (all ranks' items when distributed).
+
+        Every new value is computed from the state before the step, so a bucket hit several times in
+        one step is written several times with the same value: it moves once (the deduplication the
+        algorithm needs) without a data-dependent ``unique`` (which would stall a GPU).
+        """
         items = _gather(items.long())
         self.step += 1
         t = self.step
-        if int(self.step) == 1:
-            self.gap.fill_(max(self.num_items / max(int(items.unique().numel()), 1), 1.0))
+        # First step: every item equally likely, gap = num_items / items per step (no host sync).
+        first = torch.full_like(self.gap, max(self.num_items / max(items.numel(), 1), 1.0))
+        self.gap.copy_(torch.where(t == 1, first, self.gap))
         for i, buckets in enumerate(self.buckets(items)):
-            buckets = buckets.unique()
             steps_since = (t - self.last_step[i, buckets]).float()
             self.gap[i, buckets] = (1 - self.alpha) * self.gap[i, buckets] + self.alpha * steps_since
             self.last_step[i, buckets] = t

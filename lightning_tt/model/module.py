@@ -170,5 +170,6 @@ class TwoTowerModule(L.LightningModule):
         return {"items": items, "scores": scores, "target_item": batch["target_item"]}
 
     def configure_optimizers(self):
+        # The fused kernel updates all parameters at once on a GPU (several times faster than a loop).
         return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate,
-                                weight_decay=self.hparams.weight_decay)
+                                weight_decay=self.hparams.weight_decay, fused=self.device.type == "cuda")
