@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-pin", action="store_true", help="do not page-lock batches (GPU)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--section", default=None, help="docs/benchmarks.md section (default bench_train_<accelerator>)")
@@ -122,8 +123,8 @@ def main() -> None:
         synthesize(raw, rows=args.rows, users=args.users, items=args.items, days=30, seed=0, progress=False)
         prepare(raw, data, config=SplitConfig(), progress=False)
     lean = device.type == "cuda"
-    dm = YambdaDataModule(str(data), batch_size=batch_size, num_workers=args.workers, lean=lean,
-                          pin_memory=device.type == "cuda")
+    pin = device.type == "cuda" and not args.no_pin
+    dm = YambdaDataModule(str(data), batch_size=batch_size, num_workers=args.workers, lean=lean, pin_memory=pin)
     loader = iter(YambdaDataModule(str(data), batch_size=batch_size, lean=lean).train_dataloader())
     batches = [next(loader) for _ in range(args.warmup + args.steps)]
 
@@ -142,7 +143,7 @@ on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (p
 | loop | examples/s |
 |---|---|
 | bare PyTorch loop (pre-built batches on the device) | {bare:,.0f} |
-| `Trainer.fit` with the DataModule ({args.workers} workers) | {full:,.0f} |
+| `Trainer.fit` with the DataModule ({args.workers} workers{', pinned memory' if pin else ''}) | {full:,.0f} |
 | ratio fit / bare | {full / bare:.2f} |
 """
     write_section(Path(args.out), text, marker=args.section or f"bench_train_{args.accelerator}")

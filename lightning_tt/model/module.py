@@ -107,7 +107,8 @@ class TwoTowerModule(L.LightningModule):
         else:
             log_q = candidates.new_zeros(len(columns))
         loss = corrected_softmax_loss(query, candidates, targets, columns, log_q, batch["weight"], hp.temperature)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
+        # Epoch mean only: a per-step value in the progress bar would cost a GPU sync every step.
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return loss
 
     @torch.no_grad()
