@@ -1,6 +1,7 @@
 """The lightning-tt command end to end on small data: synth -> prepare -> describe, and demo."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,12 +29,17 @@ def test_synth_prepare_describe(tmp_path, capsys):
     assert "target_items" in out  # the paper-protocol sample
 
 
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_demo_synthesises_once_and_reuses(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "DEMO_SYNTH", {"rows": 20_000, "users": 100, "items": 2_000, "days": 20.0, "seed": 0})
     main(["demo", "--workdir", str(tmp_path)])
     first = capsys.readouterr().out
     assert "[demo] synthesising 20,000 events" in first and "[demo] preparing" in first
     assert "splits (Listen+ = played_ratio_pct >= 50)" in first
+    assert "TwoTower" in first and "Transitions" in first and "MostPop" in first  # the comparison table
+    checkpoint = first.split("[demo] checkpoint: ")[1].splitlines()[0]
+    assert checkpoint.endswith(".ckpt") and (tmp_path / "runs").is_dir() and Path(checkpoint).is_file()
     main(["demo", "--workdir", str(tmp_path)])
     second = capsys.readouterr().out
     assert "[demo] using the synthetic dataset" in second and "[demo] using the prepared arrays" in second

@@ -45,6 +45,7 @@ def test_fit_saves_config_next_to_checkpoints_and_links_sizes(prepared, tmp_path
     assert second != run and (second / "config.yaml").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resuming into a new version directory
 def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
     run = fit(prepared, tmp_path)
     best = next((run / "checkpoints").glob("best-*.ckpt"))

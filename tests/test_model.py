@@ -79,6 +79,7 @@ def test_audio_table_matches_the_prepared_arrays(data):
     assert torch.equal(audio[~has], model.table.missing_audio.expand(int((~has).sum()), -1))
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 @pytest.mark.parametrize("mixed", [0, 5])
 def test_training_step_updates_the_estimator_and_backpropagates(data, mixed):
     dm, batch = data
