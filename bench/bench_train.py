@@ -37,11 +37,11 @@ PRESETS = {  # model and batch of configs/demo.yaml and configs/yambda-500m.yaml
 }
 
 
-def build_model(dm: YambdaDataModule, preset: dict) -> TwoTowerModule:
+def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False) -> TwoTowerModule:
     torch.manual_seed(0)
     return TwoTowerModule(data_dir=str(dm.data.path), num_users=dm.num_users, num_items=dm.num_items,
                           num_artists=dm.num_artists, num_albums=dm.num_albums, audio_dim=dm.audio_dim,
-                          **preset["model"])
+                          compile=compile, **preset["model"])
 
 
 def sync(device: torch.device) -> None:
@@ -51,6 +51,7 @@ def sync(device: torch.device) -> None:
 
 def bare_loop(model: TwoTowerModule, batches: list[dict], device: torch.device, bf16: bool, warmup: int) -> float:
     model.to(device).train()
+    model.configure_model()
     optimizer = model.configure_optimizers()
     batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
     start = None
@@ -107,6 +108,7 @@ def main() -> None:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-pin", action="store_true", help="do not page-lock batches (GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the towers")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--section", default=None, help="docs/benchmarks.md section (default bench_train_<accelerator>)")
@@ -129,14 +131,15 @@ def main() -> None:
     batches = [next(loader) for _ in range(args.warmup + args.steps)]
 
     bf16 = preset["precision"].startswith("bf16")
-    bare = bare_loop(build_model(dm, preset), batches, device, bf16, args.warmup)
-    full = fit_loop(build_model(dm, preset), dm, args.accelerator, preset["precision"], args.warmup, args.steps)
+    bare = bare_loop(build_model(dm, preset, args.compile), batches, device, bf16, args.warmup)
+    full = fit_loop(build_model(dm, preset, args.compile), dm, args.accelerator, preset["precision"], args.warmup,
+                    args.steps)
     name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
     print(f"bare loop {bare:,.0f} examples/s, fit loop {full:,.0f} examples/s, ratio {full / bare:.2f}")
     text = f"""## Training throughput ({args.accelerator})
 
 Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
-`python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}`
+`python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}{' --compile' if args.compile else ''}`
 on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {preset['precision']},
 {'lean' if lean else 'full'} batches). {args.steps} timed steps after {args.warmup} warm-up steps, both loops in one run.
 
