@@ -133,7 +133,7 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     config = CONFIGS / "demo.yaml"
     if not config.is_file():
         raise RuntimeError(f"{config}: not found; run the demo from a checkout (pip install -e .)")
-    overrides = ["--data.data_dir", str(prepared), "--trainer.logger.init_args.save_dir", str(workdir / "runs")]
+    overrides = ["--data.data_dir", str(prepared), "--trainer.logger.init_args.save_dir", str(workdir / "logs")]
     if epochs is not None:
         overrides += ["--trainer.max_epochs", str(epochs)]
     print(f"[demo] training: lightning-tt fit --config {config} {' '.join(overrides)}")

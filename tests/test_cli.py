@@ -39,7 +39,7 @@ def test_demo_synthesises_once_and_reuses(tmp_path, capsys, monkeypatch):
     assert "splits (Listen+ = played_ratio_pct >= 50)" in first
     assert "TwoTower" in first and "Transitions" in first and "MostPop" in first  # the comparison table
     checkpoint = first.split("[demo] checkpoint: ")[1].splitlines()[0]
-    assert checkpoint.endswith(".ckpt") and (tmp_path / "runs").is_dir() and Path(checkpoint).is_file()
+    assert checkpoint.endswith(".ckpt") and (tmp_path / "logs").is_dir() and Path(checkpoint).is_file()
     main(["demo", "--workdir", str(tmp_path)])
     second = capsys.readouterr().out
     assert "[demo] using the synthetic dataset" in second and "[demo] using the prepared arrays" in second
