@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics of both protocols, the Faiss index and the callback that uses them."""

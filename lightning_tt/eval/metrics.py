@@ -1,0 +1,99 @@
+"""Retrieval metrics of both evaluation protocols (DESIGN.md §3), as torchmetrics metrics: their state
+is summed (or max-reduced) across processes, so they are exact under DDP.
+
+next-track (one case per Listen+ event)::
+
+    Recall@k = (1 / #cases) * sum_cases [target in top k]
+
+paper (one list per user, targets = the user's Listen+ items in the window, repeats kept, n = #targets)::
+
+    Recall@k   = (1 / #users) * sum_u hits_u@k / n_u,  hits_u@k = #targets (with repeats) in the top k
+    NDCG@k     = mean_u DCG_u@k / mean_u IDCG_u@k       (a ratio of means)
+                 DCG_u@k  = sum_{r <= k} [item at rank r is a target] / log2(r + 1)   (binary gains)
+                 IDCG_u@k = sum_{r <= min(n_u, k)} 1 / log2(r + 1)
+    Coverage@k = #distinct items in any top k / #training items
+
+Users without targets are left out of Recall and NDCG (their lists still count for Coverage).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+
+class NextTrackRecall(Metric):
+    """Recall@k for each k of ``ks`` over next-track cases."""
+
+    full_state_update = False
+
+    def __init__(self, ks: list[int]):
+        super().__init__()
+        self.ks = sorted(ks)
+        self.add_state("hits", torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("cases", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, top_items: torch.Tensor, targets: torch.Tensor) -> None:
+        """top_items [B, K] ranked item indices (K >= max k), targets [B]."""
+        found = (top_items == targets[:, None]).cumsum(dim=1) > 0  # [B, K]: target within the first r + 1
+        for i, k in enumerate(self.ks):
+            self.hits[i] += found[:, k - 1].sum()
+        self.cases += len(targets)
+
+    def compute(self) -> dict[int, torch.Tensor]:
+        return {k: self.hits[i] / self.cases.clamp(min=1) for i, k in enumerate(self.ks)}
+
+
+class PaperMetrics(Metric):
+    """Recall@k, NDCG@k and Coverage@k of the paper protocol for each k of ``ks``."""
+
+    full_state_update = False
+
+    def __init__(self, ks: list[int], num_items: int, first_item: int = 2):
+        super().__init__()
+        self.ks, self.first_item = sorted(ks), first_item
+        self.num_train_items = num_items - first_item
+        zeros = torch.zeros(len(self.ks), dtype=torch.float64)
+        self.add_state("recall_sum", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("dcg_sum", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("idcg_sum", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("users", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("recommended", torch.zeros(len(self.ks), num_items, dtype=torch.uint8), dist_reduce_fx="max")
+
+    def update(self, top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor) -> None:
+        """top_items [B, K] ranked item indices; target_items [B, T] (0-padded, repeats kept);
+        target_count [B] number of real targets per row. Rows go in chunks of at most ~16M
+        (target, rank) pairs."""
+        pairs = max(target_items.shape[1] * top_items.shape[1], 1)
+        step = max(1, (1 << 24) // pairs)
+        for start in range(0, len(top_items), step):
+            rows = slice(start, start + step)
+            self._update(top_items[rows], target_items[rows], target_count[rows])
+
+    def _update(self, top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor) -> None:
+        width = top_items.shape[1]
+        real = torch.arange(target_items.shape[1], device=target_items.device)[None, :] < target_count[:, None]
+        # in_top[b, t, r]: target t of row b is the item at rank r.
+        in_top = (target_items[:, :, None] == top_items[:, None, :]) & real[:, :, None]
+        discount = 1.0 / torch.log2(torch.arange(2, width + 2, device=top_items.device, dtype=torch.float64))
+        relevant = in_top.any(dim=1).double()  # [B, K] binary gain of each rank
+        first_rank = torch.where(in_top.any(dim=2), in_top.double().argmax(dim=2), width)  # [B, T]
+        has_targets = target_count > 0
+        n = target_count.clamp(min=1).double()
+        ideal = discount.cumsum(0)
+        for i, k in enumerate(self.ks):
+            hits = ((first_rank < k) & real).sum(dim=1).double()  # targets with repeats found in the top k
+            self.recall_sum[i] += (hits / n)[has_targets].sum()
+            self.dcg_sum[i] += (relevant[:, :k] * discount[:k]).sum(dim=1)[has_targets].sum()
+            self.idcg_sum[i] += ideal[(target_count.clamp(max=k) - 1).clamp(min=0)][has_targets].sum()
+            self.recommended[i, top_items[:, :k].reshape(-1)] = 1
+        self.users += has_targets.sum()
+
+    def compute(self) -> dict[str, dict[int, torch.Tensor]]:
+        users = self.users.clamp(min=1)
+        coverage = self.recommended[:, self.first_item :].double().sum(dim=1) / max(self.num_train_items, 1)
+        return {
+            "recall": {k: self.recall_sum[i] / users for i, k in enumerate(self.ks)},
+            "ndcg": {k: self.dcg_sum[i] / self.idcg_sum[i].clamp(min=1e-12) for i, k in enumerate(self.ks)},
+            "coverage": {k: coverage[i] for i, k in enumerate(self.ks)},
+        }

@@ -1,0 +1,51 @@
+"""Metrics of both protocols against values worked by hand (see lightning_tt/eval/metrics.py)."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
+
+L2, L3, L4 = math.log2(2), math.log2(3), math.log2(4)
+
+
+def test_next_track_recall():
+    metric = NextTrackRecall([1, 2, 3])
+    metric.update(torch.tensor([[5, 6, 7], [7, 8, 9]]), torch.tensor([6, 1]))
+    metric.update(torch.tensor([[4, 2, 3]]), torch.tensor([4]))
+    # case 1: target at rank 2; case 2: never; case 3: rank 1.
+    assert {k: v.item() for k, v in metric.compute().items()} == pytest.approx({1: 1 / 3, 2: 2 / 3, 3: 2 / 3})
+
+
+def test_paper_metrics_by_hand():
+    # 10 items (8 training items: 2..9). A: list 5, 6, 7 with targets 6, 6, 9 (repeats kept);
+    # B: list 2, 3, 4 with target 4; C: list 8, 9, 5 without targets (left out of Recall and NDCG).
+    top = torch.tensor([[5, 6, 7], [2, 3, 4], [8, 9, 5]])
+    targets = torch.tensor([[6, 6, 9], [4, 0, 0], [0, 0, 0]])
+    count = torch.tensor([3, 1, 0])
+    metric = PaperMetrics([2, 3], num_items=10)
+    metric.update(top[:2], targets[:2], count[:2])  # in two batches: states add up
+    metric.update(top[2:], targets[2:], count[2:])
+    out = {name: {k: v.item() for k, v in values.items()} for name, values in metric.compute().items()}
+    # Recall@2: A finds 6 twice of 3 targets -> 2/3, B 0 -> 1/3. Recall@3: A 2/3, B 1 -> 5/6.
+    assert out["recall"] == pytest.approx({2: 1 / 3, 3: 5 / 6})
+    # DCG@2: A 1/log2(3) (rank 2), B 0; IDCG@2: A 1 + 1/log2(3) (min(3, 2) = 2), B 1.
+    # DCG@3: A 1/log2(3), B 1/log2(4); IDCG@3: A 1 + 1/log2(3) + 1/log2(4), B 1.
+    assert out["ndcg"][2] == pytest.approx((1 / L3) / (1 + 1 / L3 + 1))
+    assert out["ndcg"][3] == pytest.approx((1 / L3 + 1 / L4) / (1 + 1 / L3 + 1 / L4 + 1))
+    # Coverage: top-2 {5, 6, 2, 3, 8, 9} of 8 items; top-3 adds 7 and 4: all 8.
+    assert out["coverage"] == pytest.approx({2: 6 / 8, 3: 1.0})
+
+
+def test_paper_metrics_chunking_does_not_change_results():
+    generator = torch.Generator().manual_seed(0)
+    top = torch.stack([torch.randperm(50, generator=generator)[:20] + 2 for _ in range(64)])
+    targets = torch.randint(2, 52, (64, 30), generator=generator)
+    count = torch.randint(0, 31, (64,), generator=generator)
+    whole, chunked = PaperMetrics([5, 20], 52), PaperMetrics([5, 20], 52)
+    whole._update(top, targets, count)
+    for i in range(0, 64, 7):
+        chunked.update(top[i : i + 7], targets[i : i + 7], count[i : i + 7])
+    a, b = whole.compute(), chunked.compute()
+    assert all(torch.allclose(a[m][k], b[m][k]) for m in a for k in a[m])
