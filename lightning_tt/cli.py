@@ -143,7 +143,7 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     print(f"[demo] testing: lightning-tt test --config {run_config} --ckpt_path {best}")
     test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best])
     ks = test.model.hparams.recall_k
-    model = {k: float(test.trainer.callback_metrics[f"test/recall@{k}"]) for k in ks}
+    model = {k: float(test.trainer.callback_metrics[f"test/next/exact_recall@{k}"]) for k in ks}
     rows = {"TwoTower": model, **evaluate(str(prepared), "test", ks)}
     print("[demo] next-track Recall@k on the test split:")
     print("    " + f"{'':<12}" + "".join(f"{f'@{k}':>10}" for k in ks))

@@ -55,7 +55,7 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "test/recall@100" in result.stdout
+    assert "test/next/exact_recall@100" in result.stdout and "metrics.json" in result.stdout
 
     resumed = fit(prepared, tmp_path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "2")
     ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)

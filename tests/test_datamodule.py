@@ -51,9 +51,10 @@ def test_batch_shapes_and_dtypes(prepared):
         else:
             assert value.dtype == torch.int64, key
     # Validation and test keep every case; paper lists carry padded targets.
-    assert sum(len(x["target_item"]) for x in dm.val_dataloader()) == 1
-    assert [len(x["target_item"]) for x in dm.test_dataloader()] == [2, 1]
-    paper = next(iter(dm.paper_dataloader("test")))
+    next_val, paper_val = dm.val_dataloader()
+    assert sum(len(x["target_item"]) for x in next_val) == 1 and sum(len(x["user"]) for x in paper_val) == 1
+    assert [len(x["target_item"]) for x in dm.test_dataloader()[0]] == [2, 1]
+    paper = next(iter(YambdaDataModule(str(prepared), eval_batch_size=32).paper_dataloader("test")))
     assert paper["target_items"].shape == (2, 2) and paper["target_count"].tolist() == [2, 1]
 
 
@@ -105,8 +106,8 @@ def test_lightning_trainer_drives_the_loaders(prepared):
             seen.append((self.current_epoch, batch["target_item"].tolist()))
             return self.embedding(batch["target_item"]).sum()
 
-        def validation_step(self, batch, batch_idx):
-            self.log("val/count", float(len(batch["target_item"])))
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("val/count", float(len(batch["user"])))
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -44,7 +44,7 @@ def test_paper_metrics_chunking_does_not_change_results():
     targets = torch.randint(2, 52, (64, 30), generator=generator)
     count = torch.randint(0, 31, (64,), generator=generator)
     whole, chunked = PaperMetrics([5, 20], 52), PaperMetrics([5, 20], 52)
-    whole._update(top, targets, count)
+    whole.update(top, targets, count)
     for i in range(0, 64, 7):
         chunked.update(top[i : i + 7], targets[i : i + 7], count[i : i + 7])
     a, b = whole.compute(), chunked.compute()

@@ -106,7 +106,7 @@ def test_recall_counts_hits_in_the_top_k(data):
     queries = torch.nn.functional.one_hot(batch["target_item"] % 4, 8).float()
     queries[16:] *= -1
     model.query_tower.forward = lambda b: queries
-    model._evaluate(batch, "val")
+    model._evaluate(batch, "val", dataloader_idx=0)
     # @1: targets 2..5 (rank 0) -> 4 / 32; @3: targets 2..13 (ranks 0..2) -> 12 / 32.
-    assert model.recall["val_1"].compute().item() == pytest.approx(4 / 32)
-    assert model.recall["val_3"].compute().item() == pytest.approx(12 / 32)
+    recall = model.metrics["val_next"].compute()
+    assert recall[1].item() == pytest.approx(4 / 32) and recall[3].item() == pytest.approx(12 / 32)

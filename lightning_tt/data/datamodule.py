@@ -98,17 +98,20 @@ class YambdaDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), self.batch_size, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size, train=False)
+    def val_dataloader(self) -> list[DataLoader]:
+        """[next-track cases, paper-protocol lists] of the validation window."""
+        return [self._loader(self.dataset("val"), self.eval_batch_size, train=False), self.paper_dataloader("val")]
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), self.eval_batch_size, train=False)
+    def test_dataloader(self) -> list[DataLoader]:
+        """[next-track cases, paper-protocol lists] of the test window."""
+        return [self._loader(self.dataset("test"), self.eval_batch_size, train=False), self.paper_dataloader("test")]
 
     def predict_dataloader(self) -> DataLoader:
-        """The test cases (``predict`` writes top-k lists for them)."""
-        return self.test_dataloader()
+        """The test window's next-track cases (``predict`` returns top-k lists for them)."""
+        return self._loader(self.dataset("test"), self.eval_batch_size, train=False)
 
     def paper_dataloader(self, split: str) -> DataLoader:
-        """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets)."""
+        """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets; batches of
+        ``eval_batch_size // 16`` users, since each carries all its targets)."""
         dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean)
-        return self._loader(dataset, self.eval_batch_size, train=False)
+        return self._loader(dataset, max(1, self.eval_batch_size // 16), train=False)

@@ -2,20 +2,26 @@
 
 training_step:  u = query_tower(batch) [B, o], v = item_tower(target_item) [B, o] (+ M uniform
                 negatives), log q from the estimator (updated with the batch first), loss.py's loss.
-validation/test: exact next-track Recall@k by brute force: the whole catalogue is embedded once per
-                epoch ([V, o]), every case scores all items (padding and unknown excluded) and counts
-                a hit when its target is in the top k. Logged as ``{stage}/recall@{k}``.
+validation/test: exact metrics of both protocols by brute force: the whole catalogue is embedded once
+                per epoch ([V, o]), every query scores all items (padding and unknown excluded) and
+                its top k goes to lightning_tt.eval.metrics. Dataloader 0 holds next-track cases,
+                dataloader 1 paper-protocol lists. Logged as ``{stage}/next/exact_recall@{k}`` and
+                ``{stage}/paper/exact_{recall,ndcg,coverage}@{k}``; ``test`` also writes them all to
+                ``metrics.json`` in the run directory.
 predict_step:   top-k item indices and scores per case.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
 
+from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
@@ -64,7 +70,7 @@ class TwoTowerModule(L.LightningModule):
         estimator_buckets: int = 1 << 20,
         estimator_alpha: float = 0.01,
         mixed_negatives: int = 0,
-        recall_k: list[int] = [10, 100],  # noqa: B006
+        recall_k: list[int] = [10, 50, 100, 200],  # noqa: B006
         eval_chunk: int = 65536,
         compile: bool = False,
     ):
@@ -83,8 +89,10 @@ class TwoTowerModule(L.LightningModule):
         self.query_tower = QueryTower(self.table, query_ids, num_users, output_dim, hidden_dims, dropout,
                                       use_user, use_history, use_seed, use_age, **features)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
-        self.recall = torch.nn.ModuleDict({f"{stage}_{k}": MeanMetric() for stage in ("val", "test")
-                                           for k in recall_k})
+        self.metrics = torch.nn.ModuleDict()
+        for stage in ("val", "test"):
+            self.metrics[f"{stage}_next"] = NextTrackRecall(recall_k)
+            self.metrics[f"{stage}_paper"] = PaperMetrics(recall_k, num_items, FIRST_ITEM)
         self._catalogue: torch.Tensor | None = None
 
     def configure_model(self) -> None:
@@ -133,44 +141,61 @@ class TwoTowerModule(L.LightningModule):
         scores[:, :FIRST_ITEM] = float("-inf")
         return scores.topk(min(k, scores.shape[1] - FIRST_ITEM), dim=1)
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        ks = self.hparams.recall_k
-        _, top = self._top_k(batch, max(ks))
-        hits = top == batch["target_item"][:, None]
-        for k in ks:
-            self.recall[f"{stage}_{k}"].update(hits[:, :k].any(dim=1).float())
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
+        _, top = self._top_k(batch, max(self.hparams.recall_k))
+        if dataloader_idx == 0:
+            self.metrics[f"{stage}_next"].update(top, batch["target_item"])
+        else:
+            self.metrics[f"{stage}_paper"].update(top, batch["target_items"], batch["target_count"])
 
-    def _log_recall(self, stage: str) -> dict[str, float]:
+    def _log_metrics(self, stage: str) -> dict[str, float]:
+        """Compute (synchronised across processes), log and reset the stage's exact metrics."""
         self._catalogue = None
         values = {}
-        for k in self.hparams.recall_k:
-            metric = self.recall[f"{stage}_{k}"]
-            values[f"{stage}/recall@{k}"] = metric.compute().item()
-            self.log(f"{stage}/recall@{k}", metric, prog_bar=k == max(self.hparams.recall_k))
+        next_track, paper = self.metrics[f"{stage}_next"], self.metrics[f"{stage}_paper"]
+        if next_track.update_count:
+            for k, v in next_track.compute().items():
+                values[f"{stage}/next/exact_recall@{k}"] = float(v)
+        if paper.update_count:
+            for name, per_k in paper.compute().items():
+                for k, v in per_k.items():
+                    values[f"{stage}/paper/exact_{name}@{k}"] = float(v)
+        for name, value in values.items():
+            self.log(name, value, add_dataloader_idx=False, prog_bar=name.endswith("next/exact_recall@100"))
+        next_track.reset()
+        paper.reset()
         return values
 
     def on_validation_epoch_start(self) -> None:
         self._catalogue = None  # the towers changed since the last epoch
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        values = self._log_recall("val")
+        values = self._log_metrics("val")
         if not self.trainer.sanity_checking:
             loss = self.trainer.callback_metrics.get("train/loss")
-            summary = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+            shown = {k: v for k, v in values.items() if "/next/" in k or "paper/exact_ndcg@10" in k}
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
             self.print(f"epoch {self.current_epoch}: train/loss {float(loss):.4f}, {summary}" if loss is not None
                        else f"epoch {self.current_epoch}: {summary}")
 
     def on_test_epoch_start(self) -> None:
         self._catalogue = None
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        self._log_recall("test")
+        values = self._log_metrics("test")
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            path = Path(self.trainer.log_dir) / "metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
+            os.replace(tmp, path)
+            self.print(f"metrics written to {path}")
 
     def on_predict_epoch_start(self) -> None:
         self._catalogue = None
