@@ -1,6 +1,7 @@
 """lightning-tt fit / test / resume / predict through LightningCLI on a tiny synthetic dataset, with a
 real config (tests/conf/tiny.yaml)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,13 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "test/next/exact_recall@100" in result.stdout and "metrics.json" in result.stdout
+    assert "test/next/exact_recall@100" in result.stdout
+    written = Path(result.stdout.split("metrics written to ")[1].split()[0])
+    metrics = json.loads(written.read_text())  # the test run's directory, beside its config.yaml
+    assert (written.parent / "config.yaml").is_file()
+    for name in ("test/next/recall@100", "test/next/exact_recall@100", "test/next/ann_exact_ratio@100",
+                 "test/paper/ndcg@10", "test/paper/exact_coverage@100", "test/index/build_seconds"):
+        assert name in metrics, name
 
     resumed = fit(prepared, tmp_path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "2")
     ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)

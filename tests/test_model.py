@@ -110,3 +110,26 @@ def test_recall_counts_hits_in_the_top_k(data):
     # @1: targets 2..5 (rank 0) -> 4 / 32; @3: targets 2..13 (ranks 0..2) -> 12 / 32.
     recall = model.metrics["val_next"].compute()
     assert recall[1].item() == pytest.approx(4 / 32) and recall[3].item() == pytest.approx(12 / 32)
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_path):
+    import lightning as L
+
+    from lightning_tt.eval.callback import FaissRetrieval
+
+    dm, _ = data
+    dm = YambdaDataModule(str(dm.data.path), batch_size=32, eval_batch_size=64, history=6)
+    model = build(dm, recall_k=[5, 20])
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[FaissRetrieval(kind="flat")],
+                        default_root_dir=tmp_path)
+    trainer.test(model, datamodule=dm, verbose=False)
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for k in (5, 20):
+        assert m[f"test/next/recall@{k}"] == pytest.approx(m[f"test/next/exact_recall@{k}"])
+        assert m[f"test/next/ann_exact_ratio@{k}"] == pytest.approx(1.0)
+        for name in ("recall", "ndcg", "coverage"):
+            assert m[f"test/paper/{name}@{k}"] == pytest.approx(m[f"test/paper/exact_{name}@{k}"])
+    assert m["test/index/bytes"] > 0 and m["test/index/queries_per_second"] > 0
+    assert m["test/next/exact_recall@20"] > 0  # not a vacuous comparison

@@ -94,6 +94,10 @@ class TwoTowerModule(L.LightningModule):
             self.metrics[f"{stage}_next"] = NextTrackRecall(recall_k)
             self.metrics[f"{stage}_paper"] = PaperMetrics(recall_k, num_items, FIRST_ITEM)
         self._catalogue: torch.Tensor | None = None
+        # Set by lightning_tt.eval.callback.FaissRetrieval: where eval queries are collected, and the ANN
+        # values it computed (for the ANN/exact ratios).
+        self.retrieval_queries: dict[str, list] | None = None
+        self.ann_values: dict[str, float] = {}
 
     def configure_model(self) -> None:
         """With ``compile``, both towers go through torch.compile (fewer, fused kernels; meant for GPUs,
@@ -134,19 +138,26 @@ class TwoTowerModule(L.LightningModule):
         items = torch.arange(self.hparams.num_items, device=self.device)
         return torch.cat([self.item_tower(chunk) for chunk in items.split(self.hparams.eval_chunk)])
 
-    def _top_k(self, batch: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _top_k(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k (scores, item indices) [B, k] of query embeddings [B, o] over the catalogue."""
         if self._catalogue is None:
             self._catalogue = self.item_embeddings()
-        scores = self.query_tower(batch) @ self._catalogue.T
+        scores = queries @ self._catalogue.T
         scores[:, :FIRST_ITEM] = float("-inf")
         return scores.topk(min(k, scores.shape[1] - FIRST_ITEM), dim=1)
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
-        _, top = self._top_k(batch, max(self.hparams.recall_k))
+        queries = self.query_tower(batch)
+        _, top = self._top_k(queries, max(self.hparams.recall_k))
         if dataloader_idx == 0:
             self.metrics[f"{stage}_next"].update(top, batch["target_item"])
+            targets = (batch["target_item"].cpu(),)
         else:
             self.metrics[f"{stage}_paper"].update(top, batch["target_items"], batch["target_count"])
+            targets = (batch["target_items"].cpu(), batch["target_count"].cpu())
+        if self.retrieval_queries is not None:
+            protocol = "next" if dataloader_idx == 0 else "paper"
+            self.retrieval_queries[protocol].append((queries.float().cpu(), *targets))
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         """Compute (synchronised across processes), log and reset the stage's exact metrics."""
@@ -160,11 +171,16 @@ class TwoTowerModule(L.LightningModule):
             for name, per_k in paper.compute().items():
                 for k, v in per_k.items():
                     values[f"{stage}/paper/exact_{name}@{k}"] = float(v)
+        ann, self.ann_values = self.ann_values, {}  # logged by FaissRetrieval already
+        for k in self.hparams.recall_k:
+            exact = values.get(f"{stage}/next/exact_recall@{k}")
+            if f"{stage}/next/recall@{k}" in ann and exact:
+                values[f"{stage}/next/ann_exact_ratio@{k}"] = ann[f"{stage}/next/recall@{k}"] / exact
         for name, value in values.items():
             self.log(name, value, add_dataloader_idx=False, prog_bar=name.endswith("next/exact_recall@100"))
         next_track.reset()
         paper.reset()
-        return values
+        return {**ann, **values}
 
     def on_validation_epoch_start(self) -> None:
         self._catalogue = None  # the towers changed since the last epoch
@@ -176,7 +192,7 @@ class TwoTowerModule(L.LightningModule):
         values = self._log_metrics("val")
         if not self.trainer.sanity_checking:
             loss = self.trainer.callback_metrics.get("train/loss")
-            shown = {k: v for k, v in values.items() if "/next/" in k or "paper/exact_ndcg@10" in k}
+            shown = {k: v for k, v in values.items() if "/next/" in k and "@100" in k or k.endswith("next/exact_recall@10")}
             summary = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
             self.print(f"epoch {self.current_epoch}: train/loss {float(loss):.4f}, {summary}" if loss is not None
                        else f"epoch {self.current_epoch}: {summary}")
@@ -201,7 +217,7 @@ class TwoTowerModule(L.LightningModule):
         self._catalogue = None
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        scores, items = self._top_k(batch, max(self.hparams.recall_k))
+        scores, items = self._top_k(self.query_tower(batch), max(self.hparams.recall_k))
         return {"items": items, "scores": scores, "target_item": batch["target_item"]}
 
     def configure_optimizers(self):

@@ -1,0 +1,108 @@
+"""FaissRetrieval: at the end of every validation epoch (not the sanity check) and of ``test``, embed the
+whole catalogue with the item tower, build a Faiss index (lightning_tt.eval.index), search the top K
+for every evaluation query the model embedded during the epoch, and log the ANN metrics:
+
+    {stage}/next/recall@k, {stage}/paper/{recall,ndcg,coverage}@k         ANN results
+    {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes
+
+The model logs the exact (brute-force) values as ``.../exact_*@k`` and, from the ANN values this
+callback hands it, ``{stage}/next/ann_exact_ratio@k``. Queries of all processes are gathered first;
+the index is built and the values logged on rank zero only.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from lightning_tt.eval.index import IndexConfig, build_index
+from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
+
+FIRST_ITEM = 2
+
+
+class FaissRetrieval(L.Callback):
+    """Index settings as primitives (configs and sweeps set them); see IndexConfig."""
+
+    def __init__(self, kind: str = "ivfpq", nlist: int = 1024, m: int = 16, nbits: int = 8, rerank: bool = True,
+                 hnsw_m: int = 32, nprobe: int = 64, ef_search: int = 128, k_factor: int = 4):
+        self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor)
+
+    def _start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            module.retrieval_queries = {"next": [], "paper": []}
+
+    def on_validation_epoch_start(self, trainer, module):
+        self._start(trainer, module)
+
+    def on_test_epoch_start(self, trainer, module):
+        self._start(trainer, module)
+
+    def on_validation_epoch_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self._evaluate(trainer, module, "val")
+
+    def on_test_epoch_end(self, trainer, module):
+        self._evaluate(trainer, module, "test")
+
+    def _evaluate(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        collected, module.retrieval_queries = module.retrieval_queries, None
+        if not collected:
+            return
+        gathered = {protocol: [_gather_rows(module, _cat_padded(parts)) for parts in zip(*rows)] if rows else []
+                    for protocol, rows in collected.items()}
+        items = module.item_embeddings()[FIRST_ITEM:].float().cpu().numpy()
+        if not trainer.is_global_zero:
+            return
+        built = build_index(items, self.config)
+        ks = list(module.hparams.recall_k)
+        values: dict[str, float] = {}
+        qps = []
+        if gathered["next"]:
+            queries, targets = gathered["next"]
+            top, speed = self._search(built, queries, max(ks))
+            qps.append(speed)
+            metric = NextTrackRecall(ks)
+            metric.update(top, targets)
+            values.update({f"{stage}/next/recall@{k}": float(v) for k, v in metric.compute().items()})
+        if gathered["paper"]:
+            queries, target_items, target_count = gathered["paper"]
+            top, speed = self._search(built, queries, max(ks))
+            qps.append(speed)
+            metric = PaperMetrics(ks, module.hparams.num_items, FIRST_ITEM)
+            metric.update(top, target_items, target_count)
+            for name, per_k in metric.compute().items():
+                values.update({f"{stage}/paper/{name}@{k}": float(v) for k, v in per_k.items()})
+        values[f"{stage}/index/build_seconds"] = built.build_seconds
+        values[f"{stage}/index/queries_per_second"] = float(np.mean(qps)) if qps else 0.0
+        values[f"{stage}/index/bytes"] = float(built.bytes)
+        for name, value in values.items():
+            module.log(name, value, add_dataloader_idx=False, rank_zero_only=True)
+        module.ann_values = values  # for the model's ANN/exact ratios
+
+    @staticmethod
+    def _search(built, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
+        """Top-k item indices [Q, k] (index rows shifted past padding and unknown; misses -> 0)."""
+        _, rows, qps = built.search(queries.numpy(), k)
+        return torch.from_numpy(np.where(rows >= 0, rows + FIRST_ITEM, 0)), qps
+
+
+def _cat_padded(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Concatenate along rows, zero-padding 2-d parts to the widest (paper targets differ per batch)."""
+    if parts[0].dim() == 2 and parts[0].dtype != torch.float32:
+        width = max(p.shape[1] for p in parts)
+        parts = tuple(torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts)
+    return torch.cat(parts)
+
+
+def _gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """All processes' rows concatenated (row counts may differ); ``rows`` itself in one process."""
+    if module.trainer.world_size == 1:
+        return rows
+    count = torch.tensor([len(rows)], device=module.device)
+    counts = module.all_gather(count).flatten().tolist()
+    padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=module.device)
+    padded[: len(rows)] = rows.to(module.device)
+    everything = module.all_gather(padded)  # [world, max, ...]
+    return torch.cat([everything[r, :n] for r, n in enumerate(counts)]).cpu()
