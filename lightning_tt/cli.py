@@ -6,6 +6,7 @@
     lightning-tt data download --size 50m --out DIR   fetch a Yambda size from the Hugging Face hub
     lightning-tt data prepare --raw DIR --out DIR     raw parquet -> prepared arrays + meta.json
     lightning-tt data describe --data DIR             print the splits and a sample batch
+    lightning-tt baselines --data DIR [--out FILE]    Random, MostPop, DecayPop, Transitions, ItemKNN, iALS, BPR
 
 Errors in the input (a missing file, a bad column, an empty split...) print one line naming the file
 and column and exit with status 1.
@@ -20,6 +21,7 @@ in a fresh process, and ``fit ... --ckpt_path last.ckpt`` resumes it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -103,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--audio-dim", type=int, default=128, help="expected audio embedding dimension (Yambda: 128)")
     _add_split_options(prep)
 
+    base = commands.add_parser("baselines", help="evaluate the non-neural baselines on a prepared split")
+    base.add_argument("--data", required=True, help="a prepared directory")
+    base.add_argument("--split", default="test", choices=["val", "test"])
+    base.add_argument("--k", type=int, nargs="+", default=[10, 50, 100, 200], help="cut-offs k")
+    base.add_argument("--only", nargs="+", default=None, help="baseline names to run (default: all)")
+    base.add_argument("--out", default="runs/baselines/metrics.json", help="where metrics.json goes")
+
     desc = data.add_parser("describe", help="print the splits and a sample batch of a prepared dataset")
     desc.add_argument("--data", required=True, help="a prepared directory")
     desc.add_argument("--batch-size", type=int, default=4)
@@ -142,20 +151,45 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     run_config = Path(fit.trainer.log_dir) / "config.yaml"
     print(f"[demo] testing: lightning-tt test --config {run_config} --ckpt_path {best}")
     test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best])
-    ks = test.model.hparams.recall_k
-    model = {k: float(test.trainer.callback_metrics[f"test/next/exact_recall@{k}"]) for k in ks}
-    rows = {"TwoTower": model, **evaluate(str(prepared), "test", ks)}
-    print("[demo] next-track Recall@k on the test split:")
-    print("    " + f"{'':<12}" + "".join(f"{f'@{k}':>10}" for k in ks))
-    for name, values in rows.items():
-        print("    " + f"{name:<12}" + "".join(f"{values[k]:>10.4f}" for k in ks))
+    ks = sorted(test.model.hparams.recall_k)
+    found = {name: float(value) for name, value in test.trainer.callback_metrics.items()}
+    model = {name.replace("exact_", ""): value for name, value in found.items() if "/exact_" in name}
+    columns = [f"test/next/recall@{k}" for k in ks] + [f"test/paper/ndcg@{ks[0]}", f"test/paper/recall@{ks[-1]}"]
+    print("[demo] the test split, exact rankings (the model's ANN values are in its metrics.json):")
+    print_table({"TwoTower": model, **evaluate(str(prepared), "test", ks)}, columns)
     print(f"[demo] checkpoint: {best}")
     print(f"[demo] logs and config: {fit.trainer.log_dir}")
+
+
+def print_table(rows: dict[str, dict[str, float]], columns: list[str]) -> None:
+    """A fixed-width table: one row per model, one column per metric name."""
+    short = [c.split("/", 1)[1] for c in columns]
+    print("    " + f"{'':<12}" + "".join(f"{c:>20}" for c in short))
+    for name, values in rows.items():
+        print("    " + f"{name:<12}" + "".join(f"{values.get(c, float('nan')):>20.4f}" for c in columns))
+
+
+def _baselines(args: argparse.Namespace) -> None:
+    from lightning_tt.baselines import evaluate
+
+    results = evaluate(args.data, args.split, sorted(args.k), args.only)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    tmp.replace(out)
+    ks = sorted(args.k)
+    print_table(results, [f"{args.split}/next/recall@{k}" for k in ks] + [f"{args.split}/paper/ndcg@{ks[0]}",
+                                                                          f"{args.split}/paper/recall@{ks[-1]}"])
+    print(f"metrics written to {out}")
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         _demo(Path(args.workdir), args.epochs)
+        return
+    if args.command == "baselines":
+        _baselines(args)
         return
     if args.data_command == "synth":
         from lightning_tt.data.synth import synthesize

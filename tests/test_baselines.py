@@ -1,31 +1,55 @@
-"""MostPop and Transitions on the hand-worked dataset (conftest.hand_rows)."""
+"""Baselines on the hand-worked dataset (conftest.hand_rows): training positives are items 2 (t=100),
+4 (t=300), 5 (t=687595) of user 2 and item 3 (t=50) of user 3; seeds -> positives 3 -> 4 and 4 -> 5."""
 
 import numpy as np
 import pytest
 
-from lightning_tt.baselines import evaluate, most_popular, recall, transition_lists
+from lightning_tt.baselines import BPR, IALS, DecayPop, ItemKNN, MostPop, Random, Transitions, evaluate
 from lightning_tt.data.prepare import prepare
 from lightning_tt.data.prepared import PreparedData
 
 
 @pytest.fixture
-def prepared(hand_raw, tmp_path):
+def data(hand_raw, tmp_path):
     prepare(hand_raw, tmp_path / "p", audio_dim=4, progress=False)
-    return tmp_path / "p"
+    return PreparedData(tmp_path / "p")
 
 
-def test_hand_worked_baselines(prepared):
-    data = PreparedData(prepared)
-    # Training positives: items 2, 4, 5, 3 once each; ties go to the lower index.
-    assert most_popular(data, 2).tolist() == [2, 3]
-    # Training transitions (seed -> positive) with a known seed: 3 -> 4 and 4 -> 5.
-    assert transition_lists(data, np.array([3, 4, 2]), 2).tolist() == [[4, 2], [5, 2], [2, 3]]
-    # Test cases: targets 1 (unknown), 4, 4 with seeds 1 (unknown), 2, 3.
-    result = evaluate(str(prepared), "test", ks=[1, 2])
-    assert result["MostPop"] == {1: 0.0, 2: 0.0}
-    assert result["Transitions"] == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3)}
+def rec(baseline, data, users=(2,), seeds=(0,), history=((0,),), k=2):
+    return baseline.fit(data).recommend(np.array(users), np.array(seeds), np.array(history), k).tolist()
 
 
-def test_recall_formula():
-    lists = np.array([[5, 6, 7], [7, 8, 9]])
-    assert recall(lists, np.array([6, 1]), [1, 2, 3]) == {1: 0.0, 2: 0.5, 3: 0.5}
+def test_popularity(data):
+    assert rec(MostPop(), data, k=4) == [[2, 3, 4, 5]]  # one positive each: ties by index
+    # Weights 0.5 ** (age / 1 day): item 5 is the newest (age 0), then 4, 2 and 3.
+    assert rec(DecayPop(), data, k=4) == [[5, 4, 2, 3]]
+    random = rec(Random(), data, users=(2, 3), k=4)
+    assert all(sorted(r) == [2, 3, 4, 5] for r in random)  # all four training items, never 0 or 1
+
+
+def test_transitions(data):
+    assert rec(Transitions(), data, users=(2, 2, 2), seeds=(3, 4, 2), history=((0,),) * 3) == [[4, 2], [5, 2], [2, 3]]
+
+
+def test_item_knn(data):
+    # Items 2, 4 and 5 share user 2 (cosine 1 with each other); item 3 shares nobody.
+    assert rec(ItemKNN(), data, history=((4, 0),)) == [[2, 5]]
+    assert rec(ItemKNN(), data, history=((2, 4),)) == [[5, 2]]  # 5 scores 2, item 2 scores 1 (from 4)
+
+
+@pytest.mark.parametrize("cls", [IALS, BPR])
+def test_factorization_runs_and_filters(data, cls):
+    lists = rec(cls(), data, users=(2, 3), k=4)
+    assert all(sorted(row) == [2, 3, 4, 5] for row in lists)
+
+
+def test_evaluate_by_hand(data):
+    out = evaluate(str(data.path), "test", ks=[1, 2], names=["MostPop", "Transitions"])
+    # Next-track test cases: targets 1 (unknown), 4, 4 with seeds 1, 2, 3 -> Transitions hits the
+    # third (3 -> 4) at rank 1; MostPop ([2, 3]) never.
+    assert out["MostPop"]["test/next/recall@2"] == 0.0
+    assert out["Transitions"]["test/next/recall@1"] == pytest.approx(1 / 3)
+    # Paper lists: user 2 (targets 1, 4; seed 1 -> MostPop [2, 3]), user 3 (target 4; seed 3 -> [4, 2]).
+    t = out["Transitions"]
+    assert t["test/paper/recall@1"] == pytest.approx(0.5) and t["test/paper/ndcg@1"] == pytest.approx(0.5)
+    assert t["test/paper/coverage@2"] == pytest.approx(3 / 4)  # {2, 3, 4} of 4 training items
