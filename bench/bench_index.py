@@ -37,6 +37,11 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000])
     p.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--nlist", type=int, default=IndexConfig.nlist)
+    p.add_argument("--m", type=int, default=IndexConfig.m)
+    p.add_argument("--nprobe", type=int, default=IndexConfig.nprobe)
+    p.add_argument("--k-factor", type=int, default=IndexConfig.k_factor)
+    p.add_argument("--section", default="bench_index")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
     args = p.parse_args()
     rows = []
@@ -48,7 +53,7 @@ def main() -> None:
             flat.add(items)
             _, exact = flat.search(queries, 100)
             exact_qps = args.queries / (time.perf_counter() - start)
-            config = IndexConfig()
+            config = IndexConfig(nlist=args.nlist, m=args.m, nprobe=args.nprobe, k_factor=args.k_factor)
             built = build_index(items, config)
             _, ann, qps = built.search(queries, 100)
             overlap = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(ann, exact)]))
@@ -56,9 +61,10 @@ def main() -> None:
             print(rows[-1], flush=True)
     table = "\n".join(f"| {n:,} | {d} | `{f}` | {b:.1f} | {q:,.0f} | {e:,.0f} | {by / 2**20:,.0f} MiB | {o:.3f} |"
                       for n, d, f, b, q, e, by, o in rows)
-    text = f"""## Faiss index (FaissRetrieval's default)
+    text = f"""## Faiss index (nlist {args.nlist}, m {args.m}, nprobe {args.nprobe}, k_factor {args.k_factor})
 
-Measured {dt.date.today().isoformat()} on {machine()}, faiss {faiss.__version__}; `python bench/bench_index.py`.
+Measured {dt.date.today().isoformat()} on {machine()}, faiss {faiss.__version__};
+`python bench/bench_index.py --sizes {' '.join(map(str, args.sizes))} --dims {' '.join(map(str, args.dims))} --nlist {args.nlist} --m {args.m} --nprobe {args.nprobe} --k-factor {args.k_factor}`.
 {args.queries:,} queries, k = 100, inner product, clustered unit vectors (see the script). Exact QPS is a
 brute-force Flat search (it includes adding the vectors).
 
@@ -66,7 +72,7 @@ brute-force Flat search (it includes adding the vectors).
 |---|---|---|---|---|---|---|---|
 {table}
 """
-    write_section(Path(args.out), text, marker="bench_index")
+    write_section(Path(args.out), text, marker=args.section)
     print(f"wrote {args.out}")
 
 
