@@ -40,3 +40,15 @@ def hand_rows():
 def hand_raw(tmp_path):
     return write_raw(tmp_path / "raw", hand_rows(), row_group_size=4, second_album=(11,), no_artist=(13,),
                      no_audio=(12,))
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """A small synthetic dataset, prepared (20k rows, 100 users, 2k items, 20 days; 2-day windows)."""
+    from lightning_tt.data.prepare import SplitConfig, prepare
+    from lightning_tt.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize(root / "raw", rows=20_000, users=100, items=2_000, days=20, seed=0, progress=False)
+    prepare(root / "raw", root / "prepared", config=SplitConfig(test_days=2, val_days=2), progress=False)
+    return root / "prepared"

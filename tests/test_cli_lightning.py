@@ -11,18 +11,13 @@ import torch
 import yaml
 
 from lightning_tt.cli import main
-from lightning_tt.data.prepare import SplitConfig, prepare
-from lightning_tt.data.synth import synthesize
 
 CONF = Path(__file__).parent / "conf" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    synthesize(root / "raw", rows=20_000, users=100, items=2_000, days=20, seed=0, progress=False)
-    prepare(root / "raw", root / "prepared", config=SplitConfig(test_days=2, val_days=2), progress=False)
-    return root / "prepared"
+@pytest.fixture
+def prepared(tiny_prepared):
+    return tiny_prepared
 
 
 def fit(prepared, runs, *extra):

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from lightning_tt.data.datamodule import YambdaDataModule
-from lightning_tt.data.prepare import prepare
 from lightning_tt.model.module import TwoTowerModule
 
 SWITCHES = ["use_user", "use_history", "use_seed", "use_age", "use_item_id", "use_artist", "use_album",
@@ -13,14 +12,8 @@ SWITCHES = ["use_user", "use_history", "use_seed", "use_age", "use_item_id", "us
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from lightning_tt.data.prepare import SplitConfig
-    from lightning_tt.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("model")
-    synthesize(root / "raw", rows=20_000, users=100, items=2_000, days=20, seed=0, progress=False)
-    prepare(root / "raw", root / "prepared", config=SplitConfig(test_days=2, val_days=2), progress=False)
-    dm = YambdaDataModule(str(root / "prepared"), batch_size=32, history=6)
+def data(tiny_prepared):
+    dm = YambdaDataModule(str(tiny_prepared), batch_size=32, history=6)
     return dm, next(iter(dm.train_dataloader()))
 
 
