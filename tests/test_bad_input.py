@@ -9,7 +9,7 @@ import pytest
 from conftest import hand_rows
 from lightning_tt.cli import main
 from lightning_tt.data import schema
-from rawdata import event, events_table, write_raw
+from rawdata import event, write_raw
 
 
 def run_prepare(raw, tmp_path, capsys, *extra):

@@ -60,7 +60,7 @@ def test_duplicates_within_a_step_count_once():
     b = StreamingFrequencyEstimator(ITEMS, num_buckets=64)
     a.update(torch.tensor([1, 2, 3]))  # the same first step (it also sets the initial gap)
     b.update(torch.tensor([1, 2, 3]))
-    for step in range(4):
+    for _ in range(4):
         a.update(torch.tensor([1, 2, 3]))
         b.update(torch.tensor([1, 1, 2, 3, 3, 3]))
     assert torch.equal(a.gap, b.gap) and torch.equal(a.last_step, b.last_step)
