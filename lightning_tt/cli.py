@@ -7,6 +7,8 @@
     lightning-tt data prepare --raw DIR --out DIR     raw parquet -> prepared arrays + meta.json
     lightning-tt data describe --data DIR             print the splits and a sample batch
     lightning-tt baselines --data DIR [--out FILE]    Random, MostPop, DecayPop, Transitions, ItemKNN, iALS, BPR
+    lightning-tt export --ckpt_path X --out DIR       item embeddings, Faiss index and id mapping
+    lightning-tt recommend --index DIR --ckpt_path X --user U --seed-item S [--k K]
 
 Errors in the input (a missing file, a bad column, an empty split...) print one line naming the file
 and column and exit with status 1.
@@ -117,6 +119,20 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--only", nargs="+", default=None, help="baseline names to run (default: all)")
     base.add_argument("--out", default="runs/baselines/metrics.json", help="where metrics.json goes")
 
+    exp = commands.add_parser("export", help="write item embeddings, the Faiss index and the id mapping")
+    exp.add_argument("--ckpt_path", required=True)
+    exp.add_argument("--out", required=True, help="output directory (written atomically)")
+    exp.add_argument("--kind", default="ivfpq", help="flat, ivfflat, ivfpq, hnsw or ivfhnsw")
+    for name, default in (("nlist", 1024), ("m", 16), ("nbits", 8), ("nprobe", 64), ("k-factor", 4)):
+        exp.add_argument(f"--{name}", type=int, default=default)
+
+    rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track")
+    rec.add_argument("--index", required=True, help="a directory written by `lightning-tt export`")
+    rec.add_argument("--ckpt_path", required=True)
+    rec.add_argument("--user", type=int, required=True, help="raw Yambda uid")
+    rec.add_argument("--seed-item", type=int, required=True, help="raw Yambda item_id of the current track")
+    rec.add_argument("--k", type=int, default=10)
+
     desc = data.add_parser("describe", help="print the splits and a sample batch of a prepared dataset")
     desc.add_argument("--data", required=True, help="a prepared directory")
     desc.add_argument("--batch-size", type=int, default=4)
@@ -196,6 +212,25 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "baselines":
         _baselines(args)
         return
+    if args.command == "export":
+        from lightning_tt.eval.index import IndexConfig
+        from lightning_tt.serve import export
+
+        config = IndexConfig(kind=args.kind, nlist=args.nlist, m=args.m, nbits=args.nbits, nprobe=args.nprobe,
+                             k_factor=args.k_factor)
+        meta = export(args.ckpt_path, args.out, config)
+        print(f"exported {meta['items']:,} items ({meta['factory']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
+        return
+    if args.command == "recommend":
+        from lightning_tt.serve import recommend
+
+        items, notes = recommend(args.index, args.ckpt_path, args.user, args.seed_item, args.k)
+        for note in notes:
+            print(f"note: {note}")
+        print(f"{'rank':>4}  {'item_id':>10}  score")
+        for rank, (item, score) in enumerate(items, 1):
+            print(f"{rank:>4}  {item:>10}  {score:.4f}")
+        return
     if args.data_command == "synth":
         from lightning_tt.data.synth import synthesize
 
@@ -228,6 +263,7 @@ def main(args: list[str] | None = None) -> None:
             lightning_cli(args)
             return
         _run(_parser().parse_args(args))
+    # ValueError covers lightning_tt.serve.ServingError (not imported here: it would load torch and faiss).
     except (RawDataError, PreparedDataError, FileExistsError, ValueError, RuntimeError) as err:
         print(f"lightning-tt: error: {err}", file=sys.stderr)
         raise SystemExit(1) from err

@@ -89,3 +89,38 @@ def test_configs_in_the_repository_parse(prepared):
         cli = lightning_cli(["--config", str(config), "--data.data_dir", str(prepared),
                              "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
         assert cli.model.hparams.num_items == cli.datamodule.num_items
+
+
+def test_export_and_recommend(prepared, tmp_path, capsys):
+    import numpy as np
+
+    from lightning_tt.data.prepared import PreparedData
+    from lightning_tt.serve import _query_batch, load_model, recommend
+
+    run = fit(prepared, tmp_path)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat"])
+    meta = json.loads((tmp_path / "export" / "export.json").read_text())
+    data = PreparedData(prepared)
+    assert meta["items"] == data.vocab["num_items"] - 2 and meta["factory"] == "Flat"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no temporary left
+
+    user, seed = int(data["user_ids"][2]), int(data["item_ids"][5])
+    items, notes = recommend(tmp_path / "export", ckpt, user, seed, k=5)
+    assert not notes and len(items) == 5
+    # A flat index must return exactly the model's own best items, mapped back to raw ids.
+    model = load_model(ckpt)
+    embeddings = model.item_embeddings()[2:]
+    query = model(_query_batch(data, 2, 5, data.default_history))
+    best = (embeddings @ query[0]).topk(5).indices.numpy() + 2
+    assert [i for i, _ in items] == np.asarray(data["item_ids"])[best].tolist()
+
+    main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--user", "987654321",
+          "--seed-item", "123456789", "--k", "3"])
+    out = capsys.readouterr().out
+    assert "unknown user 987654321" in out and "unknown seed item 123456789" in out
+    assert len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 3  # still 3 answers
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recommend", "--index", str(tmp_path / "nowhere"), "--ckpt_path", ckpt, "--user", "1", "--seed-item", "1"])
+    assert exit_info.value.code == 1 and "no export.json" in capsys.readouterr().err
