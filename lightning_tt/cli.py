@@ -45,12 +45,14 @@ def lightning_cli(args: list[str], run: bool = True):
     from lightning_tt.model.module import TwoTowerModule
 
     from lightning_tt.eval.callback import FaissRetrieval
+    from lightning_tt.eval.predictions import ParquetPredictionWriter
 
     class TwoTowerCLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
             # The index callback is a top-level section (``retrieval:``, ``--retrieval.nprobe 32``), so
             # configs and sweeps set its options by name.
             parser.add_lightning_class_args(FaissRetrieval, "retrieval")
+            parser.add_lightning_class_args(ParquetPredictionWriter, "predictions")  # --predictions.output
             parser.link_arguments("data.data_dir", "model.data_dir")
             for name in ("num_users", "num_items", "num_artists", "num_albums", "audio_dim"):
                 parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")

@@ -65,14 +65,26 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
     assert int(ckpt["state_dict"]["estimator.step"]) == 8  # the estimator continued, not restarted
 
 
-def test_predict_returns_top_k(prepared, tmp_path):
-    from lightning_tt.cli import lightning_cli
+def test_predict_writes_top_k_to_parquet(prepared, tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
 
+    from lightning_tt.cli import lightning_cli
+    from lightning_tt.data.prepared import PreparedData
+
+    out_file = tmp_path / "top.parquet"
     cli = lightning_cli(["predict", "--config", str(CONF), "--data.data_dir", str(prepared),
-                         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+                         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                         "--predictions.output", str(out_file)])
     out = cli.trainer.predict_loop.predictions
     assert out[0]["items"].shape[1] == 100 and (out[0]["items"] >= 2).all()
     assert torch.all(out[0]["scores"][:, :-1] >= out[0]["scores"][:, 1:])  # sorted
+    table = pq.read_table(out_file).to_pydict()
+    data = PreparedData(prepared)
+    assert len(table["case"]) == data.num_examples("test") and table["case"][:3] == [0, 1, 2]
+    item_ids = np.asarray(data["item_ids"])
+    assert table["item_ids"][0] == item_ids[out[0]["items"][0].numpy()].tolist()  # raw ids, best first
+    assert all(len(row) == 100 for row in table["scores"])
 
 
 def test_a_mistyped_option_fails_clearly(prepared, capsys):

@@ -218,7 +218,7 @@ class TwoTowerModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         scores, items = self._top_k(self.query_tower(batch), max(self.hparams.recall_k))
-        return {"items": items, "scores": scores, "target_item": batch["target_item"]}
+        return {"items": items, "scores": scores, "target_item": batch["target_item"], "user": batch["user"]}
 
     def configure_optimizers(self):
         # The fused kernel updates all parameters at once on a GPU (several times faster than a loop).
