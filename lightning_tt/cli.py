@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,8 +39,33 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def lightning_cli(args: list[str], run: bool = True):
-    """Run (or, with ``run=False``, only build) the LightningCLI over TwoTowerModule and YambdaDataModule."""
-    from lightning.pytorch.cli import LightningCLI
+    """Run (or, with ``run=False``, only build) the LightningCLI over TwoTowerModule and YambdaDataModule.
+
+    W&B runs offline unless the user set WANDB_MODE or WANDB_API_KEY (no account or network needed).
+    """
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    from lightning_tt.runs import run_directory
+
+    if not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_MODE"] = "offline"
+
+    class RunConfigSaver(SaveConfigCallback):
+        """config.yaml in the run's own directory (lightning_tt.runs), for every logger; the full
+        config also goes to W&B."""
+
+        def setup(self, trainer, pl_module, stage):
+            if self.already_saved:
+                return
+            if trainer.is_global_zero:
+                path = run_directory(trainer) / self.config_filename
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite,
+                                 multifile=self.multifile)
+                for logger in trainer.loggers:
+                    if type(logger).__name__ == "WandbLogger":
+                        logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+            self.already_saved = True
 
     from lightning_tt.data.datamodule import YambdaDataModule
     from lightning_tt.model.module import TwoTowerModule
@@ -61,9 +87,12 @@ def lightning_cli(args: list[str], run: bool = True):
     # under `lightning-tt demo` or pytest), so it sees only the program name.
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=args, run=run, seed_everything_default=0)
+        return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=args, run=run, seed_everything_default=0,
+                           save_config_callback=RunConfigSaver)
     finally:
         sys.argv = argv
+        if run and "wandb" in sys.modules:  # one W&B run per command, also when several run in one process
+            sys.modules["wandb"].finish()
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
@@ -143,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _demo(workdir: Path, epochs: int | None) -> None:
     from lightning_tt.baselines import evaluate
+    from lightning_tt.runs import run_directory
     from lightning_tt.data.prepare import prepare
     from lightning_tt.data.schema import find_size
     from lightning_tt.data.summary import summarize
@@ -171,7 +201,8 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     print(f"[demo] training: lightning-tt fit --config {config} {' '.join(overrides)}")
     fit = lightning_cli(["fit", "--config", str(config), *overrides])
     best = fit.trainer.checkpoint_callback.best_model_path
-    run_config = Path(fit.trainer.log_dir) / "config.yaml"
+    run_dir = run_directory(fit.trainer)
+    run_config = run_dir / "config.yaml"
     print(f"[demo] testing: lightning-tt test --config {run_config} --ckpt_path {best}")
     test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best])
     ks = sorted(test.model.hparams.recall_k)
@@ -181,7 +212,7 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     print("[demo] the test split, exact rankings (the model's ANN values are in its metrics.json):")
     print_table({"TwoTower": model, **evaluate(str(prepared), "test", ks)}, columns)
     print(f"[demo] checkpoint: {best}")
-    print(f"[demo] logs and config: {fit.trainer.log_dir}")
+    print(f"[demo] run directory (config, checkpoints, W&B offline run under {workdir / 'logs' / 'wandb'}): {run_dir}")
 
 
 def print_table(rows: dict[str, dict[str, float]], columns: list[str]) -> None:

@@ -136,3 +136,24 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["recommend", "--index", str(tmp_path / "nowhere"), "--ckpt_path", ckpt, "--user", "1", "--seed-item", "1"])
     assert exit_info.value.code == 1 and "no export.json" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_wandb_offline_runs_get_their_own_directories(prepared, tmp_path, monkeypatch):
+    """With the configs' WandbLogger, offline: each command is its own W&B run with its own directory
+    (config.yaml, checkpoints, metrics.json), and the W&B files are written locally."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.teardown()  # W&B keeps its settings process-wide: start from the environment set above
+    args = ["--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
+            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.project", "tt"]
+    main(["fit", *args])
+    main(["fit", *args])
+    runs = sorted(p.parent for p in (tmp_path / "tt").glob("*/config.yaml"))
+    assert len(runs) == 2 and all((run / "checkpoints" / "last.ckpt").is_file() for run in runs)
+    main(["test", *args, "--ckpt_path", str(runs[0] / "checkpoints" / "last.ckpt")])
+    assert len(list((tmp_path / "tt").glob("*/metrics.json"))) == 1
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 3
+    wandb.teardown()

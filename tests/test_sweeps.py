@@ -67,5 +67,5 @@ def test_sweep_runs(path, prepared, tmp_path, monkeypatch):
             "--retrieval.nlist=16",
         ]
         main(argv)
-    runs = sorted((tmp_path / "two-tower").iterdir())
-    assert len(runs) == 2 and all((run / "config.yaml").is_file() for run in runs)  # one directory per run
+    configs = sorted(tmp_path.rglob("config.yaml"))
+    assert len(configs) == 2 and configs[0].parent != configs[1].parent  # one directory per run

@@ -2,7 +2,7 @@
 
 Columns: ``case`` (int64, the case's index among the test window's next-track cases), ``uid`` and ``target_item_id`` (uint32, raw Yambda ids; 0
 for an unknown target), ``item_ids`` (list<uint32>, best first) and ``scores`` (list<float32>). The file
-goes to ``output`` (relative paths: in the run's log directory), written to a temporary name and
+goes to ``output`` (relative paths: in the run's directory, lightning_tt.runs), written to a temporary name and
 renamed; with several processes each writes ``<stem>-rank<r>.parquet``.
 """
 
@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.runs import run_directory
 
 
 class ParquetPredictionWriter(Callback):
@@ -55,7 +56,7 @@ class ParquetPredictionWriter(Callback):
         })
         path = Path(self.output)
         if not path.is_absolute():
-            path = Path(trainer.log_dir or ".") / path
+            path = run_directory(trainer) / path
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)

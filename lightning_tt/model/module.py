@@ -19,12 +19,14 @@ import os
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
+from lightning_tt.runs import run_directory
 
 FIRST_ITEM = 2  # 0 = padding, 1 = unknown
 
@@ -98,6 +100,7 @@ class TwoTowerModule(L.LightningModule):
         # values it computed (for the ANN/exact ratios).
         self.retrieval_queries: dict[str, list] | None = None
         self.ann_values: dict[str, float] = {}
+        self._samples: dict[str, torch.Tensor] | None = None  # first test cases, for the W&B report
 
     def configure_model(self) -> None:
         """With ``compile``, both towers go through torch.compile (fewer, fused kernels; meant for GPUs,
@@ -158,6 +161,10 @@ class TwoTowerModule(L.LightningModule):
         if self.retrieval_queries is not None:
             protocol = "next" if dataloader_idx == 0 else "paper"
             self.retrieval_queries[protocol].append((queries.float().cpu(), *targets))
+        if stage == "test" and dataloader_idx == 0 and self._samples is None:  # a few cases for the report
+            n = min(20, len(top))
+            self._samples = {"user": batch["user"][:n].cpu(), "seed": batch["seed_item"][:n].cpu(),
+                             "top": top[:n, :10].cpu(), "true": batch["target_item"][:n].cpu()}
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         """Compute (synchronised across processes), log and reset the stage's exact metrics."""
@@ -199,19 +206,38 @@ class TwoTowerModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._catalogue = None
+        self._samples = None
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "test", dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         values = self._log_metrics("test")
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            path = Path(self.trainer.log_dir) / "metrics.json"
+        if self.trainer.is_global_zero:
+            path = run_directory(self.trainer) / "metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
             os.replace(tmp, path)
             self.print(f"metrics written to {path}")
+            self._report_to_wandb(values)
+
+    def _report_to_wandb(self, values: dict[str, float]) -> None:
+        loggers = [lg for lg in self.loggers if type(lg).__name__ == "WandbLogger"]
+        if not loggers:
+            return
+        from lightning_tt.data.prepared import PreparedData
+        from lightning_tt.eval.wandb_report import log_test_report
+
+        samples = None
+        if self._samples is not None and self.hparams.data_dir:
+            data = PreparedData(self.hparams.data_dir)
+            item_ids, user_ids = np.asarray(data["item_ids"]), np.asarray(data["user_ids"])
+            s = {k: v.numpy() for k, v in self._samples.items()}
+            samples = {"uid": user_ids[s["user"]], "seed": item_ids[s["seed"]], "top": item_ids[s["top"]],
+                       "true": item_ids[s["true"]]}
+        for logger in loggers:
+            log_test_report(logger, values, list(self.hparams.recall_k), samples)
 
     def on_predict_epoch_start(self) -> None:
         self._catalogue = None

@@ -1,0 +1,21 @@
+"""What a test run adds to W&B beyond its scalar metrics: the Recall@k-vs-k curve (exact and ANN) and a
+table of sample recommendations (user, seed track, top items, true item; raw Yambda ids)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_test_report(logger, values: dict[str, float], ks: list[int], samples: dict[str, np.ndarray] | None) -> None:
+    """Log to a Lightning WandbLogger (nothing is written when W&B is disabled)."""
+    import wandb
+
+    rows = [[k, values.get(f"test/next/exact_recall@{k}"), values.get(f"test/next/recall@{k}")] for k in sorted(ks)]
+    curve = wandb.Table(columns=["k", "exact_recall", "ann_recall"], data=rows)
+    payload = {"test/next/recall_curve": wandb.plot.line(curve, "k", "exact_recall", title="next-track Recall@k")}
+    if samples is not None:
+        table = wandb.Table(columns=["uid", "seed_item_id", "top_item_ids", "true_item_id", "hit"])
+        for uid, seed, top, true in zip(samples["uid"], samples["seed"], samples["top"], samples["true"]):
+            table.add_data(int(uid), int(seed), " ".join(map(str, top)), int(true), bool(true in top))
+        payload["test/sample_recommendations"] = table
+    logger.experiment.log(payload)
