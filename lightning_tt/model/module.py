@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 
 import lightning as L
 import numpy as np
