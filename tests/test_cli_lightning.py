@@ -55,6 +55,8 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
     written = Path(result.stdout.split("metrics written to ")[1].split()[0])
     metrics = json.loads(written.read_text())  # the test run's directory, beside its config.yaml
     assert (written.parent / "config.yaml").is_file()
+    for figure in ("recall_at_k.png", "ann_tradeoff.png"):  # PNG files, beside metrics.json
+        assert (written.parent / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("test/next/recall@100", "test/next/exact_recall@100", "test/next/ann_exact_ratio@100",
                  "test/paper/ndcg@10", "test/paper/exact_coverage@100", "test/index/build_seconds"):
         assert name in metrics, name

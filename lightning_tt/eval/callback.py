@@ -80,6 +80,21 @@ class FaissRetrieval(L.Callback):
         for name, value in values.items():
             module.log(name, value, add_dataloader_idx=False, rank_zero_only=True)
         module.ann_values = values  # for the model's ANN/exact ratios
+        if stage == "test" and gathered["next"] and "IVF" in built.factory:
+            module.ann_tradeoff = (built.factory, self._nprobe_tradeoff(built, *gathered["next"], max(ks)))
+
+    def _nprobe_tradeoff(self, built, queries: torch.Tensor, targets: torch.Tensor, k: int) -> list[tuple]:
+        """(nprobe, queries/s, Recall@k) for nprobe = 1, 2, 4, ... up to the configured value."""
+        import faiss
+
+        params, points = faiss.ParameterSpace(), []
+        tried = sorted({2**i for i in range(12) if 2**i < self.config.nprobe} | {self.config.nprobe})
+        for nprobe in tried:
+            params.set_index_parameter(built.index, "nprobe", nprobe)
+            top, qps = self._search(built, queries, k)
+            points.append((nprobe, qps, float((top == targets[:, None]).any(dim=1).double().mean())))
+        params.set_index_parameter(built.index, "nprobe", self.config.nprobe)
+        return points
 
     @staticmethod
     def _search(built, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:

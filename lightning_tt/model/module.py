@@ -100,6 +100,7 @@ class TwoTowerModule(L.LightningModule):
         self.retrieval_queries: dict[str, list] | None = None
         self.ann_values: dict[str, float] = {}
         self._samples: dict[str, torch.Tensor] | None = None  # first test cases, for the W&B report
+        self.ann_tradeoff: tuple[str, list[tuple]] | None = None  # set by FaissRetrieval in test
 
     def configure_model(self) -> None:
         """With ``compile``, both towers go through torch.compile (fewer, fused kernels; meant for GPUs,
@@ -219,9 +220,35 @@ class TwoTowerModule(L.LightningModule):
             tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
             os.replace(tmp, path)
             self.print(f"metrics written to {path}")
-            self._report_to_wandb(values)
+            figures = self._plots(values, path.parent)
+            self._report_to_wandb(values, figures)
 
-    def _report_to_wandb(self, values: dict[str, float]) -> None:
+    def _plots(self, values: dict[str, float], run_dir) -> list:
+        """recall_at_k.png (the model, exact and ANN, and the cheap baselines) and, with an IVF index,
+        ann_tradeoff.png; returns the paths written."""
+        from lightning_tt.eval import plots
+
+        ks = sorted(self.hparams.recall_k)
+        curves = {"TwoTower (exact)": {k: values[f"test/next/exact_recall@{k}"] for k in ks}}
+        if all(f"test/next/recall@{k}" in values for k in ks):
+            curves["TwoTower (ANN)"] = {k: values[f"test/next/recall@{k}"] for k in ks}
+        if self.hparams.data_dir:
+            from lightning_tt.baselines import evaluate
+
+            found = evaluate(self.hparams.data_dir, "test", ks, names=["MostPop", "DecayPop", "Transitions"])
+            curves.update({name: {k: v[f"test/next/recall@{k}"] for k in ks} for name, v in found.items()})
+        written = [plots.recall_curves(curves, run_dir / "recall_at_k.png")]
+        if self.ann_tradeoff is not None:
+            factory, points = self.ann_tradeoff
+            exact = values[f"test/next/exact_recall@{max(ks)}"] or 1.0
+            written.append(plots.ann_tradeoff([(n, q, r / exact) for n, q, r in points], run_dir / "ann_tradeoff.png",
+                                              factory))
+            self.ann_tradeoff = None
+        for figure in written:
+            self.print(f"figure written to {figure}")
+        return written
+
+    def _report_to_wandb(self, values: dict[str, float], figures: list) -> None:
         loggers = [lg for lg in self.loggers if type(lg).__name__ == "WandbLogger"]
         if not loggers:
             return
@@ -236,7 +263,7 @@ class TwoTowerModule(L.LightningModule):
             samples = {"uid": user_ids[s["user"]], "seed": item_ids[s["seed"]], "top": item_ids[s["top"]],
                        "true": item_ids[s["true"]]}
         for logger in loggers:
-            log_test_report(logger, values, list(self.hparams.recall_k), samples)
+            log_test_report(logger, values, list(self.hparams.recall_k), samples, figures)
 
     def on_predict_epoch_start(self) -> None:
         self._catalogue = None
