@@ -4,8 +4,8 @@
 
 Items are unit vectors around 4096 random centres (trained item embeddings are clustered; uniform
 noise is the worst case for IVF), queries are drawn the same way. "Exact" is a Flat inner-product
-index; the ANN index is FaissRetrieval's default (IVF1024,PQ16x8 with exact re-ranking of 4 x k,
-nprobe 64). ANN/exact = mean overlap of the two top-100 lists.
+index; the ANN index is FaissRetrieval's default unless options say otherwise (IVF1024,PQ32x8 with
+exact re-ranking of 16 x k, nprobe 128). ANN/exact = mean overlap of the two top-100 lists.
 """
 
 from __future__ import annotations

@@ -60,8 +60,7 @@ def lightning_cli(args: list[str], run: bool = True):
             if trainer.is_global_zero:
                 path = run_directory(trainer) / self.config_filename
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite,
-                                 multifile=self.multifile)
+                self.parser.save(self.config, path, overwrite=self.overwrite, multifile=self.multifile)
                 for logger in trainer.loggers:
                     if type(logger).__name__ == "WandbLogger":
                         logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
@@ -83,12 +82,18 @@ def lightning_cli(args: list[str], run: bool = True):
             for name in ("num_users", "num_items", "num_artists", "num_albums", "audio_dim"):
                 parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
-    # The arguments always come in ``args``; LightningCLI warns when sys.argv holds others (as it does
-    # under `lightning-tt demo` or pytest), so it sees only the program name.
-    argv, sys.argv = sys.argv, sys.argv[:1]
+    # From the command line, LightningCLI reads sys.argv itself (DDP's launcher re-runs that command
+    # line in each new process). Called from Python with other arguments (the demo, tests), it sees only
+    # the program name in sys.argv, since it warns when sys.argv holds arguments of its own.
+    from_command_line = list(args) == sys.argv[1:]
+    argv = sys.argv
+    if not from_command_line:
+        sys.argv = sys.argv[:1]
     try:
-        return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=args, run=run, seed_everything_default=0,
-                           save_config_callback=RunConfigSaver)
+        return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=None if from_command_line else args, run=run,
+                           seed_everything_default=0, save_config_callback=RunConfigSaver,
+                           # the DataModule's samplers shard by rank themselves
+                           trainer_defaults={"use_distributed_sampler": False})
     finally:
         sys.argv = argv
         if run and "wandb" in sys.modules:  # one W&B run per command, also when several run in one process
@@ -154,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--ckpt_path", required=True)
     exp.add_argument("--out", required=True, help="output directory (written atomically)")
     exp.add_argument("--kind", default="ivfpq", help="flat, ivfflat, ivfpq, hnsw or ivfhnsw")
-    for name, default in (("nlist", 1024), ("m", 16), ("nbits", 8), ("nprobe", 64), ("k-factor", 4)):
+    for name, default in (("nlist", 1024), ("m", 32), ("nbits", 8), ("nprobe", 128), ("k-factor", 16)):
         exp.add_argument(f"--{name}", type=int, default=default)
 
     rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track")

@@ -17,11 +17,11 @@ def unit(n, d, seed=0, clusters=0):
 
 
 def test_factory_strings():
-    assert factory_string(IndexConfig(), 100_000, 64) == ("IVF1024,PQ16x8,RFlat", [])
+    assert factory_string(IndexConfig(), 100_000, 64) == ("IVF1024,PQ32x8,RFlat", [])
     assert factory_string(IndexConfig(kind="ivfflat", nlist=256), 100_000, 64)[0] == "IVF256,Flat"
     assert factory_string(IndexConfig(kind="hnsw", hnsw_m=16), 10, 64)[0] == "HNSW16"
     assert factory_string(IndexConfig(kind="ivfhnsw", nlist=512), 100_000, 64)[0] == "IVF512_HNSW32,Flat"
-    assert factory_string(IndexConfig(rerank=False), 100_000, 64)[0] == "IVF1024,PQ16x8"
+    assert factory_string(IndexConfig(rerank=False, m=16), 100_000, 64)[0] == "IVF1024,PQ16x8"
     with pytest.raises(ValueError, match="index kind"):
         IndexConfig(kind="annoy")
 
@@ -29,8 +29,8 @@ def test_factory_strings():
 def test_small_catalogues_fall_back():
     # 5,000 vectors: nlist 1024 -> 128 lists; 2^8 centroids need 9,984 points -> nbits 7.
     factory, notes = factory_string(IndexConfig(), 5_000, 64)
-    assert factory == "IVF128,PQ16x7,RFlat" and len(notes) == 2
-    assert factory_string(IndexConfig(), 5_000, 60)[0] == "IVF128,PQ15x7,RFlat"  # 60 % 16 != 0 -> m 15
+    assert factory == "IVF128,PQ32x7,RFlat" and len(notes) == 2
+    assert factory_string(IndexConfig(), 5_000, 60)[0] == "IVF128,PQ30x7,RFlat"  # 60 % 32 != 0 -> m 30
     assert factory_string(IndexConfig(), 400, 64)[0] == "IVF10,Flat"  # too few to train PQ
     assert factory_string(IndexConfig(), 50, 64)[0] == "Flat"  # too few for IVF
     with pytest.warns(UserWarning, match="does not fit this catalogue"):

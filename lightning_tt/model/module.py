@@ -183,8 +183,9 @@ class TwoTowerModule(L.LightningModule):
             exact = values.get(f"{stage}/next/exact_recall@{k}")
             if f"{stage}/next/recall@{k}" in ann and exact:
                 values[f"{stage}/next/ann_exact_ratio@{k}"] = ann[f"{stage}/next/recall@{k}"] / exact
-        for name, value in values.items():
-            self.log(name, value, add_dataloader_idx=False, prog_bar=name.endswith("next/exact_recall@100"))
+        for name, value in values.items():  # already synchronised: the mean over processes changes nothing
+            self.log(name, value, add_dataloader_idx=False, prog_bar=name.endswith("next/exact_recall@100"),
+                     sync_dist=True)
         next_track.reset()
         paper.reset()
         return {**ann, **values}
