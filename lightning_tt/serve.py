@@ -82,6 +82,15 @@ def _query_batch(data: PreparedData, user_index: int, seed_index: int, history: 
     }
 
 
+def _index_of(raw_ids: np.ndarray, raw: int, notes: list[str], unknown: str) -> int:
+    """Vocabulary index of a raw id, or 1 (unknown) with ``unknown`` added to ``notes``."""
+    found = np.flatnonzero(np.asarray(raw_ids)[FIRST_ITEM:] == raw)
+    if len(found):
+        return int(found[0]) + FIRST_ITEM
+    notes.append(unknown)
+    return 1
+
+
 def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item: int, k: int = 10,
               history: int | None = None) -> tuple[list[tuple[int, float]], list[str]]:
     """Top-k (raw item id, score) for raw ``user`` and raw ``seed_item``, and notes about fallbacks."""
@@ -93,20 +102,10 @@ def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item
     model = load_model(ckpt_path)
     data = PreparedData(model.hparams.data_dir)
     notes = []
-    user_ids = np.asarray(data["user_ids"])
-    found = np.flatnonzero(user_ids[FIRST_ITEM:] == user)
-    if len(found):
-        user_index = int(found[0]) + FIRST_ITEM
-    else:
-        user_index = 1
-        notes.append(f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
-    item_ids = np.asarray(data["item_ids"])
-    found = np.flatnonzero(item_ids[FIRST_ITEM:] == seed_item)
-    if len(found):
-        seed_index = int(found[0]) + FIRST_ITEM
-    else:
-        seed_index = 1
-        notes.append(f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
+    user_index = _index_of(data["user_ids"], user, notes,
+                           f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
+    seed_index = _index_of(data["item_ids"], seed_item, notes,
+                           f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
     batch = _query_batch(data, user_index, seed_index, history or data.default_history)
     with torch.no_grad():
         query = model(batch).float().numpy()
