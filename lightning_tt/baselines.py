@@ -95,7 +95,10 @@ class Random(Baseline):
 
     def recommend(self, users, seeds, history, k):
         rng = np.random.default_rng(0)
-        return np.stack([rng.choice(np.arange(FIRST_ITEM, self.num_items), k, replace=False) for _ in users])
+        catalogue = self.num_items - FIRST_ITEM
+        if catalogue > 4 * k:  # duplicates within a list are then rare (k^2 / 2n); no O(n) work per query
+            return rng.integers(FIRST_ITEM, self.num_items, (len(users), k))
+        return np.stack([rng.choice(catalogue, k, replace=False) + FIRST_ITEM for _ in users])
 
 
 class Transitions(Baseline):
@@ -141,7 +144,8 @@ class ItemKNN(Baseline):
         self.similarity.setdiag(0)
         return self
 
-    def recommend(self, users, seeds, history, k, chunk: int = 1024):
+    def recommend(self, users, seeds, history, k):
+        chunk = max(1, (1 << 25) // self.num_items)  # dense [chunk, num_items] scores stay near 128 MiB
         out = []
         for start in range(0, len(users), chunk):
             h = history[start : start + chunk]

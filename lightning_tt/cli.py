@@ -158,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     exp = commands.add_parser("export", help="write item embeddings, the Faiss index and the id mapping")
     exp.add_argument("--ckpt_path", required=True)
     exp.add_argument("--out", required=True, help="output directory (written atomically)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
     exp.add_argument("--kind", default="ivfpq", help="flat, ivfflat, ivfpq, hnsw or ivfhnsw")
     for name, default in (("nlist", 1024), ("m", 32), ("nbits", 8), ("nprobe", 128), ("k-factor", 16)):
         exp.add_argument(f"--{name}", type=int, default=default)
@@ -256,7 +257,7 @@ def _run(args: argparse.Namespace) -> None:
 
         config = IndexConfig(kind=args.kind, nlist=args.nlist, m=args.m, nbits=args.nbits, nprobe=args.nprobe,
                              k_factor=args.k_factor)
-        meta = export(args.ckpt_path, args.out, config)
+        meta = export(args.ckpt_path, args.out, config, overwrite=args.overwrite)
         print(f"exported {meta['items']:,} items ({meta['factory']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
         return
     if args.command == "recommend":

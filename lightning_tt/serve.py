@@ -39,8 +39,11 @@ def load_model(ckpt_path: str | Path) -> TwoTowerModule:
     return model.eval()
 
 
-def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexConfig()) -> dict:
+def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexConfig(),
+           overwrite: bool = False) -> dict:
     """Embed the catalogue, build the index and write the export directory; return export.json."""
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out}: output directory exists; pass --overwrite to replace it")
     model = load_model(ckpt_path)
     data = PreparedData(model.hparams.data_dir)
     embeddings = model.item_embeddings()[FIRST_ITEM:].float().numpy()

@@ -118,6 +118,9 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     data = PreparedData(prepared)
     assert meta["items"] == data.vocab["num_items"] - 2 and meta["factory"] == "Flat"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no temporary left
+    with pytest.raises(SystemExit):  # an existing export is replaced only with --overwrite
+        main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat"])
+    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat", "--overwrite"])
 
     user, seed = int(data["user_ids"][2]), int(data["item_ids"][5])
     items, notes = recommend(tmp_path / "export", ckpt, user, seed, k=5)

@@ -21,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from lightning_tt.data.prepared import PreparedData
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.loss import corrected_softmax_loss
@@ -225,7 +226,8 @@ class TwoTowerModule(L.LightningModule):
             self._report_to_wandb(values, figures)
 
     def _plots(self, values: dict[str, float], run_dir) -> list:
-        """recall_at_k.png (the model, exact and ANN, and the cheap baselines) and, with an IVF index,
+        """recall_at_k.png (the model, exact and ANN, and the cheap baselines up to 20M training
+        examples) and, with an IVF index,
         ann_tradeoff.png; returns the paths written."""
         from lightning_tt.eval import plots
 
@@ -233,7 +235,8 @@ class TwoTowerModule(L.LightningModule):
         curves = {"TwoTower (exact)": {k: values[f"test/next/exact_recall@{k}"] for k in ks}}
         if all(f"test/next/recall@{k}" in values for k in ks):
             curves["TwoTower (ANN)"] = {k: values[f"test/next/recall@{k}"] for k in ks}
-        if self.hparams.data_dir:
+        # The cheap baselines, where the training set is small enough to recount at every test.
+        if self.hparams.data_dir and PreparedData(self.hparams.data_dir).num_examples("train") <= 20_000_000:
             from lightning_tt.baselines import evaluate
 
             found = evaluate(self.hparams.data_dir, "test", ks, names=["MostPop", "DecayPop", "Transitions"])
@@ -253,7 +256,6 @@ class TwoTowerModule(L.LightningModule):
         loggers = [lg for lg in self.loggers if type(lg).__name__ == "WandbLogger"]
         if not loggers:
             return
-        from lightning_tt.data.prepared import PreparedData
         from lightning_tt.eval.wandb_report import log_test_report
 
         samples = None
