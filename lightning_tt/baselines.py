@@ -217,12 +217,13 @@ def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], name
             continue
         baseline = cls().fit(data)
         values = {}
-        recall = NextTrackRecall(ks)
+        # All cases are in this process (also when called from rank zero of a DDP test): no syncing.
+        recall = NextTrackRecall(ks, sync_on_compute=False)
         recall.update(torch.from_numpy(baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)),
                       torch.from_numpy(nxt["target_item"]))
         values.update({f"{split}/next/recall@{kk}": float(v) for kk, v in recall.compute().items()})
         lists = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
-        metrics = PaperMetrics(ks, data.vocab["num_items"], FIRST_ITEM)
+        metrics = PaperMetrics(ks, data.vocab["num_items"], FIRST_ITEM, sync_on_compute=False)
         metrics.update(torch.from_numpy(lists), torch.from_numpy(paper["target_items"]),
                        torch.from_numpy(paper["target_count"]))
         for name, per_k in metrics.compute().items():

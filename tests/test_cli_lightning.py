@@ -162,3 +162,45 @@ def test_wandb_offline_runs_get_their_own_directories(prepared, tmp_path, monkey
     assert len(list((tmp_path / "tt").glob("*/metrics.json"))) == 1
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 3
     wandb.teardown()
+
+
+def _cli(cwd, *args) -> subprocess.CompletedProcess:
+    """``lightning-tt ARGS`` in a fresh process (DDP's launcher re-runs that command once per rank)."""
+    result = subprocess.run([sys.executable, "-m", "lightning_tt.cli", *args], capture_output=True, text=True,
+                            cwd=cwd, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
+    """fit, test and predict under 2-process DDP (gloo on the CPU), with the Faiss callback on. With
+    eval_batch_size 1024 the paper lists make a single batch, so rank 1 sees none: every collective
+    must still be entered by both ranks. The test metrics of 2 processes must equal those of 1."""
+    common = ["--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
+              "--trainer.strategy", "ddp", "--data.eval_batch_size", "1024"]
+    _cli(tmp_path, "fit", *common, "--trainer.devices", "2", "--trainer.logger.init_args.save_dir", "fit",
+         "--trainer.callbacks.monitor", "val/next/recall@100")  # an ANN value, logged on every rank
+    ckpt = str(next((tmp_path / "fit" / "tiny").glob("*/checkpoints/last.ckpt")))
+    metrics = {}
+    for devices in (1, 2):
+        out = _cli(tmp_path, "test", *common, "--trainer.devices", str(devices), "--ckpt_path", ckpt,
+                   "--retrieval.kind", "flat", "--trainer.logger.init_args.save_dir", f"test{devices}").stdout
+        metrics[devices] = json.loads((tmp_path / out.split("metrics written to ")[1].split()[0]).read_text())
+    assert metrics[1].keys() == metrics[2].keys()
+    assert "test/paper/ndcg@10" in metrics[2] and "test/next/ann_exact_ratio@100" in metrics[2]
+    for name, value in metrics[1].items():
+        if "/index/" not in name:  # timings differ
+            assert metrics[2][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    assert metrics[2]["test/next/ann_exact_ratio@100"] == pytest.approx(1.0)  # a flat index is exact
+
+    _cli(tmp_path, "predict", *common, "--trainer.devices", "2", "--ckpt_path", ckpt,
+         "--trainer.logger.init_args.save_dir", "predict", "--predictions.output", str(tmp_path / "top.parquet"))
+    import pyarrow.parquet as pq
+
+    from lightning_tt.data.prepared import PreparedData
+
+    table = pq.read_table(tmp_path / "top.parquet")  # one file: rank zero merged the parts
+    assert sorted(table.column("case").to_pylist()) == list(range(PreparedData(prepared).num_examples("test")))
+    assert all(len(row) == 100 for row in table.column("item_ids").to_pylist())
+    assert [p.name for p in tmp_path.iterdir() if "top" in p.name] == ["top.parquet"]  # no part left behind

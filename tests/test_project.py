@@ -4,6 +4,7 @@ and the workflow passes actionlint."""
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert commands == [test_command]
 
 
+def actionlint() -> str:
+    """The test extra installs actionlint beside this interpreter (found also without an activated venv)."""
+    found = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
+    if found is None:
+        pytest.fail("actionlint is not installed: pip install -e '.[test]'")
+    return found
+
+
 def test_workflow_runs_ci_script_and_passes_actionlint():
     workflow = ROOT / ".github" / "workflows" / "ci.yml"
     assert "bash .ci/run" in workflow.read_text()
-    actionlint = shutil.which("actionlint")
-    if actionlint is None:
-        pytest.fail("actionlint is not installed: pip install -e '.[test]'")
-    result = subprocess.run([actionlint, str(workflow)], capture_output=True, text=True)
+    result = subprocess.run([actionlint(), str(workflow)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -48,5 +54,5 @@ def test_actionlint_rejects_a_broken_workflow(tmp_path):
     broken = tmp_path / ".github" / "workflows" / "broken.yml"
     broken.parent.mkdir(parents=True)
     broken.write_text("on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
-    result = subprocess.run([shutil.which("actionlint") or "actionlint", str(broken)], capture_output=True, text=True)
+    result = subprocess.run([actionlint(), str(broken)], capture_output=True, text=True)
     assert result.returncode != 0

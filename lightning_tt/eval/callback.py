@@ -6,8 +6,9 @@ for every evaluation query the model embedded during the epoch, and log the ANN 
     {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes
 
 The model logs the exact (brute-force) values as ``.../exact_*@k`` and, from the ANN values this
-callback hands it, ``{stage}/next/ann_exact_ratio@k``. Queries of all processes are gathered first;
-the index is built and the values logged on rank zero only.
+callback hands it, ``{stage}/next/ann_exact_ratio@k``. Under DDP the queries of all processes are
+gathered, rank zero builds the index and searches, and the values are broadcast back, so every process
+logs the same numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_tt.eval.index import IndexConfig, build_index
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
@@ -31,13 +31,6 @@ class FaissRetrieval(L.Callback):
         self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor)
 
     def _start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.world_size > 1:
-            # A 2-process CPU run hung in the gathering below (not yet understood); rather than risk a
-            # hang, several processes get the exact metrics only.
-            if not getattr(self, "_warned", False):
-                rank_zero_warn("FaissRetrieval is skipped with several processes; only exact metrics are logged")
-                self._warned = True
-            return
         if not trainer.sanity_checking:
             module.retrieval_queries = {"next": [], "paper": []}
 
@@ -56,40 +49,49 @@ class FaissRetrieval(L.Callback):
 
     def _evaluate(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         collected, module.retrieval_queries = module.retrieval_queries, None
-        if not collected:
+        if collected is None:  # sanity check (the same on every process)
             return
-        gathered = {protocol: [_gather_rows(module, _cat_padded(parts)) for parts in zip(*rows)] if rows else []
+        # Every process takes part in each gathering, also one that saw no batch of a protocol.
+        gathered = {protocol: _gather_rows(trainer, [_cat_padded(parts) for parts in zip(*rows)])
                     for protocol, rows in collected.items()}
+        values = self._ann_values(trainer, module, stage, gathered) if trainer.is_global_zero else None
+        # Every process gets the values and logs them (ModelCheckpoint may monitor one on every rank);
+        # the model takes them for its ANN/exact ratios.
+        values = trainer.strategy.broadcast(values, src=0)
+        for name, value in values.items():  # equal everywhere: the mean over processes changes nothing
+            module.log(name, value, add_dataloader_idx=False, sync_dist=True)
+        module.ann_values = values
+
+    def _ann_values(self, trainer: L.Trainer, module: L.LightningModule, stage: str,
+                    gathered: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        """Build the index and search every gathered query (rank zero only); the ANN values by name."""
         items = module.item_embeddings()[FIRST_ITEM:].float().cpu().numpy()
-        if not trainer.is_global_zero:
-            return
         built = build_index(items, self.config)
         ks = list(module.hparams.recall_k)
         values: dict[str, float] = {}
         qps = []
+        # The cases of all processes are here already: no synchronisation on compute.
         if gathered["next"]:
             queries, targets = gathered["next"]
             top, speed = self._search(built, queries, max(ks))
             qps.append(speed)
-            metric = NextTrackRecall(ks)
+            metric = NextTrackRecall(ks, sync_on_compute=False)
             metric.update(top, targets)
             values.update({f"{stage}/next/recall@{k}": float(v) for k, v in metric.compute().items()})
         if gathered["paper"]:
             queries, target_items, target_count = gathered["paper"]
             top, speed = self._search(built, queries, max(ks))
             qps.append(speed)
-            metric = PaperMetrics(ks, module.hparams.num_items, FIRST_ITEM)
+            metric = PaperMetrics(ks, module.hparams.num_items, FIRST_ITEM, sync_on_compute=False)
             metric.update(top, target_items, target_count)
             for name, per_k in metric.compute().items():
                 values.update({f"{stage}/paper/{name}@{k}": float(v) for k, v in per_k.items()})
         values[f"{stage}/index/build_seconds"] = built.build_seconds
         values[f"{stage}/index/queries_per_second"] = float(np.mean(qps)) if qps else 0.0
         values[f"{stage}/index/bytes"] = float(built.bytes)
-        for name, value in values.items():
-            module.log(name, value, add_dataloader_idx=False, rank_zero_only=True)
-        module.ann_values = values  # for the model's ANN/exact ratios
         if stage == "test" and gathered["next"] and "IVF" in built.factory:
             module.ann_tradeoff = (built.factory, self._nprobe_tradeoff(built, *gathered["next"], max(ks)))
+        return values
 
     def _nprobe_tradeoff(self, built, queries: torch.Tensor, targets: torch.Tensor, k: int) -> list[tuple]:
         """(nprobe, queries/s, Recall@k) for nprobe = 1, 2, 4, ... up to the configured value."""
@@ -119,15 +121,29 @@ def _cat_padded(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
-    """All processes' rows concatenated (their shapes may differ: row counts, and the width of paper
-    targets); ``rows`` itself in one process. Every dimension is zero-padded to the largest first."""
-    if module.trainer.world_size == 1:
-        return rows
-    shape = torch.tensor(rows.shape, device=module.device)
-    shapes = module.all_gather(shape).reshape(module.trainer.world_size, -1).tolist()
-    largest = [max(s[d] for s in shapes) for d in range(rows.dim())]
-    padded = torch.zeros(largest, dtype=rows.dtype, device=module.device)
-    padded[tuple(slice(0, n) for n in rows.shape)] = rows.to(module.device)
-    everything = module.all_gather(padded)  # [world, *largest]
-    return torch.cat([everything[r, : s[0]] for r, s in enumerate(shapes)]).cpu()
+def _gather_rows(trainer: L.Trainer, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each of ``tensors`` (this process's rows; [] where it saw no batch) concatenated over all
+    processes, in rank order, on the CPU; ``tensors`` itself in one process. Shapes may differ between
+    processes (row counts, the width of paper targets): every dimension is zero-padded to the largest
+    for the collective, then each process's own rows are cut back out. [] when no process has rows."""
+    if trainer.world_size == 1:
+        return tensors
+    import torch.distributed as dist
+
+    described = [None] * trainer.world_size
+    dist.all_gather_object(described, [(tuple(t.shape), t.dtype) for t in tensors])
+    template = next((d for d in described if d), None)
+    if template is None:
+        return []
+    device = trainer.strategy.root_device
+    gathered = []
+    for i, (shape, dtype) in enumerate(template):
+        shapes = [d[i][0] if d else (0,) * len(shape) for d in described]
+        largest = [max(s[dim] for s in shapes) for dim in range(len(shape))]
+        padded = torch.zeros(largest, dtype=dtype, device=device)
+        if tensors:
+            padded[tuple(slice(0, n) for n in tensors[i].shape)] = tensors[i].to(device)
+        everything = [torch.empty_like(padded) for _ in range(trainer.world_size)]
+        dist.all_gather(everything, padded)
+        gathered.append(torch.cat([part[: s[0]] for part, s in zip(everything, shapes)]).cpu())
+    return gathered

@@ -27,8 +27,8 @@ class NextTrackRecall(Metric):
 
     full_state_update = False
 
-    def __init__(self, ks: list[int]):
-        super().__init__()
+    def __init__(self, ks: list[int], **kwargs):
+        super().__init__(**kwargs)  # torchmetrics options, e.g. sync_on_compute=False for one process's cases
         self.ks = sorted(ks)
         self.add_state("hits", torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("cases", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -49,8 +49,8 @@ class PaperMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, ks: list[int], num_items: int, first_item: int = 2):
-        super().__init__()
+    def __init__(self, ks: list[int], num_items: int, first_item: int = 2, **kwargs):
+        super().__init__(**kwargs)
         self.ks, self.first_item = sorted(ks), first_item
         self.num_train_items = num_items - first_item
         zeros = torch.zeros(len(self.ks), dtype=torch.float64)

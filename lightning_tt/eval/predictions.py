@@ -1,9 +1,11 @@
 """ParquetPredictionWriter: ``lightning-tt predict`` writes the top-k of every test case to parquet.
 
-Columns: ``case`` (int64, the case's index among the test window's next-track cases), ``uid`` and ``target_item_id`` (uint32, raw Yambda ids; 0
-for an unknown target), ``item_ids`` (list<uint32>, best first) and ``scores`` (list<float32>). The file
-goes to ``output`` (relative paths: in the run's directory, lightning_tt.runs), written to a temporary name and
-renamed; with several processes each writes ``<stem>-rank<r>.parquet``.
+Columns: ``case`` (int64, the case's index among the test window's next-track cases), ``uid`` and
+``target_item_id`` (uint32, raw Yambda ids; 0 for an unknown target), ``item_ids`` (list<uint32>, best
+first) and ``scores`` (list<float32>). The file goes to ``output`` (relative paths: in the run's
+directory, lightning_tt.runs), written to a temporary name and renamed. With several processes each
+writes its part to a temporary file, and rank zero streams the parts into the one output file (rows
+in rank order; ``case`` says which case a row is).
 """
 
 from __future__ import annotations
@@ -34,33 +36,54 @@ class ParquetPredictionWriter(Callback):
 
     def on_predict_epoch_end(self, trainer, pl_module):
         predictions, self._outputs = self._outputs, []
-        if not predictions:
-            return
-        data = PreparedData(pl_module.hparams.data_dir)
-        item_ids, user_ids = np.asarray(data["item_ids"]), np.asarray(data["user_ids"])
-        items = torch.cat([p["items"] for p in predictions]).cpu().numpy()
-        scores = torch.cat([p["scores"] for p in predictions]).float().cpu().numpy()
-        targets = torch.cat([p["target_item"] for p in predictions]).cpu().numpy()
-        users = torch.cat([p["user"] for p in predictions]).cpu().numpy()
-        # The predict loader is the test cases in order; process r holds cases r, r + world, r + 2 world ...
-        cases = np.arange(len(items), dtype=np.int64) * trainer.world_size + trainer.global_rank
-        k = items.shape[1]
-        table = pa.table({
-            "case": pa.array(cases, pa.int64()),
-            "uid": pa.array(user_ids[users], pa.uint32()),
-            "target_item_id": pa.array(item_ids[targets], pa.uint32()),
-            "item_ids": pa.ListArray.from_arrays(np.arange(0, len(items) * k + 1, k, dtype=np.int32),
-                                                 pa.array(item_ids[items].ravel(), pa.uint32())),
-            "scores": pa.ListArray.from_arrays(np.arange(0, len(items) * k + 1, k, dtype=np.int32),
-                                               pa.array(scores.ravel(), pa.float32())),
-        })
         path = Path(self.output)
         if not path.is_absolute():
             path = run_directory(trainer) / path
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
+        path = Path(trainer.strategy.broadcast(str(path), src=0))  # rank zero's run directory, everywhere
         path.parent.mkdir(parents=True, exist_ok=True)
+        table = _table(PreparedData(pl_module.hparams.data_dir), predictions, trainer.world_size, trainer.global_rank)
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        print(f"predictions for {len(items):,} cases written to {path}")
+        if trainer.world_size == 1:
+            pq.write_table(table, tmp)
+        else:
+            parts = [path.with_name(f".{path.name}.rank{r}.tmp") for r in range(trainer.world_size)]
+            pq.write_table(table, parts[trainer.global_rank])
+            trainer.strategy.barrier()
+            if trainer.is_global_zero:
+                with pq.ParquetWriter(tmp, SCHEMA) as writer:
+                    for part in parts:
+                        for batch in pq.ParquetFile(part).iter_batches():
+                            writer.write_batch(batch)
+                for part in parts:
+                    part.unlink()
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+            rows = pq.ParquetFile(path).metadata.num_rows
+            print(f"predictions for {rows:,} cases written to {path}")
+        trainer.strategy.barrier()  # the file is complete before any process goes on
+
+
+SCHEMA = pa.schema([("case", pa.int64()), ("uid", pa.uint32()), ("target_item_id", pa.uint32()),
+                    ("item_ids", pa.list_(pa.uint32())), ("scores", pa.list_(pa.float32()))])
+
+
+def _table(data: PreparedData, predictions: list[dict[str, torch.Tensor]], world_size: int, rank: int) -> pa.Table:
+    """One process's predictions (``items`` [B, k], ``scores`` [B, k], ``target_item`` [B], ``user``
+    [B] per batch) as a table of SCHEMA with raw ids; empty when the process had no case."""
+    if not predictions:
+        return SCHEMA.empty_table()
+    item_ids, user_ids = np.asarray(data["item_ids"]), np.asarray(data["user_ids"])
+    items = torch.cat([p["items"] for p in predictions]).cpu().numpy()
+    scores = torch.cat([p["scores"] for p in predictions]).float().cpu().numpy()
+    targets = torch.cat([p["target_item"] for p in predictions]).cpu().numpy()
+    users = torch.cat([p["user"] for p in predictions]).cpu().numpy()
+    # The predict loader is the test cases in order; process r holds cases r, r + world, r + 2 world ...
+    cases = np.arange(len(items), dtype=np.int64) * world_size + rank
+    offsets = np.arange(0, len(items) * items.shape[1] + 1, items.shape[1], dtype=np.int32)
+    return pa.table({
+        "case": pa.array(cases, pa.int64()),
+        "uid": pa.array(user_ids[users], pa.uint32()),
+        "target_item_id": pa.array(item_ids[targets], pa.uint32()),
+        "item_ids": pa.ListArray.from_arrays(offsets, pa.array(item_ids[items].ravel(), pa.uint32())),
+        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.ravel(), pa.float32())),
+    }, schema=SCHEMA)

@@ -172,10 +172,10 @@ class TwoTowerModule(L.LightningModule):
         self._catalogue = None
         values = {}
         next_track, paper = self.metrics[f"{stage}_next"], self.metrics[f"{stage}_paper"]
-        if next_track.update_count:
+        if self._updated_anywhere(next_track):
             for k, v in next_track.compute().items():
                 values[f"{stage}/next/exact_recall@{k}"] = float(v)
-        if paper.update_count:
+        if self._updated_anywhere(paper):
             for name, per_k in paper.compute().items():
                 for k, v in per_k.items():
                     values[f"{stage}/paper/exact_{name}@{k}"] = float(v)
@@ -190,6 +190,14 @@ class TwoTowerModule(L.LightningModule):
         next_track.reset()
         paper.reset()
         return {**ann, **values}
+
+    def _updated_anywhere(self, metric) -> bool:
+        """Whether any process updated ``metric`` (compute synchronises, so all must agree to call it;
+        under DDP a process may have had no batch of a protocol)."""
+        if self.trainer.world_size == 1:
+            return metric.update_count > 0
+        count = torch.tensor(float(metric.update_count), device=self.device)
+        return float(self.trainer.strategy.reduce(count, reduce_op="sum")) > 0
 
     def on_validation_epoch_start(self) -> None:
         self._catalogue = None  # the towers changed since the last epoch
