@@ -18,6 +18,9 @@ window start (seed = the last listen before it).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -230,3 +233,40 @@ def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], name
             values.update({f"{split}/paper/{name}@{kk}": float(v) for kk, v in per_k.items()})
         results[cls.name] = values
     return results
+
+
+CHEAP = ("MostPop", "DecayPop", "Transitions")  # counted again in seconds at every test, up to LIVE_LIMIT
+LIVE_LIMIT = 20_000_000  # training examples
+
+
+def read_recall_curves(baselines_file: str, ks: list[int]) -> dict[str, dict[int, float]]:
+    """``{baseline: {k: test/next/recall@k}}`` from a metrics.json of ``lightning-tt baselines --split
+    test``. Raises ValueError naming the file when it is missing, unreadable or lacks one of ``ks``."""
+    path = Path(baselines_file)
+    try:
+        found = json.loads(path.read_text())
+        if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
+            raise ValueError("expected {baseline: {metric: value}}")
+    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: cannot read the baselines' metrics (report.baselines_file): {err}") from err
+    curves = {}
+    for name, values in found.items():
+        missing = [f"test/next/recall@{k}" for k in ks if f"test/next/recall@{k}" not in values]
+        if missing:
+            raise ValueError(f"{path}: baseline {name} has no {missing[0]} (report.baselines_file must come from "
+                             f"`lightning-tt baselines --split test --k {' '.join(map(str, sorted(ks)))}`)")
+        curves[name] = {k: float(values[f"test/next/recall@{k}"]) for k in ks}
+    return curves
+
+
+def baseline_recall_curves(data_dir: str | None, ks: list[int], baselines_file: str | None = None
+                       ) -> dict[str, dict[int, float]]:
+    """Next-track Recall@k on the test split, ``{baseline: {k: value}}``, for test's recall_at_k.png:
+    every baseline of ``baselines_file`` (read_recall_curves), then the CHEAP ones it lacks, evaluated
+    now when the training set has at most LIVE_LIMIT examples."""
+    curves = read_recall_curves(baselines_file, ks) if baselines_file else {}
+    live = [name for name in CHEAP if name not in curves]
+    if live and data_dir and PreparedData(data_dir).num_examples("train") <= LIVE_LIMIT:
+        found = evaluate(data_dir, "test", ks, names=live)
+        curves.update({name: {k: v[f"test/next/recall@{k}"] for k in ks} for name, v in found.items()})
+    return curves

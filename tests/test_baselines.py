@@ -53,3 +53,35 @@ def test_evaluate_by_hand(data):
     t = out["Transitions"]
     assert t["test/paper/recall@1"] == pytest.approx(0.5) and t["test/paper/ndcg@1"] == pytest.approx(0.5)
     assert t["test/paper/coverage@2"] == pytest.approx(3 / 4)  # {2, 3, 4} of 4 training items
+
+
+def test_figure_curves_take_the_file_and_count_the_cheap_ones_it_lacks(data, tmp_path):
+    import json
+
+    from lightning_tt.baselines import baseline_recall_curves
+
+    # Without a file: the cheap ones, counted now (the values of test_evaluate_by_hand).
+    live = baseline_recall_curves(str(data.path), [1, 2])
+    assert set(live) == {"MostPop", "DecayPop", "Transitions"}
+    assert live["Transitions"] == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3)}
+    # A file's baselines are taken as written (also a cheap one: not counted again).
+    path = tmp_path / "baselines.json"
+    path.write_text(json.dumps({"iALS": {"test/next/recall@1": 0.25, "test/next/recall@2": 0.5, "test/paper/ndcg@1": 0.1},
+                                "Transitions": {"test/next/recall@1": 0.9, "test/next/recall@2": 0.95}}))
+    curves = baseline_recall_curves(str(data.path), [1, 2], str(path))
+    assert curves["iALS"] == {1: 0.25, 2: 0.5} and curves["Transitions"] == {1: 0.9, 2: 0.95}
+    assert set(curves) == {"iALS", "Transitions", "MostPop", "DecayPop"}
+
+
+@pytest.mark.parametrize("text, says", [(None, "No such file"), ("{not json", "Expecting property name"),
+                                        ('{"iALS": {"test/next/recall@1": 0.2}}', "iALS has no test/next/recall@2"),
+                                        ('[1, 2]', "expected {baseline")])
+def test_a_bad_baselines_file_is_named(tmp_path, text, says):
+    from lightning_tt.baselines import read_recall_curves
+
+    path = tmp_path / "b.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError, match="b.json") as err:
+        read_recall_curves(str(path), [1, 2])
+    assert says in str(err.value) and "report.baselines_file" in str(err.value)

@@ -42,12 +42,14 @@ def test_fit_saves_config_next_to_checkpoints_and_links_sizes(prepared, tmp_path
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resuming into a new version directory
-def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
+def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
     run = fit(prepared, tmp_path)
     best = next((run / "checkpoints").glob("best-*.ckpt"))
+    baselines = tmp_path / "baselines.json"  # as `lightning-tt baselines --split test --k 10 100` writes it
+    baselines.write_text(json.dumps({"iALS": {"test/next/recall@10": 0.1, "test/next/recall@100": 0.2}}))
     result = subprocess.run(
         [sys.executable, "-m", "lightning_tt.cli", "test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best),
-         "--trainer.enable_progress_bar", "false"],
+         "--trainer.enable_progress_bar", "false", "--report.baselines_file", str(baselines)],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -60,6 +62,11 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path):
     for name in ("test/next/recall@100", "test/next/exact_recall@100", "test/next/ann_exact_ratio@100",
                  "test/paper/ndcg@10", "test/paper/exact_coverage@100", "test/index/build_seconds"):
         assert name in metrics, name
+
+    with pytest.raises(SystemExit) as exit_info:  # a bad baselines file stops test before its loop
+        main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best), "--trainer.enable_progress_bar",
+              "false", "--report.baselines_file", str(tmp_path / "missing.json")])
+    assert exit_info.value.code == 1 and "missing.json" in capsys.readouterr().err
 
     resumed = fit(prepared, tmp_path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "2")
     ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)

@@ -32,7 +32,7 @@ def recall_curves(curves: dict[str, dict[int, float]], path: Path, title: str = 
     ax.set_ylabel("Recall@k")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: no line hidden
     return _save(fig, path)
 
 

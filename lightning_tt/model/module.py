@@ -18,10 +18,8 @@ import math
 import os
 
 import lightning as L
-import numpy as np
 import torch
 
-from lightning_tt.data.prepared import PreparedData
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.loss import corrected_softmax_loss
@@ -100,8 +98,11 @@ class TwoTowerModule(L.LightningModule):
         # values it computed (for the ANN/exact ratios).
         self.retrieval_queries: dict[str, list] | None = None
         self.ann_values: dict[str, float] = {}
-        self._samples: dict[str, torch.Tensor] | None = None  # first test cases, for the W&B report
-        self.ann_tradeoff: tuple[str, list[tuple]] | None = None  # set by FaissRetrieval in test
+        # Read by lightning_tt.eval.report.RunReport after test: the final values, the first test cases
+        # (user, seed, top 10, true item indices) and FaissRetrieval's (factory, [(nprobe, qps, recall)]).
+        self.test_values: dict[str, float] | None = None
+        self.test_samples: dict[str, torch.Tensor] | None = None
+        self.ann_tradeoff: tuple[str, list[tuple]] | None = None
 
     def configure_model(self) -> None:
         """With ``compile``, both towers go through torch.compile (fewer, fused kernels; meant for GPUs,
@@ -162,9 +163,9 @@ class TwoTowerModule(L.LightningModule):
         if self.retrieval_queries is not None:
             protocol = "next" if dataloader_idx == 0 else "paper"
             self.retrieval_queries[protocol].append((queries.float().cpu(), *targets))
-        if stage == "test" and dataloader_idx == 0 and self._samples is None:  # a few cases for the report
+        if stage == "test" and dataloader_idx == 0 and self.test_samples is None:  # a few cases for the report
             n = min(20, len(top))
-            self._samples = {"user": batch["user"][:n].cpu(), "seed": batch["seed_item"][:n].cpu(),
+            self.test_samples = {"user": batch["user"][:n].cpu(), "seed": batch["seed_item"][:n].cpu(),
                              "top": top[:n, :10].cpu(), "true": batch["target_item"][:n].cpu()}
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
@@ -216,7 +217,8 @@ class TwoTowerModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._catalogue = None
-        self._samples = None
+        self.test_samples = None
+        self.test_values = None
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "test", dataloader_idx)
@@ -230,51 +232,7 @@ class TwoTowerModule(L.LightningModule):
             tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
             os.replace(tmp, path)
             self.print(f"metrics written to {path}")
-            figures = self._plots(values, path.parent)
-            self._report_to_wandb(values, figures)
-
-    def _plots(self, values: dict[str, float], run_dir) -> list:
-        """recall_at_k.png (the model, exact and ANN, and the cheap baselines up to 20M training
-        examples) and, with an IVF index,
-        ann_tradeoff.png; returns the paths written."""
-        from lightning_tt.eval import plots
-
-        ks = sorted(self.hparams.recall_k)
-        curves = {"TwoTower (exact)": {k: values[f"test/next/exact_recall@{k}"] for k in ks}}
-        if all(f"test/next/recall@{k}" in values for k in ks):
-            curves["TwoTower (ANN)"] = {k: values[f"test/next/recall@{k}"] for k in ks}
-        # The cheap baselines, where the training set is small enough to recount at every test.
-        if self.hparams.data_dir and PreparedData(self.hparams.data_dir).num_examples("train") <= 20_000_000:
-            from lightning_tt.baselines import evaluate
-
-            found = evaluate(self.hparams.data_dir, "test", ks, names=["MostPop", "DecayPop", "Transitions"])
-            curves.update({name: {k: v[f"test/next/recall@{k}"] for k in ks} for name, v in found.items()})
-        written = [plots.recall_curves(curves, run_dir / "recall_at_k.png")]
-        if self.ann_tradeoff is not None:
-            factory, points = self.ann_tradeoff
-            exact = values[f"test/next/exact_recall@{max(ks)}"] or 1.0
-            written.append(plots.ann_tradeoff([(n, q, r / exact) for n, q, r in points], run_dir / "ann_tradeoff.png",
-                                              factory))
-            self.ann_tradeoff = None
-        for figure in written:
-            self.print(f"figure written to {figure}")
-        return written
-
-    def _report_to_wandb(self, values: dict[str, float], figures: list) -> None:
-        loggers = [lg for lg in self.loggers if type(lg).__name__ == "WandbLogger"]
-        if not loggers:
-            return
-        from lightning_tt.eval.wandb_report import log_test_report
-
-        samples = None
-        if self._samples is not None and self.hparams.data_dir:
-            data = PreparedData(self.hparams.data_dir)
-            item_ids, user_ids = np.asarray(data["item_ids"]), np.asarray(data["user_ids"])
-            s = {k: v.numpy() for k, v in self._samples.items()}
-            samples = {"uid": user_ids[s["user"]], "seed": item_ids[s["seed"]], "top": item_ids[s["top"]],
-                       "true": item_ids[s["true"]]}
-        for logger in loggers:
-            log_test_report(logger, values, list(self.hparams.recall_k), samples, figures)
+        self.test_values = values  # for lightning_tt.eval.report.RunReport
 
     def on_predict_epoch_start(self) -> None:
         self._catalogue = None
