@@ -37,11 +37,11 @@ PRESETS = {  # model and batch of configs/demo.yaml and configs/yambda-500m.yaml
 }
 
 
-def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False) -> TwoTowerModule:
+def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False, sparse: bool = False) -> TwoTowerModule:
     torch.manual_seed(0)
     return TwoTowerModule(data_dir=str(dm.data.path), num_users=dm.num_users, num_items=dm.num_items,
                           num_artists=dm.num_artists, num_albums=dm.num_albums, audio_dim=dm.audio_dim,
-                          compile=compile, **preset["model"])
+                          compile=compile, sparse_embeddings=sparse, **preset["model"])
 
 
 def sync(device: torch.device) -> None:
@@ -52,18 +52,22 @@ def sync(device: torch.device) -> None:
 def bare_loop(model: TwoTowerModule, batches: list[dict], device: torch.device, bf16: bool, warmup: int) -> float:
     model.to(device).train()
     model.configure_model()
-    optimizer = model.configure_optimizers()
+    optimizers = model.configure_optimizers()  # one Adam, or [SparseAdam, Adam] with sparse_embeddings
+    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    model.automatic_optimization = True  # training_step only returns the loss; the steps are below
     batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
     start = None
     for i, batch in enumerate(batches):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model.training_step(batch, i)
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
     sync(device)
     return (len(batches) - warmup) * len(batches[0]["target_item"]) / (time.perf_counter() - start)
 
@@ -109,6 +113,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-pin", action="store_true", help="do not page-lock batches (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the towers")
+    p.add_argument("--sparse-embeddings", action="store_true", help="sparse table gradients + SparseAdam")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--section", default=None, help="docs/benchmarks.md section (default bench_train_<accelerator>)")
@@ -131,15 +136,16 @@ def main() -> None:
     batches = [next(loader) for _ in range(args.warmup + args.steps)]
 
     bf16 = preset["precision"].startswith("bf16")
-    bare = bare_loop(build_model(dm, preset, args.compile), batches, device, bf16, args.warmup)
-    full = fit_loop(build_model(dm, preset, args.compile), dm, args.accelerator, preset["precision"], args.warmup,
-                    args.steps)
+    sparse = args.sparse_embeddings
+    bare = bare_loop(build_model(dm, preset, args.compile, sparse), batches, device, bf16, args.warmup)
+    full = fit_loop(build_model(dm, preset, args.compile, sparse), dm, args.accelerator, preset["precision"],
+                    args.warmup, args.steps)
     name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
     print(f"bare loop {bare:,.0f} examples/s, fit loop {full:,.0f} examples/s, ratio {full / bare:.2f}")
     text = f"""## Training throughput ({args.accelerator})
 
 Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
-`python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}{' --compile' if args.compile else ''}`
+`python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}{' --compile' if args.compile else ''}{' --sparse-embeddings' if sparse else ''}`
 on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {preset['precision']},
 {'lean' if lean else 'full'} batches). {args.steps} timed steps after {args.warmup} warm-up steps, both loops in one run.
 

@@ -74,6 +74,18 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
     assert int(ckpt["state_dict"]["estimator.step"]) == 8  # the estimator continued, not restarted
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resuming into a new version directory
+def test_sparse_embeddings_fit_and_resume(prepared, tmp_path):
+    run = fit(prepared, tmp_path, "--model.sparse_embeddings", "true")
+    resumed = fit(prepared, tmp_path, "--model.sparse_embeddings", "true", "--ckpt_path",
+                  str(run / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "2")
+    ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8  # batches, not optimizer steps
+    assert len(ckpt["optimizer_states"]) == 2  # SparseAdam (tables) and Adam (the rest)
+    tables = ckpt["optimizer_states"][0]["state"]
+    assert tables and all(s["exp_avg"].shape[1] == 8 for s in tables.values())  # rows of the 8-d tables
+
+
 def test_predict_writes_top_k_to_parquet(prepared, tmp_path):
     import numpy as np
     import pyarrow.parquet as pq
@@ -187,7 +199,8 @@ def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
     common = ["--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
               "--trainer.strategy", "ddp", "--data.eval_batch_size", "1024"]
     _cli(tmp_path, "fit", *common, "--trainer.devices", "2", "--trainer.logger.init_args.save_dir", "fit",
-         "--trainer.callbacks.monitor", "val/next/recall@100")  # an ANN value, logged on every rank
+         "--trainer.callbacks.monitor", "val/next/recall@100",  # an ANN value, logged on every rank
+         "--model.sparse_embeddings", "true")  # DDP reduces the tables' sparse gradients too
     ckpt = str(next((tmp_path / "fit" / "tiny").glob("*/checkpoints/last.ckpt")))
     metrics = {}
     for devices in (1, 2):

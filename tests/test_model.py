@@ -126,3 +126,71 @@ def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_
             assert m[f"test/paper/{name}@{k}"] == pytest.approx(m[f"test/paper/exact_{name}@{k}"])
     assert m["test/index/bytes"] > 0 and m["test/index/queries_per_second"] > 0
     assert m["test/next/exact_recall@20"] > 0  # not a vacuous comparison
+
+
+class _Snapshots:
+    """Item-table weights before the first step and after each step of a 2-step fit."""
+
+    @staticmethod
+    def fit(dm, tmp_path, **overrides) -> list[torch.Tensor]:
+        import lightning as L
+
+        class EpsFree(TwoTowerModule):  # eps ~ 0: Adam's first step is exactly lr * sign(g)
+            def configure_optimizers(self):
+                optimizers = super().configure_optimizers()
+                for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+                    for group in optimizer.param_groups:
+                        group["eps"] = 1e-30
+                return optimizers
+
+        class Snap(L.Callback):
+            def __init__(self):
+                self.weights = []
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if not self.weights:
+                    self.weights.append(module.item_tower.ids.item.weight.detach().clone())
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                self.weights.append(module.item_tower.ids.item.weight.detach().clone())
+
+        torch.manual_seed(0)
+        sizes = dict(num_users=dm.num_users, num_items=dm.num_items, num_artists=dm.num_artists,
+                     num_albums=dm.num_albums, audio_dim=dm.audio_dim)
+        model = EpsFree(data_dir=str(dm.data.path), embedding_dim=8, hidden_dims=[16], output_dim=8,
+                        estimator_buckets=1024, learning_rate=1e-3, **sizes, **overrides)
+        snap = Snap()
+        trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[snap], default_root_dir=tmp_path)
+        trainer.fit(model, datamodule=dm)
+        return snap.weights
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+def test_sparse_embeddings_take_the_first_adam_step_and_then_leave_untouched_rows_alone(data, tmp_path):
+    dm, _ = data
+    dm = YambdaDataModule(str(dm.data.path), batch_size=32, history=6)
+    dense = _Snapshots.fit(dm, tmp_path / "d")
+    sparse = _Snapshots.fit(dm, tmp_path / "s", sparse_embeddings=True)
+    assert len(dense) == len(sparse) == 3  # max_steps=2 counts batches, also with two optimizers
+    assert torch.equal(dense[0], sparse[0])  # the same start
+    # Step 1 from zero moments: m = (1 - b1) g, v = (1 - b2) g^2, so both optimizers move every entry
+    # with a gradient by lr * sign(g) and no other entry: the same weights.
+    moved = (sparse[1] - sparse[0]).abs()
+    assert torch.allclose(sparse[1], dense[1], atol=1e-6)
+    steps = moved[moved > 0]
+    assert len(steps) > 0 and torch.allclose(steps, torch.full_like(steps, 1e-3), rtol=1e-4)  # float32 rounding
+    # Step 2: a row of step 1's batch that step 2 did not look up keeps its weights under SparseAdam,
+    # while dense Adam keeps moving it with its momentum.
+    first = (sparse[1] != sparse[0]).any(dim=1)
+    second = (sparse[2] != sparse[1]).any(dim=1)
+    only_first = first & ~second
+    assert only_first.sum() > 0
+    assert ((dense[2] - dense[1])[only_first].abs().sum(dim=1) > 0).all()
+
+
+def test_sparse_embeddings_refuse_weight_decay(data):
+    dm, _ = data
+    with pytest.raises(ValueError, match="weight_decay must be 0 with model.sparse_embeddings"):
+        build(dm, sparse_embeddings=True, weight_decay=0.01)

@@ -38,6 +38,14 @@ class TwoTowerModule(L.LightningModule):
     artist and album tables between the towers; ``logq_correction`` subtracts log q (Yi et al.);
     ``mixed_negatives`` adds M uniformly sampled catalogue items as extra negative columns;
     ``compile`` runs the towers through torch.compile.
+
+    ``sparse_embeddings``: the id tables (user, item, artist, album) get sparse gradients and a lazy
+    Adam (``torch.optim.SparseAdam``) that updates only the rows the batch looked up, while Adam
+    updates the dense rest (two optimizers, so the step is written out: manual optimization). The
+    step then no longer grows with the catalogue: dense Adam reads and writes every row of every table
+    each step. The two differ in what they do to rows a batch did not touch (dense Adam keeps moving
+    them with their momentum, SparseAdam leaves them alone). Weight decay is not available for the
+    tables then, and ``compile`` compiles only the MLPs (Inductor cannot compile sparse gradients).
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class TwoTowerModule(L.LightningModule):
         recall_k: list[int] = [10, 50, 100, 200],  # noqa: B006
         eval_chunk: int = 65536,
         compile: bool = False,
+        sparse_embeddings: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -80,9 +89,13 @@ class TwoTowerModule(L.LightningModule):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if num_items <= FIRST_ITEM:
             raise ValueError(f"num_items must be > {FIRST_ITEM} (padding and unknown come first), got {num_items}")
+        if sparse_embeddings and weight_decay > 0:  # (fp16's GradScaler is refused in on_fit_start)
+            raise ValueError("model.weight_decay must be 0 with model.sparse_embeddings (SparseAdam has no weight decay)")
+        self.automatic_optimization = not sparse_embeddings
         self.table = ItemTable(num_items, audio_dim, data_dir)
-        item_ids = Embeddings(num_items, num_artists, num_albums, embedding_dim)
-        query_ids = item_ids if share_tables else Embeddings(num_items, num_artists, num_albums, embedding_dim)
+        item_ids = Embeddings(num_items, num_artists, num_albums, embedding_dim, sparse_embeddings)
+        query_ids = item_ids if share_tables else Embeddings(num_items, num_artists, num_albums, embedding_dim,
+                                                               sparse_embeddings)
         features = dict(use_item_id=use_item_id, use_artist=use_artist, use_album=use_album, use_length=use_length,
                         use_audio=use_audio)
         self.item_tower = ItemTower(self.table, item_ids, output_dim, hidden_dims, dropout, **features)
@@ -107,7 +120,10 @@ class TwoTowerModule(L.LightningModule):
     def configure_model(self) -> None:
         """With ``compile``, both towers go through torch.compile (fewer, fused kernels; meant for GPUs,
         where the step is otherwise bound by kernel launches). Parameter names do not change."""
-        if self.hparams.compile:
+        if self.hparams.compile and self.hparams.sparse_embeddings:
+            self.query_tower.mlp.compile()
+            self.item_tower.mlp.compile()
+        elif self.hparams.compile:
             self.query_tower.compile()
             self.item_tower.compile()
 
@@ -135,6 +151,15 @@ class TwoTowerModule(L.LightningModule):
         loss = corrected_softmax_loss(query, candidates, targets, columns, log_q, batch["weight"], hp.temperature)
         # Epoch mean only: a per-step value in the progress bar would cost a GPU sync every step.
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        if not self.automatic_optimization:  # sparse_embeddings: SparseAdam for the tables, Adam for the rest
+            tables, rest = self.optimizers()
+            tables.zero_grad(set_to_none=True)
+            rest.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            # Lightning counts a global step per wrapped optimizer step: the tables' optimizer steps
+            # unwrapped, so global_step (max_steps, checkpoints, logging) still counts batches.
+            tables.optimizer.step()
+            rest.step()
         return loss
 
     @torch.no_grad()
@@ -241,7 +266,18 @@ class TwoTowerModule(L.LightningModule):
         scores, items = self._top_k(self.query_tower(batch), max(self.hparams.recall_k))
         return {"items": items, "scores": scores, "target_item": batch["target_item"], "user": batch["user"]}
 
+    def on_fit_start(self) -> None:
+        if self.hparams.sparse_embeddings and str(self.trainer.precision).startswith("16"):
+            raise ValueError("model.sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true "
+                             f"(fp16's gradient scaler would not see the tables' optimizer), got {self.trainer.precision}")
+
     def configure_optimizers(self):
         # The fused kernel updates all parameters at once on a GPU (several times faster than a loop).
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate,
-                                weight_decay=self.hparams.weight_decay, fused=self.device.type == "cuda")
+        hp, fused = self.hparams, self.device.type == "cuda"
+        if not hp.sparse_embeddings:
+            return torch.optim.Adam(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=fused)
+        tables = {id(m.weight) for m in self.modules() if isinstance(m, torch.nn.Embedding)}
+        sparse = [p for p in self.parameters() if id(p) in tables]
+        dense = [p for p in self.parameters() if id(p) not in tables]
+        return [torch.optim.SparseAdam(sparse, lr=hp.learning_rate), torch.optim.Adam(dense, lr=hp.learning_rate,
+                                                                                      fused=fused)]

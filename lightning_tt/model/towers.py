@@ -74,13 +74,14 @@ class ItemTable(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Learned id tables (index 0 = padding, a zero row)."""
+    """Learned id tables (index 0 = padding, a zero row). With ``sparse``, their gradients are sparse
+    (only the rows a batch looked up), for an optimizer that updates just those rows."""
 
-    def __init__(self, num_items: int, num_artists: int, num_albums: int, dim: int):
+    def __init__(self, num_items: int, num_artists: int, num_albums: int, dim: int, sparse: bool = False):
         super().__init__()
-        self.item = nn.Embedding(num_items, dim, padding_idx=0)
-        self.artist = nn.Embedding(num_artists, dim, padding_idx=0)
-        self.album = nn.Embedding(num_albums, dim, padding_idx=0)
+        self.item = nn.Embedding(num_items, dim, padding_idx=0, sparse=sparse)
+        self.artist = nn.Embedding(num_artists, dim, padding_idx=0, sparse=sparse)
+        self.album = nn.Embedding(num_albums, dim, padding_idx=0, sparse=sparse)
         for table in (self.item, self.artist, self.album):
             nn.init.normal_(table.weight, std=0.05)
             table.weight.data[0] = 0
@@ -132,7 +133,7 @@ class QueryTower(nn.Module):
         super().__init__()
         self.table, self.ids = table, ids
         dim, audio_dim = ids.item.embedding_dim, table.audio.shape[1]
-        self.user = nn.Embedding(num_users, dim, padding_idx=0) if use_user else None
+        self.user = nn.Embedding(num_users, dim, padding_idx=0, sparse=ids.item.sparse) if use_user else None
         if self.user is not None:
             nn.init.normal_(self.user.weight, std=0.05)
         self.use = {"history": use_history, "seed": use_seed, "age": use_age, "item": use_item_id,
@@ -166,7 +167,7 @@ class QueryTower(nn.Module):
         for key, table, ids in (("item", self.ids.item, items), ("artist", self.ids.artist, t.artist[items]),
                                 ("album", self.ids.album, t.album[items])):
             if u[key]:  # padding (index 0) is left out of the mean
-                parts.append(F.embedding_bag(ids, table.weight, mode="mean", padding_idx=0))
+                parts.append(F.embedding_bag(ids, table.weight, mode="mean", padding_idx=0, sparse=table.sparse))
         if u["length"]:
             parts.append((log_length(t.track_length[items]) * mask).sum(1, keepdim=True) / count)
         if u["audio"]:
