@@ -267,9 +267,15 @@ class TwoTowerModule(L.LightningModule):
         return {"items": items, "scores": scores, "target_item": batch["target_item"], "user": batch["user"]}
 
     def on_fit_start(self) -> None:
-        if self.hparams.sparse_embeddings and str(self.trainer.precision).startswith("16"):
+        if not self.hparams.sparse_embeddings:
+            return
+        if str(self.trainer.precision).startswith("16"):
             raise ValueError("model.sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true "
                              f"(fp16's gradient scaler would not see the tables' optimizer), got {self.trainer.precision}")
+        dist = torch.distributed
+        if self.trainer.world_size > 1 and dist.is_initialized() and dist.get_backend() == "nccl":
+            raise ValueError("model.sparse_embeddings does not work with several GPUs: NCCL cannot all-reduce "
+                             "sparse gradients (gloo can); train on one GPU or without sparse_embeddings")
 
     def configure_optimizers(self):
         # The fused kernel updates all parameters at once on a GPU (several times faster than a loop).
