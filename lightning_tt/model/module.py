@@ -191,7 +191,7 @@ class TwoTowerModule(L.LightningModule):
         if stage == "test" and dataloader_idx == 0 and self.test_samples is None:  # a few cases for the report
             n = min(20, len(top))
             self.test_samples = {"user": batch["user"][:n].cpu(), "seed": batch["seed_item"][:n].cpu(),
-                             "top": top[:n, :10].cpu(), "true": batch["target_item"][:n].cpu()}
+                                 "top": top[:n, :10].cpu(), "true": batch["target_item"][:n].cpu()}
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         """Compute (synchronised across processes), log and reset the stage's exact metrics."""
