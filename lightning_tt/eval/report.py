@@ -36,7 +36,7 @@ class RunReport(L.Callback):
             return
         figures = self._figures(module, values, run_directory(trainer))
         for figure in figures:
-            print(f"figure written to {figure}")
+            module.print(f"figure written to {figure}")  # through the progress bar, on its own line
         self._wandb(trainer, module, values, figures)
 
     def _figures(self, module: L.LightningModule, values: dict[str, float], run_dir) -> list:
