@@ -37,11 +37,12 @@ PRESETS = {  # model and batch of configs/demo.yaml and configs/yambda-500m.yaml
 }
 
 
-def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False, sparse: bool = False) -> TwoTowerModule:
+def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False, sparse: bool = False,
+                compile_mode: str = "default") -> TwoTowerModule:
     torch.manual_seed(0)
     return TwoTowerModule(data_dir=str(dm.data.path), num_users=dm.num_users, num_items=dm.num_items,
                           num_artists=dm.num_artists, num_albums=dm.num_albums, audio_dim=dm.audio_dim,
-                          compile=compile, sparse_embeddings=sparse, **preset["model"])
+                          compile=compile, compile_mode=compile_mode, sparse_embeddings=sparse, **preset["model"])
 
 
 def sync(device: torch.device) -> None:
@@ -113,6 +114,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-pin", action="store_true", help="do not page-lock batches (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the towers")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--sparse-embeddings", action="store_true", help="sparse table gradients + SparseAdam")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
@@ -137,15 +139,16 @@ def main() -> None:
 
     bf16 = preset["precision"].startswith("bf16")
     sparse = args.sparse_embeddings
-    bare = bare_loop(build_model(dm, preset, args.compile, sparse), batches, device, bf16, args.warmup)
-    full = fit_loop(build_model(dm, preset, args.compile, sparse), dm, args.accelerator, preset["precision"],
-                    args.warmup, args.steps)
+    bare = bare_loop(build_model(dm, preset, args.compile, sparse, args.compile_mode), batches, device, bf16,
+                     args.warmup)
+    full = fit_loop(build_model(dm, preset, args.compile, sparse, args.compile_mode), dm, args.accelerator,
+                    preset["precision"], args.warmup, args.steps)
     name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
     print(f"bare loop {bare:,.0f} examples/s, fit loop {full:,.0f} examples/s, ratio {full / bare:.2f}")
     text = f"""## Training throughput ({args.accelerator})
 
 Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
-`python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}{' --compile' if args.compile else ''}{' --sparse-embeddings' if sparse else ''}`
+`python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}{' --compile' if args.compile else ''}{f' --compile-mode {args.compile_mode}' if args.compile_mode != 'default' else ''}{' --sparse-embeddings' if sparse else ''}`
 on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {preset['precision']},
 {'lean' if lean else 'full'} batches). {args.steps} timed steps after {args.warmup} warm-up steps, both loops in one run.
 

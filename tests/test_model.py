@@ -190,6 +190,12 @@ def test_sparse_embeddings_take_the_first_adam_step_and_then_leave_untouched_row
     assert ((dense[2] - dense[1])[only_first].abs().sum(dim=1) > 0).all()
 
 
+def test_an_unknown_compile_mode_is_named(data):
+    dm, _ = data
+    with pytest.raises(ValueError, match="model.compile_mode must be one of default, reduce-overhead"):
+        build(dm, compile=True, compile_mode="fastest")
+
+
 def test_sparse_embeddings_refuse_weight_decay(data):
     dm, _ = data
     with pytest.raises(ValueError, match="weight_decay must be 0 with model.sparse_embeddings"):

@@ -27,6 +27,7 @@ from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTow
 from lightning_tt.runs import run_directory
 
 FIRST_ITEM = 2  # 0 = padding, 1 = unknown
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 class TwoTowerModule(L.LightningModule):
@@ -37,7 +38,8 @@ class TwoTowerModule(L.LightningModule):
     Feature switches (``use_*``) turn feature groups off for ablations; ``share_tables`` shares the item,
     artist and album tables between the towers; ``logq_correction`` subtracts log q (Yi et al.);
     ``mixed_negatives`` adds M uniformly sampled catalogue items as extra negative columns;
-    ``compile`` runs the towers through torch.compile.
+    ``compile`` runs the towers through torch.compile, in ``compile_mode`` (one of COMPILE_MODES;
+    ``reduce-overhead`` also captures CUDA graphs, for steps bound by kernel launches).
 
     ``sparse_embeddings``: the id tables (user, item, artist, album) get sparse gradients and a lazy
     Adam (``torch.optim.SparseAdam``) that updates only the rows the batch looked up, while Adam
@@ -81,6 +83,7 @@ class TwoTowerModule(L.LightningModule):
         recall_k: list[int] = [10, 50, 100, 200],  # noqa: B006
         eval_chunk: int = 65536,
         compile: bool = False,
+        compile_mode: str = "default",
         sparse_embeddings: bool = False,
     ):
         super().__init__()
@@ -89,6 +92,8 @@ class TwoTowerModule(L.LightningModule):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if num_items <= FIRST_ITEM:
             raise ValueError(f"num_items must be > {FIRST_ITEM} (padding and unknown come first), got {num_items}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         if sparse_embeddings and weight_decay > 0:  # (fp16's GradScaler is refused in on_fit_start)
             raise ValueError("model.weight_decay must be 0 with model.sparse_embeddings (SparseAdam has no weight decay)")
         self.automatic_optimization = not sparse_embeddings
@@ -120,12 +125,13 @@ class TwoTowerModule(L.LightningModule):
     def configure_model(self) -> None:
         """With ``compile``, both towers go through torch.compile (fewer, fused kernels; meant for GPUs,
         where the step is otherwise bound by kernel launches). Parameter names do not change."""
-        if self.hparams.compile and self.hparams.sparse_embeddings:
-            self.query_tower.mlp.compile()
-            self.item_tower.mlp.compile()
-        elif self.hparams.compile:
-            self.query_tower.compile()
-            self.item_tower.compile()
+        if not self.hparams.compile:
+            return
+        mode = self.hparams.compile_mode
+        compiled = ((self.query_tower.mlp, self.item_tower.mlp) if self.hparams.sparse_embeddings
+                    else (self.query_tower, self.item_tower))
+        for module in compiled:
+            module.compile(mode=mode)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Query embeddings [B, o]."""
