@@ -200,3 +200,14 @@ def test_sparse_embeddings_refuse_weight_decay(data):
     dm, _ = data
     with pytest.raises(ValueError, match="weight_decay must be 0 with model.sparse_embeddings"):
         build(dm, sparse_embeddings=True, weight_decay=0.01)
+
+
+def test_sparse_embeddings_refuse_fp16(data, tmp_path):
+    import lightning as L
+
+    dm, _ = data
+    trainer = L.Trainer(accelerator="cpu", precision="16-true", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true"):
+        trainer.fit(build(dm, sparse_embeddings=True), datamodule=YambdaDataModule(str(dm.data.path), batch_size=32,
+                                                                                   history=6))
