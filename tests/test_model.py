@@ -113,19 +113,20 @@ def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_
 
     dm, _ = data
     dm = YambdaDataModule(str(dm.data.path), batch_size=32, eval_batch_size=64, history=6)
-    model = build(dm, recall_k=[5, 20])
+    torch.manual_seed(0)  # deterministic; an untrained model still hits some targets in its top 20
+    model = build(dm, recall_k=[20, 100])
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[FaissRetrieval(kind="flat")],
                         default_root_dir=tmp_path)
     trainer.test(model, datamodule=dm, verbose=False)
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    for k in (5, 20):
+    for k in (20, 100):
+        assert m[f"test/next/exact_recall@{k}"] > 0  # not a vacuous comparison (no ratio without a hit)
         assert m[f"test/next/recall@{k}"] == pytest.approx(m[f"test/next/exact_recall@{k}"])
         assert m[f"test/next/ann_exact_ratio@{k}"] == pytest.approx(1.0)
         for name in ("recall", "ndcg", "coverage"):
             assert m[f"test/paper/{name}@{k}"] == pytest.approx(m[f"test/paper/exact_{name}@{k}"])
     assert m["test/index/bytes"] > 0 and m["test/index/queries_per_second"] > 0
-    assert m["test/next/exact_recall@20"] > 0  # not a vacuous comparison
 
 
 class _Snapshots:

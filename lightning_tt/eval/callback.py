@@ -65,7 +65,7 @@ class FaissRetrieval(L.Callback):
     def _ann_values(self, trainer: L.Trainer, module: L.LightningModule, stage: str,
                     gathered: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """Build the index and search every gathered query (rank zero only); the ANN values by name."""
-        items = module.item_embeddings()[FIRST_ITEM:].float().cpu().numpy()
+        items = module.catalogue()[FIRST_ITEM:].float().cpu().numpy()  # the exact metrics' embeddings
         built = build_index(items, self.config)
         ks = list(module.hparams.recall_k)
         values: dict[str, float] = {}

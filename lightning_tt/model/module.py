@@ -174,11 +174,16 @@ class TwoTowerModule(L.LightningModule):
         items = torch.arange(self.hparams.num_items, device=self.device)
         return torch.cat([self.item_tower(chunk) for chunk in items.split(self.hparams.eval_chunk)])
 
-    def _top_k(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k (scores, item indices) [B, k] of query embeddings [B, o] over the catalogue."""
+    def catalogue(self) -> torch.Tensor:
+        """item_embeddings(), computed once per evaluation or predict epoch (the towers do not change
+        within one) and shared by the exact metrics and FaissRetrieval."""
         if self._catalogue is None:
             self._catalogue = self.item_embeddings()
-        scores = queries @ self._catalogue.T
+        return self._catalogue
+
+    def _top_k(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k (scores, item indices) [B, k] of query embeddings [B, o] over the catalogue."""
+        scores = queries @ self.catalogue().T
         scores[:, :FIRST_ITEM] = float("-inf")
         return scores.topk(min(k, scores.shape[1] - FIRST_ITEM), dim=1)
 
