@@ -23,7 +23,6 @@ in a fresh process, and ``fit ... --ckpt_path last.ckpt`` resumes it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -180,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _demo(workdir: Path, epochs: int | None) -> None:
     from lightning_tt.baselines import evaluate
-    from lightning_tt.runs import run_directory
+    from lightning_tt.runs import run_directory, write_json
     from lightning_tt.data.prepare import prepare
     from lightning_tt.data.schema import find_size
     from lightning_tt.data.summary import summarize
@@ -215,7 +214,7 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     baselines_file = workdir / "baselines" / "metrics.json"
     print(f"[demo] baselines: lightning-tt baselines --data {prepared} --k {' '.join(map(str, ks))} --out {baselines_file}")
     baselines = evaluate(str(prepared), "test", ks)
-    _write_json(baselines_file, baselines)
+    write_json(baselines_file, baselines)
     print(f"[demo] testing: lightning-tt test --config {run_config} --ckpt_path {best} "
           f"--report.baselines_file {baselines_file}")
     test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best,
@@ -238,20 +237,13 @@ def print_table(rows: dict[str, dict[str, float]], columns: list[str]) -> None:
         print("    " + f"{name:<12}" + "".join(f"{values.get(c, float('nan')):>20.4f}" for c in columns))
 
 
-def _write_json(path: Path, obj) -> None:
-    """``obj`` as JSON at ``path``, written to a temporary name and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
 def _baselines(args: argparse.Namespace) -> None:
     from lightning_tt.baselines import evaluate
+    from lightning_tt.runs import write_json
 
     results = evaluate(args.data, args.split, sorted(args.k), args.only)
     out = Path(args.out)
-    _write_json(out, results)
+    write_json(out, results)
     ks = sorted(args.k)
     print_table(results, [f"{args.split}/next/recall@{k}" for k in ks] + [f"{args.split}/paper/ndcg@{ks[0]}",
                                                                           f"{args.split}/paper/recall@{ks[-1]}"])

@@ -8,6 +8,7 @@ W&B, ``trainer.log_dir`` is the shared save_dir, where a second run would clash)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -21,3 +22,11 @@ def run_directory(trainer: L.Trainer) -> Path:
     version = logger.version
     version = version if isinstance(version, str) else f"version_{version}"
     return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
+
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON at ``path`` (parents made), written to a temporary name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)

@@ -13,9 +13,7 @@ predict_step:   top-k item indices and scores per case.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import lightning as L
 import torch
@@ -24,7 +22,7 @@ from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
-from lightning_tt.runs import run_directory
+from lightning_tt.runs import run_directory, write_json
 
 FIRST_ITEM = 2  # 0 = padding, 1 = unknown
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -263,10 +261,7 @@ class TwoTowerModule(L.LightningModule):
         values = self._log_metrics("test")
         if self.trainer.is_global_zero:
             path = run_directory(self.trainer) / "metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(values, indent=2, sort_keys=True))
-            os.replace(tmp, path)
+            write_json(path, values)
             self.print(f"metrics written to {path}")
         self.test_values = values  # for lightning_tt.eval.report.RunReport
 
