@@ -71,14 +71,29 @@ def test_gradients_flow_to_both_towers():
     assert u.grad.abs().sum() > 0 and v.grad.abs().sum() > 0
 
 
-def test_accidental_hits_match_the_full_comparison():
-    from lightning_tt.model.loss import accidental_hits
+def test_only_the_rows_own_item_is_masked_and_other_repeats_count_twice():
+    # u = v = e1, e2, e3 (logits = identity); targets 7, 8, 8. Row 0's target 7 is not repeated, so both
+    # columns of item 8 stay in its softmax: log(1 + 2/e). Rows 1 and 2 each mask the other's column of
+    # item 8 and keep column 0: log(1 + 1/e) each.
+    eye = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    expected = (math.log(1 + 2 / math.e) + 2 * math.log(1 + 1 / math.e)) / 3
+    assert loss(eye, eye, [7, 8, 8], [7, 8, 8], [0, 0, 0], [1, 1, 1]).item() == pytest.approx(expected)
 
+
+def test_gradients_equal_those_of_the_formula_written_out():
+    # The loss masks in place and scales the queries by 1/tau before the product; its gradients must
+    # be those of the docstring's formula computed step by step (out of place, log_softmax).
     generator = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        targets = torch.randint(0, 15, (12,), generator=generator)
-        columns = torch.cat([targets, torch.randint(0, 15, (5,), generator=generator)])
-        rows, cols = accidental_hits(targets, columns)
-        full = targets[:, None] == columns[None, :]
-        full[torch.arange(12), torch.arange(12)] = False
-        assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(map(tuple, torch.nonzero(full).tolist()))
+    targets = torch.randint(0, 6, (10,), generator=generator)  # repeats: accidental hits
+    columns = torch.cat([targets, torch.randint(0, 6, (4,), generator=generator)])
+    u0, v0 = torch.randn(10, 5, generator=generator), torch.randn(14, 5, generator=generator)
+    log_q, w = -torch.rand(14, generator=generator) * 3, torch.rand(10, generator=generator)
+    u, v = u0.clone().requires_grad_(), v0.clone().requires_grad_()
+    corrected_softmax_loss(u, v, targets, columns, log_q, w, 0.2).backward()
+    ru, rv = u0.clone().requires_grad_(), v0.clone().requires_grad_()
+    s = ru @ rv.T / 0.2 - log_q[None, :]
+    hit = (targets[:, None] == columns[None, :]) & ~torch.eye(10, 14, dtype=torch.bool)
+    s = s.masked_fill(hit, float("-inf"))
+    (-(w * torch.log_softmax(s, dim=1)[torch.arange(10), torch.arange(10)]).sum() / 10).backward()
+    assert hit.any()
+    assert torch.allclose(u.grad, ru.grad, atol=1e-5) and torch.allclose(v.grad, rv.grad, atol=1e-5)

@@ -3,8 +3,10 @@ brute-force Recall@k."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_tt.data.datamodule import YambdaDataModule
+from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.module import TwoTowerModule
 
 SWITCHES = ["use_user", "use_history", "use_seed", "use_age", "use_item_id", "use_artist", "use_album",
@@ -85,6 +87,67 @@ def test_training_step_updates_the_estimator_and_backpropagates(data, mixed):
     uncorrected = build(dm, logq_correction=False)
     uncorrected.training_step(batch, 0)
     assert int(uncorrected.estimator.step) == 0
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops whose output shape or values the host must read (on a GPU each is a sync that
+    stalls the launch queue and rules out CUDA graphs): nonzero, unique, masked_select, .item(), and
+    indexing with a boolean mask (a nonzero inside)."""
+
+    NAMES = ("aten.nonzero.", "aten._unique", "aten.unique", "aten.masked_select", "aten._local_scalar_dense")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        boolean_index = name.startswith("aten.index") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for a in args if isinstance(a, (list, tuple))
+            for t in a)
+        if name.startswith(self.NAMES) or boolean_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_host_reads_sees_a_sync():  # the detector itself, so that the test below can fail
+    x = torch.tensor([0.0, 2.0, 0.0])
+    with HostReads() as reads:
+        x.nonzero()
+        x[x > 1]
+        x.sum().item()
+    assert len(reads.seen) == 3
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("mixed", [0, 5])
+def test_the_training_step_never_waits_for_the_device(data, mixed):
+    dm, batch = data
+    batch = {**batch, "target_item": batch["target_item"].clone()}
+    batch["target_item"][1] = batch["target_item"][0]  # an accidental hit to mask
+    model = build(dm, mixed_negatives=mixed)
+    model.training_step(batch, 0)  # the estimator's first step (no host read either, but special)
+    with HostReads() as reads:
+        model.training_step(batch, 1).backward()
+    assert reads.seen == []
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_the_compiled_step_computes_what_the_eager_one_does(data):
+    # model.compile (the 500m config's setting) compiles both towers and the loss (about 20 s on 2 cores).
+    dm, batch = data
+    steps = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = build(dm, compile=compile, mixed_negatives=3)
+        model.configure_model()
+        torch.manual_seed(1)  # the same mixed negatives
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        steps.append((loss.detach(), model.item_tower.ids.item.weight.grad, model.query_tower.mlp[0].weight.grad))
+    assert model.loss_function is not corrected_softmax_loss
+    for eager, compiled in zip(*steps):
+        assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-6)
 
 
 def test_recall_counts_hits_in_the_top_k(data):

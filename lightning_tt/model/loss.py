@@ -43,29 +43,12 @@ def corrected_softmax_loss(
         scalar loss.
     """
     batch = query.shape[0]
-    logits = (query @ candidates.T).float().div_(temperature).sub_(log_q[None, :].float())
-    rows, cols = accidental_hits(target_items, candidate_items)
-    logits[rows, cols] = float("-inf")
+    # 1/tau scales the [B, d] queries rather than the [B, C] logits (one fewer pass over B x C).
+    logits = (query / temperature) @ candidates.T
+    # Dense and of fixed shape, so no host sync (a data-dependent nonzero or unique would stall a GPU
+    # and rule out CUDA graphs). Masked in the matmul's dtype (bf16 under autocast), before the cast.
+    hits = target_items[:, None] == candidate_items[None, :]
+    hits.diagonal().fill_(False)
+    logits = logits.masked_fill_(hits, float("-inf")).float().sub_(log_q[None, :].float())
     nll = F.cross_entropy(logits, torch.arange(batch, device=query.device), reduction="none")
     return (weight * nll).sum() / batch
-
-
-def accidental_hits(target_items: torch.Tensor, candidate_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns) where column j's item equals row i's target and j != i.
-
-    Only rows whose target occurs more than once among the columns can have one, so the comparison is
-    made among those (D rows x their columns) rather than over the whole [B, C] matrix.
-    """
-    batch = target_items.shape[0]
-    values, inverse, counts = torch.unique(candidate_items, return_inverse=True, return_counts=True)
-    column_count = counts[inverse]  # [C] how often each column's item occurs among the columns
-    repeated = torch.nonzero(column_count[:batch] > 1).squeeze(1)  # rows whose target repeats
-    if repeated.numel() == 0:
-        empty = target_items.new_zeros(0)
-        return empty, empty
-    columns = torch.nonzero(column_count > 1).squeeze(1)
-    equal = target_items[repeated][:, None] == candidate_items[columns][None, :]
-    i, j = torch.nonzero(equal, as_tuple=True)
-    rows, cols = repeated[i], columns[j]
-    off_diagonal = rows != cols
-    return rows[off_diagonal], cols[off_diagonal]

@@ -109,6 +109,7 @@ class TwoTowerModule(L.LightningModule):
         for stage in ("val", "test"):
             self.metrics[f"{stage}_next"] = NextTrackRecall(recall_k)
             self.metrics[f"{stage}_paper"] = PaperMetrics(recall_k, num_items, FIRST_ITEM)
+        self.loss_function = corrected_softmax_loss  # compiled in configure_model with ``compile``
         self._catalogue: torch.Tensor | None = None
         # Set by lightning_tt.eval.callback.FaissRetrieval: where eval queries are collected, and the ANN
         # values it computed (for the ANN/exact ratios).
@@ -121,11 +122,13 @@ class TwoTowerModule(L.LightningModule):
         self.ann_tradeoff: tuple[str, list[tuple]] | None = None
 
     def configure_model(self) -> None:
-        """With ``compile``, both towers go through torch.compile (fewer, fused kernels; meant for GPUs,
-        where the step is otherwise bound by kernel launches). Parameter names do not change."""
+        """With ``compile``, both towers and the loss go through torch.compile (fewer, fused kernels;
+        meant for GPUs, where the step is otherwise bound by kernel launches; the loss's passes over the
+        [B, C] logits fuse into its softmax). Parameter names do not change."""
         if not self.hparams.compile:
             return
         mode = self.hparams.compile_mode
+        self.loss_function = torch.compile(corrected_softmax_loss, mode=mode)
         compiled = ((self.query_tower.mlp, self.item_tower.mlp) if self.hparams.sparse_embeddings
                     else (self.query_tower, self.item_tower))
         for module in compiled:
@@ -152,7 +155,7 @@ class TwoTowerModule(L.LightningModule):
                 log_q = torch.cat([log_q, log_q.new_full((hp.mixed_negatives,), uniform)])
         else:
             log_q = candidates.new_zeros(len(columns))
-        loss = corrected_softmax_loss(query, candidates, targets, columns, log_q, batch["weight"], hp.temperature)
+        loss = self.loss_function(query, candidates, targets, columns, log_q, batch["weight"], hp.temperature)
         # Epoch mean only: a per-step value in the progress bar would cost a GPU sync every step.
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
         if not self.automatic_optimization:  # sparse_embeddings: SparseAdam for the tables, Adam for the rest
