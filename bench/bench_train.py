@@ -50,18 +50,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_loop(model: TwoTowerModule, batches: list[dict], device: torch.device, bf16: bool, warmup: int) -> float:
+def bare_loop(model: TwoTowerModule, batches: list[dict], device: torch.device, bf16: bool,
+              warmup: int) -> tuple[float, int | None]:
+    """(examples/s, host syncs in one step or None on a CPU). The syncs are counted on the last warm-up
+    step under ``torch.cuda.set_sync_debug_mode("warn")``."""
     model.to(device).train()
     model.configure_model()
     optimizers = model.configure_optimizers()  # one Adam, or [SparseAdam, Adam] with sparse_embeddings
     optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
     model.automatic_optimization = True  # training_step only returns the loss; the steps are below
     batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
-    start = None
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
+
+    def step(i: int, batch: dict) -> None:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -69,8 +69,31 @@ def bare_loop(model: TwoTowerModule, batches: list[dict], device: torch.device, 
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
+
+    start, syncs = None, None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        if i == warmup - 1 and device.type == "cuda":
+            syncs = count_host_syncs(lambda: step(i, batch))  # noqa: B023 (called at once)
+        else:
+            step(i, batch)
     sync(device)
-    return (len(batches) - warmup) * len(batches[0]["target_item"]) / (time.perf_counter() - start)
+    return (len(batches) - warmup) * len(batches[0]["target_item"]) / (time.perf_counter() - start), syncs
+
+
+def count_host_syncs(run) -> int:
+    """How many times ``run()`` makes the host wait for the GPU (PyTorch's sync debug mode)."""
+    sync(torch.device("cuda"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 class Timer(L.Callback):
@@ -139,12 +162,15 @@ def main() -> None:
 
     bf16 = preset["precision"].startswith("bf16")
     sparse = args.sparse_embeddings
-    bare = bare_loop(build_model(dm, preset, args.compile, sparse, args.compile_mode), batches, device, bf16,
-                     args.warmup)
+    bare, syncs = bare_loop(build_model(dm, preset, args.compile, sparse, args.compile_mode), batches, device,
+                            bf16, args.warmup)
     full = fit_loop(build_model(dm, preset, args.compile, sparse, args.compile_mode), dm, args.accelerator,
                     preset["precision"], args.warmup, args.steps)
     name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
-    print(f"bare loop {bare:,.0f} examples/s, fit loop {full:,.0f} examples/s, ratio {full / bare:.2f}")
+    print(f"bare loop {bare:,.0f} examples/s, fit loop {full:,.0f} examples/s, ratio {full / bare:.2f}"
+          + (f", {syncs} host syncs per step" if syncs is not None else ""))
+    synced = (f"\nOne step of the bare loop (forward, backward, optimizer) made {syncs} host syncs "
+              "(`torch.cuda.set_sync_debug_mode`).\n" if syncs is not None else "")
     text = f"""## Training throughput ({args.accelerator})
 
 Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
@@ -157,7 +183,7 @@ on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (p
 | bare PyTorch loop (pre-built batches on the device) | {bare:,.0f} |
 | `Trainer.fit` with the DataModule ({args.workers} workers{', pinned memory' if pin else ''}) | {full:,.0f} |
 | ratio fit / bare | {full / bare:.2f} |
-"""
+{synced}"""
     write_section(Path(args.out), text, marker=args.section or f"bench_train_{args.accelerator}")
     print(f"wrote {args.out}")
 
