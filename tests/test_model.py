@@ -192,6 +192,51 @@ def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_
     assert m["test/index/bytes"] > 0 and m["test/index/queries_per_second"] > 0
 
 
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+def test_each_epochs_summary_shows_that_epochs_mean_training_loss(data, tmp_path, capsys):
+    import lightning as L
+
+    class StepLosses(L.Callback):  # (epoch, loss, batch size) of every training step
+        def __init__(self):
+            self.steps = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.steps.append((trainer.current_epoch, float(outputs["loss"]), len(batch["target_item"])))
+
+    dm, _ = data
+    dm = YambdaDataModule(str(dm.data.path), batch_size=32, eval_batch_size=256, history=6)
+    steps = StepLosses()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=5, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[steps], default_root_dir=tmp_path)
+    trainer.fit(build(dm), datamodule=dm)
+    means = []
+    for epoch in (0, 1):
+        rows = [(loss, n) for e, loss, n in steps.steps if e == epoch]
+        means.append(sum(loss * n for loss, n in rows) / sum(n for _, n in rows))
+    assert abs(means[0] - means[1]) > 1e-3  # the two epochs differ, so a lagged summary would show
+    printed = [float(line.split("train/loss ")[1].split(",")[0]) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("epoch ")]
+    assert printed == pytest.approx(means, abs=1e-4)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(means[1], rel=1e-5)
+
+
+def test_ddp_leaves_the_buffers_alone(data, tmp_path):
+    # DDP would broadcast rank zero's buffers before every forward (the item table: ~0.8 GB at 3M items).
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dm, _ = data
+    model = build(dm)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        assert not wrapped.will_sync_module_buffers()
+        assert len(list(model.buffers())) >= 10  # table, estimator and loss sum: all left out
+    finally:
+        dist.destroy_process_group()
+
+
 class _Snapshots:
     """Item-table weights before the first step and after each step of a 2-step fit."""
 
