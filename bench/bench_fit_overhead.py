@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import machine, write_section  # noqa: E402
-from bench_train import Timer, bare_loop  # noqa: E402
+from bench_train import bare_loop, fit_loop  # noqa: E402
 
 from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
@@ -47,18 +47,6 @@ def build(cls, dm: YambdaDataModule) -> TwoTowerModule:
     torch.manual_seed(0)
     return cls(data_dir=str(dm.data.path), num_users=dm.num_users, num_items=dm.num_items,
                num_artists=dm.num_artists, num_albums=dm.num_albums, audio_dim=dm.audio_dim, **TINY)
-
-
-def fit_on(model: TwoTowerModule, batches: list[dict], warmup: int) -> float:
-    """examples/s of ``Trainer.fit`` over the same pre-built batches as the bare loop (no loader cost)."""
-    import lightning as L
-
-    timer = Timer(warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), limit_val_batches=0,
-                        num_sanity_val_steps=0, enable_checkpointing=False, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
-    trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))  # yields them as they are
-    return timer.examples / timer.seconds
 
 
 def main() -> None:
@@ -88,7 +76,8 @@ def main() -> None:
         rate, _ = bare_loop(build(TwoTowerModule, dm), batches, cpu, False, args.warmup)
         ms["bare"].append(args.batch_size / rate * 1e3)
         for name, cls in (("fit", TwoTowerModule), ("per_step_log", PerStepLog)):
-            rate = fit_on(build(cls, dm), batches, args.warmup)
+            ready = DataLoader(batches, batch_size=None)  # yields the pre-built batches as they are
+            rate = fit_loop(build(cls, dm), ready, "cpu", "32-true", args.warmup, args.steps)
             ms[name].append(args.batch_size / rate * 1e3)
     best = {name: min(values) for name, values in ms.items()}
     paired = sorted(b - a for a, b in zip(ms["fit"], ms["per_step_log"]))  # same round, run back to back

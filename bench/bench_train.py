@@ -114,13 +114,16 @@ class Timer(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def fit_loop(model: TwoTowerModule, dm: YambdaDataModule, accelerator: str, precision: str, warmup: int,
-             steps: int) -> float:
+def fit_loop(model: TwoTowerModule, data, accelerator: str, precision: str, warmup: int, steps: int) -> float:
+    """examples/s of ``Trainer.fit`` on ``data``: a DataModule, or a DataLoader of ready batches."""
     timer = Timer(warmup)
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=warmup + steps,
                         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
-    trainer.fit(model, datamodule=dm)
+    if isinstance(data, L.LightningDataModule):
+        trainer.fit(model, datamodule=data)
+    else:
+        trainer.fit(model, train_dataloaders=data)
     return timer.examples / timer.seconds
 
 
