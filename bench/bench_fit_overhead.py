@@ -23,11 +23,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import machine, write_section  # noqa: E402
-from bench_train import bare_loop, fit_loop  # noqa: E402
+from bench_train import bare_loop, fit_loop, prepared_twin  # noqa: E402
 
 from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
-from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
-from lightning_tt.data.synth import synthesize  # noqa: E402
 from lightning_tt.model.module import TwoTowerModule  # noqa: E402
 
 TINY = dict(embedding_dim=8, hidden_dims=[16], output_dim=8, estimator_buckets=1024)
@@ -62,11 +60,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*self.log.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     torch.set_num_threads(1)
-    data = Path(args.data) if args.data else Path(args.workdir) / "prepared"
-    if not (data / "meta.json").is_file():
-        raw = Path(args.workdir) / "raw"
-        synthesize(raw, rows=300_000, users=2_000, items=20_000, days=30, seed=0, progress=False)
-        prepare(raw, data, config=SplitConfig(), progress=False)
+    data = prepared_twin(Path(args.data) if args.data else Path(args.workdir) / "prepared",
+                         Path(args.workdir) / "raw", rows=300_000, users=2_000, items=20_000)
     dm = YambdaDataModule(str(data), batch_size=args.batch_size, lean=True)
     loader = iter(YambdaDataModule(str(data), batch_size=args.batch_size, lean=True).train_dataloader())
     batches = [next(loader) for _ in range(args.warmup + args.steps)]

@@ -21,11 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import machine, write_section  # noqa: E402
-from bench_train import PRESETS, build_model, fit_loop  # noqa: E402
+from bench_train import PRESETS, build_model, fit_loop, prepared_twin  # noqa: E402
 
 from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
-from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
-from lightning_tt.data.synth import synthesize  # noqa: E402
 
 
 def main() -> None:
@@ -47,11 +45,8 @@ def main() -> None:
     gpu = args.accelerator == "gpu"
     rows = []
     for items in args.items:
-        data = Path(args.workdir) / f"items-{items}" / "prepared"
-        if not (data / "meta.json").is_file():
-            raw = data.parent / "raw"
-            synthesize(raw, rows=args.rows, users=args.users, items=items, days=30, seed=0, progress=False)
-            prepare(raw, data, config=SplitConfig(), progress=False)
+        twin = Path(args.workdir) / f"items-{items}"
+        data = prepared_twin(twin / "prepared", twin / "raw", args.rows, args.users, items)
         dm = YambdaDataModule(str(data), batch_size=preset["batch_size"], num_workers=args.workers, lean=gpu,
                               pin_memory=gpu)
         speed = {}

@@ -45,6 +45,14 @@ def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False, spars
                           compile=compile, compile_mode=compile_mode, sparse_embeddings=sparse, **preset["model"])
 
 
+def prepared_twin(data: Path, raw: Path, rows: int, users: int, items: int) -> Path:
+    """``data``, a prepared synthetic twin; synthesised into ``raw`` and prepared first if missing."""
+    if not (data / "meta.json").is_file():
+        synthesize(raw, rows=rows, users=users, items=items, days=30, seed=0, progress=False)
+        prepare(raw, data, config=SplitConfig(), progress=False)
+    return data
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -153,11 +161,8 @@ def main() -> None:
     batch_size = args.batch_size or preset["batch_size"]
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
 
-    data = Path(args.data) if args.data else Path(args.workdir) / "prepared"
-    if not (data / "meta.json").is_file():
-        raw = Path(args.workdir) / "raw"
-        synthesize(raw, rows=args.rows, users=args.users, items=args.items, days=30, seed=0, progress=False)
-        prepare(raw, data, config=SplitConfig(), progress=False)
+    data = prepared_twin(Path(args.data) if args.data else Path(args.workdir) / "prepared",
+                         Path(args.workdir) / "raw", args.rows, args.users, args.items)
     lean = device.type == "cuda"
     pin = device.type == "cuda" and not args.no_pin
     dm = YambdaDataModule(str(data), batch_size=batch_size, num_workers=args.workers, lean=lean, pin_memory=pin)
