@@ -48,8 +48,9 @@ def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False, spars
 def prepared_twin(data: Path, raw: Path, rows: int, users: int, items: int) -> Path:
     """``data``, a prepared synthetic twin; synthesised into ``raw`` and prepared first if missing."""
     if not (data / "meta.json").is_file():
-        synthesize(raw, rows=rows, users=users, items=items, days=30, seed=0, progress=False)
-        prepare(raw, data, config=SplitConfig(), progress=False)
+        if not any(raw.glob("flat/*/multi_event.parquet")):
+            synthesize(raw, rows=rows, users=users, items=items, days=30, seed=0, progress=False)
+        prepare(raw, data, config=SplitConfig(), progress=False, overwrite=True)
     return data
 
 

@@ -27,6 +27,7 @@ import torch
 
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
 FIRST_ITEM = 2
@@ -206,8 +207,23 @@ ALL = (Random, MostPop, DecayPop, Transitions, ItemKNN, IALS, BPR)
 
 def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
              history: int | None = None) -> dict[str, dict[str, float]]:
-    """{baseline name: {metric name: value}} on ``split``'s next-track cases and paper lists."""
+    """{baseline name: {metric name: value}} on ``split``'s next-track cases and paper lists.
+
+    Refused before any work (InputError): an unknown baseline name, a cut-off k below 1 or above the
+    catalogue, a split with no case."""
+    known = [cls.name for cls in ALL]
+    unknown = [name for name in names or [] if name not in known]
+    if unknown or names == []:
+        raise InputError(f"--only: unknown baseline(s) {unknown}; choose from {', '.join(known)}")
     data = PreparedData(data_dir)
+    catalogue = data.vocab["num_items"] - FIRST_ITEM
+    if not ks or min(ks) < 1 or max(ks) > catalogue:
+        raise InputError(f"--k: cut-offs must lie in 1..{catalogue:,} (the catalogue), got {list(ks)}")
+    if split not in ("val", "test"):
+        raise InputError(f"--split must be val or test, got {split!r}")
+    if data.num_examples(split) == 0:
+        raise InputError(f"{data.path}: the {split} window has no cases (prepared with --val-days 0?); nothing to "
+                         f"evaluate")
     history = history or data.default_history
     k = max(ks)
     nxt = NextTrackDataset(data, split, history, lean=True)
@@ -241,19 +257,19 @@ LIVE_LIMIT = 20_000_000  # training examples
 
 def read_recall_curves(baselines_file: str, ks: list[int]) -> dict[str, dict[int, float]]:
     """``{baseline: {k: test/next/recall@k}}`` from a metrics.json of ``lightning-tt baselines --split
-    test``. Raises ValueError naming the file when it is missing, unreadable or lacks one of ``ks``."""
+    test``. Raises InputError naming the file when it is missing, unreadable or lacks one of ``ks``."""
     path = Path(baselines_file)
     try:
         found = json.loads(path.read_text())
         if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
             raise ValueError("expected {baseline: {metric: value}}")
     except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: cannot read the baselines' metrics (report.baselines_file): {err}") from err
+        raise InputError(f"{path}: cannot read the baselines' metrics (report.baselines_file): {err}") from err
     curves = {}
     for name, values in found.items():
         missing = [f"test/next/recall@{k}" for k in ks if f"test/next/recall@{k}" not in values]
         if missing:
-            raise ValueError(f"{path}: baseline {name} has no {missing[0]} (report.baselines_file must come from "
+            raise InputError(f"{path}: baseline {name} has no {missing[0]} (report.baselines_file must come from "
                              f"`lightning-tt baselines --split test --k {' '.join(map(str, sorted(ks)))}`)")
         curves[name] = {k: float(values[f"test/next/recall@{k}"]) for k in ks}
     return curves

@@ -10,8 +10,10 @@
     lightning-tt export --ckpt_path X --out DIR       item embeddings, Faiss index and id mapping
     lightning-tt recommend --index DIR --ckpt_path X --user U --seed-item S [--k K]
 
-Errors in the input (a missing file, a bad column, an empty split...) print one line naming the file
-and column and exit with status 1.
+Errors in the input (a missing file, a bad column, an empty split, an option out of range, a checkpoint
+of other data...) are lightning_tt.errors.InputError: they print one line naming the file, column or
+option and exit with status 1. Anything else is a bug and keeps its traceback. Every output goes
+through lightning_tt.outputs (never overlapping an input, replaced only with ``--overwrite``, atomic).
 
 The Lightning commands link the DataModule's sizes (``num_users``, ``num_items``, ``num_artists``,
 ``num_albums``, ``audio_dim``, read from meta.json) and ``data_dir`` into the model, so a config never
@@ -28,8 +30,8 @@ import sys
 from pathlib import Path
 
 from lightning_tt.data.prepare import SplitConfig
-from lightning_tt.data.prepared import PreparedDataError
 from lightning_tt.data.schema import RawDataError
+from lightning_tt.errors import InputError
 
 #: The embedded default: a synthetic dataset small enough for 2 CPU cores.
 DEMO_SYNTH = {"rows": 300_000, "users": 2_000, "items": 20_000, "days": 30.0, "seed": 0}
@@ -73,6 +75,18 @@ def lightning_cli(args: list[str], run: bool = True):
     from lightning_tt.eval.report import RunReport
 
     class TwoTowerCLI(LightningCLI):
+        def _parse_ckpt_path(self):
+            # LightningCLI reads the checkpoint's hyperparameters here with a bare torch.load: check first
+            # that --ckpt_path is a checkpoint at all, so a wrong path gets one line, not an unpickling
+            # traceback. (Whether it belongs to --data.data_dir is checked by the model's on_load_checkpoint.)
+            subcommand = self.config.get("subcommand")
+            path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if path is not None:
+                from lightning_tt.provenance import read_checkpoint
+
+                read_checkpoint(path)
+            super()._parse_ckpt_path()
+
         def add_arguments_to_parser(self, parser):
             # The index callback is a top-level section (``retrieval:``, ``--retrieval.nprobe 32``), so
             # configs and sweeps set its options by name.
@@ -82,6 +96,8 @@ def lightning_cli(args: list[str], run: bool = True):
             parser.link_arguments("data.data_dir", "model.data_dir")
             for name in ("num_users", "num_items", "num_artists", "num_albums", "audio_dim"):
                 parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+            # The checkpoint records which prepared data it was trained on (lightning_tt.provenance).
+            parser.link_arguments("data.fingerprint", "model.data_fingerprint", apply_on="instantiate")
 
     # From the command line, LightningCLI reads sys.argv itself (DDP's launcher re-runs that command
     # line in each new process). Called from Python with other arguments (the demo, tests), it sees only
@@ -135,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--days", type=float, default=301.0, help="time span in days (Yambda: 301)")
     synth.add_argument("--size", default=None, help="size label of flat/<size>/ (default: from --rows, e.g. 200k)")
     synth.add_argument("--row-group-size", type=int, default=1_000_000)
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
     down = data.add_parser("download", help="fetch one Yambda size from the Hugging Face hub")
     down.add_argument("--size", required=True, choices=["50m", "500m", "5b"])
@@ -155,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--k", type=int, nargs="+", default=[10, 50, 100, 200], help="cut-offs k")
     base.add_argument("--only", nargs="+", default=None, help="baseline names to run (default: all)")
     base.add_argument("--out", default="runs/baselines/metrics.json", help="where metrics.json goes")
+    base.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     exp = commands.add_parser("export", help="write item embeddings, the Faiss index and the id mapping")
     exp.add_argument("--ckpt_path", required=True)
@@ -179,21 +197,29 @@ def _parser() -> argparse.ArgumentParser:
 
 def _demo(workdir: Path, epochs: int | None) -> None:
     from lightning_tt.baselines import evaluate
-    from lightning_tt.runs import run_directory, write_json
     from lightning_tt.data.prepare import prepare
     from lightning_tt.data.schema import find_size
     from lightning_tt.data.summary import summarize
     from lightning_tt.data.synth import synthesize
+    from lightning_tt.outputs import Output
+    from lightning_tt.runs import run_directory, write_json
 
     raw, prepared = workdir / "raw", workdir / "prepared"
+    # The demo reuses what an earlier demo made, and never replaces a directory it did not make.
     try:
         find_size(raw, None)
         print(f"[demo] using the synthetic dataset in {raw}")
-    except RawDataError:
+    except RawDataError as err:
+        if raw.exists():
+            raise InputError(f"--workdir {workdir}: {raw} exists but is not a dataset in the Yambda layout ({err}); "
+                             f"remove it or choose another --workdir") from err
         print(f"[demo] synthesising {DEMO_SYNTH['rows']:,} events into {raw}")
         synthesize(raw, **DEMO_SYNTH)
     if (prepared / "meta.json").is_file():
         print(f"[demo] using the prepared arrays in {prepared}")
+    elif prepared.exists():
+        raise InputError(f"--workdir {workdir}: {prepared} exists but holds no meta.json; remove it or choose another "
+                         f"--workdir")
     else:
         print(f"[demo] preparing {raw} -> {prepared}")
         prepare(raw, prepared, config=SplitConfig())
@@ -201,7 +227,7 @@ def _demo(workdir: Path, epochs: int | None) -> None:
 
     config = CONFIGS / "demo.yaml"
     if not config.is_file():
-        raise RuntimeError(f"{config}: not found; run the demo from a checkout (pip install -e .)")
+        raise InputError(f"{config}: not found; run the demo from a checkout (pip install -e .)")
     overrides = ["--data.data_dir", str(prepared), "--trainer.logger.init_args.save_dir", str(workdir / "logs")]
     if epochs is not None:
         overrides += ["--trainer.max_epochs", str(epochs)]
@@ -214,7 +240,8 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     baselines_file = workdir / "baselines" / "metrics.json"
     print(f"[demo] baselines: lightning-tt baselines --data {prepared} --k {' '.join(map(str, ks))} --out {baselines_file}")
     baselines = evaluate(str(prepared), "test", ks)
-    write_json(baselines_file, baselines)
+    # The demo's own file, made again at every demo run.
+    write_json(Output(baselines_file, "file", inputs={"--data": prepared}, overwrite=True), baselines)
     print(f"[demo] testing: lightning-tt test --config {run_config} --ckpt_path {best} "
           f"--report.baselines_file {baselines_file}")
     test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best,
@@ -239,15 +266,16 @@ def print_table(rows: dict[str, dict[str, float]], columns: list[str]) -> None:
 
 def _baselines(args: argparse.Namespace) -> None:
     from lightning_tt.baselines import evaluate
+    from lightning_tt.outputs import Output
     from lightning_tt.runs import write_json
 
+    out = Output(args.out, "file", inputs={"--data": args.data}, overwrite=args.overwrite)  # checked before the work
     results = evaluate(args.data, args.split, sorted(args.k), args.only)
-    out = Path(args.out)
     write_json(out, results)
     ks = sorted(args.k)
     print_table(results, [f"{args.split}/next/recall@{k}" for k in ks] + [f"{args.split}/paper/ndcg@{ks[0]}",
                                                                           f"{args.split}/paper/recall@{ks[-1]}"])
-    print(f"metrics written to {out}")
+    print(f"metrics written to {out.path}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -280,7 +308,8 @@ def _run(args: argparse.Namespace) -> None:
         from lightning_tt.data.synth import synthesize
 
         path = synthesize(args.out, rows=args.rows, users=args.users, items=args.items, seed=args.seed,
-                          size=args.size, days=args.days, row_group_size=args.row_group_size)
+                          size=args.size, days=args.days, row_group_size=args.row_group_size,
+                          overwrite=args.overwrite)
         print(f"wrote {path}")
     elif args.data_command == "download":
         from lightning_tt.data.download import download
@@ -293,7 +322,8 @@ def _run(args: argparse.Namespace) -> None:
                        audio_dim=args.audio_dim, overwrite=args.overwrite)
         c = meta["counts"]
         print(f"prepared {args.out}: {c['train_examples']:,} train examples, {c['val_examples']:,} val cases, "
-              f"{c['test_examples']:,} test cases in {meta['seconds']:.1f} s")
+              f"{c['test_examples']:,} test cases in {meta['seconds']:.1f} s; dropped "
+              f"{c['duplicate_events_dropped']:,} exact duplicate events")
     elif args.data_command == "describe":
         from lightning_tt.data.summary import summarize
 
@@ -308,8 +338,7 @@ def main(args: list[str] | None = None) -> None:
             lightning_cli(args)
             return
         _run(_parser().parse_args(args))
-    # ValueError covers lightning_tt.serve.ServingError (not imported here: it would load torch and faiss).
-    except (RawDataError, PreparedDataError, FileExistsError, ValueError, RuntimeError) as err:
+    except InputError as err:  # a user's mistake: one line; anything else is a bug and keeps its traceback
         print(f"lightning-tt: error: {err}", file=sys.stderr)
         raise SystemExit(1) from err
 

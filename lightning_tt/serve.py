@@ -1,21 +1,20 @@
 """Serving: export a trained model's item index, and recommend for one user and seed track.
 
-``export`` writes, into a directory (atomically: a temporary sibling renamed on success)::
+``export`` writes, into a directory (atomically, through lightning_tt.outputs)::
 
     item_embeddings.npy   float32 [V - 2, o]   item tower output of every catalogue item (row r = item index r + 2)
     item_ids.npy          uint32  [V - 2]      the raw Yambda item_id of each row
     index.faiss           the Faiss index over those rows (inner product)
-    export.json           checkpoint, data directory, index factory string, sizes
+    export.json           checkpoint, data directory and its fingerprint, index factory string, sizes
 
 ``recommend`` embeds the query from the user's current state in the prepared stream (the last N
-listens, example age 0), with the given seed track, and searches the exported index.
+listens, example age 0), with the given seed track, and searches the exported index, after checking
+that the export, the checkpoint and the prepared data belong together (``open_export``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 import faiss
@@ -23,49 +22,98 @@ import numpy as np
 import torch
 
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.errors import InputError
 from lightning_tt.eval.index import IndexConfig, build_index
 from lightning_tt.model.module import FIRST_ITEM, TwoTowerModule
+from lightning_tt.outputs import Output
+from lightning_tt.provenance import check_same_data, read_checkpoint
 
 
-class ServingError(ValueError):
-    """A request that cannot be served (unknown ids, a missing export...), with a message for the user."""
+class ServingError(InputError):
+    """A request that cannot be served (unknown ids, a missing or mismatched export...), with a message
+    for the user."""
 
 
-def load_model(ckpt_path: str | Path) -> TwoTowerModule:
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ServingError(f"{path}: checkpoint not found")
-    model = TwoTowerModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return model.eval()
+def load_model(ckpt_path: str | Path) -> tuple[TwoTowerModule, PreparedData]:
+    """The model of ``ckpt_path`` (on the CPU, in eval mode) and the prepared data it was trained on,
+    checked to be that data (lightning_tt.provenance) before the weights are loaded."""
+    checkpoint = read_checkpoint(ckpt_path)
+    data_dir = checkpoint["hyper_parameters"].get("data_dir")
+    if not data_dir:
+        raise ServingError(f"--ckpt_path {ckpt_path}: the checkpoint names no data_dir (a model trained outside "
+                           f"`lightning-tt fit`?)")
+    data = PreparedData(data_dir)
+    check_same_data(checkpoint["hyper_parameters"].get("data_fingerprint"), data.fingerprint, str(ckpt_path),
+                    str(data.path))
+    del checkpoint
+    model = TwoTowerModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    return model.eval(), data
 
 
 def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexConfig(),
            overwrite: bool = False) -> dict:
-    """Embed the catalogue, build the index and write the export directory; return export.json."""
-    if Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{out}: output directory exists; pass --overwrite to replace it")
-    model = load_model(ckpt_path)
-    data = PreparedData(model.hparams.data_dir)
+    """Embed the catalogue, build the index and write the export directory; return export.json.
+
+    ``out`` must not overlap the checkpoint or its data directory (lightning_tt.outputs), and an
+    existing export is replaced only with ``overwrite``, after the new one is complete."""
+    model, data = load_model(ckpt_path)
+    output = Output(out, "dir", option="--out", inputs={"--ckpt_path": ckpt_path, "the checkpoint's data_dir": data.path},
+                    overwrite=overwrite)
     embeddings = model.item_embeddings()[FIRST_ITEM:].float().numpy()
     built = build_index(embeddings, config)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with output.writing() as tmp:
         np.save(tmp / "item_embeddings.npy", embeddings)
         np.save(tmp / "item_ids.npy", np.asarray(data["item_ids"])[FIRST_ITEM:])
         faiss.write_index(built.index, str(tmp / "index.faiss"))
-        meta = {"checkpoint": str(Path(ckpt_path).resolve()), "data_dir": str(data.path), "factory": built.factory,
-                "items": int(len(embeddings)), "dim": int(embeddings.shape[1]), "index_bytes": built.bytes}
+        meta = {"checkpoint": str(Path(ckpt_path).resolve()), "data_dir": str(data.path),
+                "data_fingerprint": data.fingerprint, "factory": built.factory, "items": int(len(embeddings)),
+                "dim": int(embeddings.shape[1]), "index_bytes": built.bytes}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
+
+
+#: Catalogue rows whose embeddings recommend recomputes to check that an export is the model's own.
+CHECKED_ROWS = 8
+
+
+def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData) -> tuple[faiss.Index, np.ndarray]:
+    """The Faiss index and raw item ids [n] of an export directory, checked to belong to ``model`` and
+    ``data``: the same data fingerprint, the model's output dimension, one raw id per indexed vector,
+    and the stored embeddings of a few catalogue rows equal to what the model computes for them now (an
+    index exported from another checkpoint differs there)."""
+    index_dir = Path(index_dir)
+    meta_path = index_dir / "export.json"
+    if not meta_path.is_file():
+        raise ServingError(f"--index {index_dir}: no export.json; create it with `lightning-tt export`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        index = faiss.read_index(str(index_dir / "index.faiss"))
+        rows = np.load(index_dir / "item_ids.npy")
+        stored = np.load(index_dir / "item_embeddings.npy", mmap_mode="r")
+    except (OSError, ValueError, RuntimeError) as err:  # faiss raises RuntimeError for a damaged index
+        raise ServingError(f"--index {index_dir}: damaged export ({str(err).strip().splitlines()[0][:200]}); "
+                           f"export it again") from err
+    exported_from = meta.get("checkpoint", "another checkpoint")
+    if meta.get("data_fingerprint") != data.fingerprint:
+        raise ServingError(f"--index {index_dir}: exported from a model of other prepared data ({exported_from}), not "
+                           f"the data of --ckpt_path ({data.path}); export this checkpoint")
+    dim = model.hparams.output_dim
+    if index.d != dim or stored.ndim != 2 or stored.shape[1] != dim:
+        raise ServingError(f"--index {index_dir}: vectors of dimension {index.d}, but --ckpt_path embeds in {dim} "
+                           f"dimensions; export this checkpoint")
+    if not len(rows) == index.ntotal == len(stored):
+        raise ServingError(f"--index {index_dir}: damaged export ({index.ntotal} vectors, {len(rows)} item ids, "
+                           f"{len(stored)} embeddings); export it again")
+    if len(rows) != data.vocab["num_items"] - FIRST_ITEM:
+        raise ServingError(f"--index {index_dir}: {len(rows):,} items, but the model's catalogue has "
+                           f"{data.vocab['num_items'] - FIRST_ITEM:,}; export this checkpoint")
+    checked = np.unique(np.linspace(0, len(rows) - 1, CHECKED_ROWS).astype(np.int64))
+    with torch.no_grad():
+        now = model.item_tower(torch.from_numpy(checked + FIRST_ITEM)).float().numpy()
+    if not np.allclose(now, stored[checked], atol=1e-3):
+        raise ServingError(f"--index {index_dir}: exported from another checkpoint ({exported_from}); its item "
+                           f"embeddings are not those of --ckpt_path; export this checkpoint")
+    return index, rows
 
 
 def _query_batch(data: PreparedData, user_index: int, seed_index: int, history: int) -> dict[str, torch.Tensor]:
@@ -97,13 +145,12 @@ def _index_of(raw_ids: np.ndarray, raw: int, notes: list[str], unknown: str) -> 
 def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item: int, k: int = 10,
               history: int | None = None) -> tuple[list[tuple[int, float]], list[str]]:
     """Top-k (raw item id, score) for raw ``user`` and raw ``seed_item``, and notes about fallbacks."""
-    index_dir = Path(index_dir)
-    if not (index_dir / "export.json").is_file():
-        raise ServingError(f"{index_dir}: no export.json; create it with `lightning-tt export`")
     if k < 1:
         raise ServingError(f"--k must be >= 1, got {k}")
-    model = load_model(ckpt_path)
-    data = PreparedData(model.hparams.data_dir)
+    model, data = load_model(ckpt_path)
+    index, rows = open_export(index_dir, model, data)
+    if k > len(rows):
+        raise ServingError(f"--k {k} is larger than the catalogue of {len(rows):,} items")
     notes = []
     user_index = _index_of(data["user_ids"], user, notes,
                            f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
@@ -112,7 +159,5 @@ def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item
     batch = _query_batch(data, user_index, seed_index, history or data.default_history)
     with torch.no_grad():
         query = model(batch).float().numpy()
-    index = faiss.read_index(str(index_dir / "index.faiss"))
-    rows = np.load(index_dir / "item_ids.npy")
     scores, found = index.search(query, k)
     return [(int(rows[r]), float(s)) for r, s in zip(found[0], scores[0]) if r >= 0], notes

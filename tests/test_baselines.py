@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 
+from lightning_tt.errors import InputError
 from lightning_tt.baselines import BPR, IALS, DecayPop, ItemKNN, MostPop, Random, Transitions, evaluate
 from lightning_tt.data.prepare import prepare
 from lightning_tt.data.prepared import PreparedData
@@ -82,6 +83,6 @@ def test_a_bad_baselines_file_is_named(tmp_path, text, says):
     path = tmp_path / "b.json"
     if text is not None:
         path.write_text(text)
-    with pytest.raises(ValueError, match="b.json") as err:
+    with pytest.raises(InputError, match="b.json") as err:
         read_recall_curves(str(path), [1, 2])
     assert says in str(err.value) and "report.baselines_file" in str(err.value)

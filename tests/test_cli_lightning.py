@@ -145,7 +145,7 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     items, notes = recommend(tmp_path / "export", ckpt, user, seed, k=5)
     assert not notes and len(items) == 5
     # A flat index must return exactly the model's own best items, mapped back to raw ids.
-    model = load_model(ckpt)
+    model, _ = load_model(ckpt)
     embeddings = model.item_embeddings()[2:]
     query = model(_query_batch(data, 2, 5, data.default_history))
     best = (embeddings @ query[0]).topk(5).indices.numpy() + 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
+from lightning_tt.errors import InputError
 from lightning_tt.cli import main
 from lightning_tt.data import schema
 from lightning_tt.data.download import REPO_ID, files_for
@@ -64,5 +65,5 @@ def test_a_corrupt_download_is_reported(stub_hub, monkeypatch, tmp_path, capsys)
 
 def test_sizes():
     assert files_for("5b")[0] == "flat/5b/multi_event.parquet"
-    with pytest.raises(ValueError, match="--size must be one of"):
+    with pytest.raises(InputError, match="--size must be one of"):
         files_for("7m")

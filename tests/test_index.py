@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from lightning_tt.errors import InputError
 from lightning_tt.eval.index import IndexConfig, build_index, factory_string
 
 
@@ -22,7 +23,7 @@ def test_factory_strings():
     assert factory_string(IndexConfig(kind="hnsw", hnsw_m=16), 10, 64)[0] == "HNSW16"
     assert factory_string(IndexConfig(kind="ivfhnsw", nlist=512), 100_000, 64)[0] == "IVF512_HNSW32,Flat"
     assert factory_string(IndexConfig(rerank=False, m=16), 100_000, 64)[0] == "IVF1024,PQ16x8"
-    with pytest.raises(ValueError, match="index kind"):
+    with pytest.raises(InputError, match="index kind"):
         IndexConfig(kind="annoy")
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lightning_tt.errors import InputError
 from lightning_tt.data.datamodule import YambdaDataModule
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.module import TwoTowerModule
@@ -47,7 +48,7 @@ def test_each_feature_group_can_be_switched_off(data, switch):
 def test_the_item_tower_needs_a_feature(data):
     dm, _ = data
     off = {s: False for s in ["use_item_id", "use_artist", "use_album", "use_length", "use_audio"]}
-    with pytest.raises(ValueError, match="item tower needs at least one feature"):
+    with pytest.raises(InputError, match="item tower needs at least one feature"):
         build(dm, **off)
 
 
@@ -299,13 +300,13 @@ def test_sparse_embeddings_take_the_first_adam_step_and_then_leave_untouched_row
 
 def test_an_unknown_compile_mode_is_named(data):
     dm, _ = data
-    with pytest.raises(ValueError, match="model.compile_mode must be one of default, reduce-overhead"):
+    with pytest.raises(InputError, match="model.compile_mode must be one of default, reduce-overhead"):
         build(dm, compile=True, compile_mode="fastest")
 
 
 def test_sparse_embeddings_refuse_weight_decay(data):
     dm, _ = data
-    with pytest.raises(ValueError, match="weight_decay must be 0 with model.sparse_embeddings"):
+    with pytest.raises(InputError, match="weight_decay must be 0 with model.sparse_embeddings"):
         build(dm, sparse_embeddings=True, weight_decay=0.01)
 
 
@@ -315,6 +316,6 @@ def test_sparse_embeddings_refuse_fp16(data, tmp_path):
     dm, _ = data
     trainer = L.Trainer(accelerator="cpu", precision="16-true", max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match="sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true"):
+    with pytest.raises(InputError, match="sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true"):
         trainer.fit(build(dm, sparse_embeddings=True), datamodule=YambdaDataModule(str(dm.data.path), batch_size=32,
                                                                                    history=6))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import END, hand_rows
+from lightning_tt.errors import InputError
 from lightning_tt.data.arrays import bfloat16_to_float32, float32_to_bfloat16
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset, play_weight
 from lightning_tt.data.prepare import SplitConfig, prepare
@@ -136,7 +137,7 @@ def test_row_group_size_does_not_change_the_output(tmp_path):
 def test_output_is_atomic_and_not_overwritten_by_default(hand_raw, tmp_path):
     out = tmp_path / "out"
     prepare(hand_raw, out, audio_dim=4, progress=False)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(InputError, match="--overwrite"):
         prepare(hand_raw, out, audio_dim=4, progress=False)
     meta = prepare(hand_raw, out, audio_dim=4, overwrite=True, progress=False,
                    config=SplitConfig(min_played_pct=60))

@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from lightning_tt.errors import InputError
 from lightning_tt.data.schema import (
     ALBUM_SCHEMA,
     ARTIST_SCHEMA,
@@ -33,7 +34,7 @@ def _read_all(out):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
+    out = tmp_path_factory.mktemp("synth") / "raw"
     path = synthesize(out, seed=0, **SMALL)
     return out, path, _read_all(out)
 
@@ -157,5 +158,5 @@ def test_planted_structure(data, events):
 
 
 def test_too_few_rows():
-    with pytest.raises(ValueError, match="below 5 events"):
+    with pytest.raises(InputError, match="below 5 events"):
         synthesize("unused", rows=10, users=5, items=100, progress=False)

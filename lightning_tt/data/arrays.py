@@ -46,12 +46,17 @@ def write_array(directory: Path, name: str, values: np.ndarray) -> dict:
     return writer.close()
 
 
+def array_bytes(entry: dict) -> int:
+    """Size in bytes of the file of an array described by a ``meta.json`` entry."""
+    return int(np.prod(entry["shape"])) * np.dtype(entry["dtype"]).itemsize
+
+
 def open_array(directory: str | Path, entry: dict, mode: str = "r") -> np.ndarray:
     """Memory-map an array described by a ``meta.json`` entry (empty arrays come back in memory)."""
     path = Path(directory) / entry["file"]
     dtype = np.dtype(entry["dtype"])
     shape = tuple(entry["shape"])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = array_bytes(entry)
     actual = os.path.getsize(path)
     if actual != expected:
         raise ValueError(f"{path}: {actual} bytes on disk, meta.json says {shape} x {dtype} = {expected}")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from lightning_tt.data.arrays import bfloat16_to_float32
 from lightning_tt.data.batches import BatchIndexSampler, NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.errors import InputError
 
 
 class YambdaDataModule(L.LightningDataModule):
@@ -40,9 +41,34 @@ class YambdaDataModule(L.LightningDataModule):
         self.data = PreparedData(data_dir)
         self.history = int(history if history is not None else self.data.default_history)
         if self.history < 1:
-            raise ValueError(f"history must be >= 1, got {self.history}")
+            raise InputError(f"data.history must be >= 1, got {self.history}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or batch_size)):
+            if value < 1:
+                raise InputError(f"data.{name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise InputError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+
+    def setup(self, stage: str) -> None:
+        """Checks against the data, before any loop starts: training needs at least one full batch per
+        process (the last partial batch is dropped), evaluation a non-empty window."""
+        replicas, _ = self._replicas()
+        if stage == "fit":
+            examples = self.data.num_examples("train") // replicas
+            if examples < self.batch_size:
+                per = " per process" if replicas > 1 else ""
+                raise InputError(f"data.batch_size {self.batch_size:,} is larger than the {examples:,} training examples"
+                                 f"{per} in {self.data.path}: no training batch; choose a smaller data.batch_size")
+        split = {"validate": "val", "test": "test", "predict": "test"}.get(stage)
+        if split and self.data.num_examples(split) == 0:
+            raise InputError(f"{self.data.path}: the {split} window has no cases (prepared with --val-days 0?); "
+                             f"prepare the data with a {split} window")
+
+    @property
+    def fingerprint(self) -> str:
+        """The prepared data's fingerprint (meta.json), linked into the model as ``data_fingerprint``."""
+        return self.data.fingerprint
 
     @property
     def num_users(self) -> int:

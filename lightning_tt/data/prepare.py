@@ -41,9 +41,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import math
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,8 +56,11 @@ from tqdm.auto import tqdm
 from lightning_tt.data import schema
 from lightning_tt.data.arrays import ArrayWriter, float32_to_bfloat16, open_array, write_array
 from lightning_tt.data.schema import RawDataError
+from lightning_tt.errors import InputError
+from lightning_tt.outputs import Output
 
-SCHEMA_VERSION = 1
+#: 2: exact duplicate events dropped; ``fingerprint`` and ``counts.duplicate_events_dropped`` in meta.json.
+SCHEMA_VERSION = 2
 DAY = 86_400
 PAD, UNKNOWN = 0, 1
 #: Raw ids index dense lookup tables, so they must stay below this bound.
@@ -82,12 +84,13 @@ class SplitConfig:
 
     def validate(self) -> None:
         for name in ("test_days", "val_days", "gap_seconds", "history", "min_played_pct"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.test_days <= 0:
-            raise ValueError(f"--test-days must be > 0, got {self.test_days}")
+            raise InputError(f"--test-days must be > 0, got {self.test_days}")
         if self.history < 1:
-            raise ValueError(f"--history must be >= 1, got {self.history}")
+            raise InputError(f"--history must be >= 1, got {self.history}")
 
     def boundaries(self, end: int) -> dict[str, int]:
         """Split boundaries for a dataset whose last timestamp is ``end`` (see module docstring)."""
@@ -121,7 +124,7 @@ def _column_range(pf: pq.ParquetFile, column: str, path: Path) -> tuple[int, int
     for i in range(pf.num_row_groups):
         stats = pf.metadata.row_group(i).column(index).statistics
         if stats is None or not stats.has_min_max:
-            table = pq.read_table(path, columns=[column])
+            table = schema.read_columns(path, [column])
             mm = pc.min_max(table.column(column))
             return int(mm["min"].as_py()), int(mm["max"].as_py())
         lo = stats.min if lo is None else min(lo, stats.min)
@@ -171,6 +174,7 @@ class _RowGroup:
 
     ``run_start`` [R] are the first rows of the runs (maximal blocks of one uid) and ``run_len`` [R]
     their lengths. The sort order is checked inside the group here and across groups in ``add``.
+    ``duplicates`` counts the exact duplicate rows already dropped from it.
     """
 
     first_row: int
@@ -183,10 +187,49 @@ class _RowGroup:
     length: np.ndarray
     run_start: np.ndarray
     run_len: np.ndarray
+    duplicates: int = 0
+
+    def without(self, rows: np.ndarray) -> "_RowGroup":
+        """This group without ``rows`` (indices of duplicates), its runs recomputed."""
+        keep = np.ones(len(self.uid), dtype=bool)
+        keep[rows] = False
+        uid = self.uid[keep]
+        run_start = np.flatnonzero(np.concatenate([[True], uid[1:] != uid[:-1]])) if len(uid) else np.zeros(0, np.intp)
+        return _RowGroup(self.first_row, uid, self.item[keep], self.ts[keep], self.code[keep], self.is_listen[keep],
+                         self.ratio[keep], self.length[keep], run_start, np.diff(np.append(run_start, len(uid))),
+                         self.duplicates + len(rows))
+
+
+def _event_keys(item: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """(item_id, event_type code) packed into one int64 per row (codes are < 8)."""
+    return item.astype(np.int64) * 8 + code
+
+
+def _duplicate_rows(uid: np.ndarray, ts: np.ndarray, item: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Sorted indices of the rows that repeat an earlier row's (uid, timestamp, item_id, event_type).
+
+    In a file sorted by (uid, timestamp) equal rows lie in one block of equal (uid, timestamp), though
+    not always next to each other (a like between two copies of a listen), so only rows of blocks of
+    two or more are compared: sorted by (block, item, type, row), a row equal to its predecessor is a
+    later copy.
+    """
+    same = (uid[1:] == uid[:-1]) & (ts[1:] == ts[:-1])  # row i + 1 shares (uid, timestamp) with row i
+    if not same.any():
+        return np.zeros(0, dtype=np.intp)
+    shared = np.zeros(len(uid), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    rows = np.flatnonzero(shared)
+    block = np.cumsum(np.concatenate([[True], ~same]))[rows]
+    keys = _event_keys(item[rows], code[rows])
+    order = np.lexsort((rows, keys, block))
+    block, keys = block[order], keys[order]
+    repeat = (block[1:] == block[:-1]) & (keys[1:] == keys[:-1])
+    return np.sort(rows[order][1:][repeat])
 
 
 def _decode(table: pa.Table, path: Path, first_row: int, item_limit: int) -> _RowGroup:
-    """Columns of one row group as numpy, validated (runs in the reader thread)."""
+    """Columns of one row group as numpy, validated, exact duplicates dropped (in the reader thread)."""
     uid = _ints(table, "uid", path, MAX_RAW_ID)
     item = _ints(table, "item_id", path, item_limit)
     ts = _ints(table, "timestamp", path)
@@ -197,21 +240,30 @@ def _decode(table: pa.Table, path: Path, first_row: int, item_limit: int) -> _Ro
         _unsorted(path, first_row + i, "uid" if uid[i] < uid[i - 1] else "timestamp")
     code = _event_codes(table.column("event_type"), path)
     is_listen = code == schema.LISTEN
-    # Nulls become 65535, out of range, so one check finds nulls and bad values on listen rows.
-    ratio = pc.fill_null(table.column("played_ratio_pct"), 65535).to_numpy()
-    bad = is_listen & (ratio > MAX_PLAYED_RATIO_PCT)
+    column = table.column("played_ratio_pct")
+    if column.null_count:  # nulls are allowed on other event types only
+        null = is_listen & column.is_null().to_numpy(zero_copy_only=False)
+        if null.any():
+            raise RawDataError(f"{path}: column 'played_ratio_pct' is null on listen row {first_row + int(np.argmax(null))}")
+    ratio = pc.fill_null(column, 0).to_numpy()  # in the column's own integer type
+    bad = is_listen & ((ratio < 0) | (ratio > MAX_PLAYED_RATIO_PCT))
     if bad.any():
         i = int(np.argmax(bad))
-        if table.column("played_ratio_pct")[i].as_py() is None:
-            raise RawDataError(f"{path}: column 'played_ratio_pct' is null on listen row {first_row + i}")
         raise RawDataError(
             f"{path}: column 'played_ratio_pct' has out-of-range value {ratio[i]} at row {first_row + i} "
             f"(allowed 0..{MAX_PLAYED_RATIO_PCT})"
         )
     length = pc.fill_null(table.column("track_length_seconds"), 0).to_numpy()
+    bad = is_listen & (length < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RawDataError(f"{path}: column 'track_length_seconds' has out-of-range value {length[i]} at row "
+                           f"{first_row + i} (allowed >= 0)")
     run_start = np.flatnonzero(np.concatenate([[True], ~same]))
     run_len = np.diff(np.append(run_start, len(uid)))
-    return _RowGroup(first_row, uid, item, ts, code, is_listen, ratio, length, run_start, run_len)
+    group = _RowGroup(first_row, uid, item, ts, code, is_listen, ratio, length, run_start, run_len)
+    duplicates = _duplicate_rows(uid, ts, item, code)
+    return group.without(duplicates) if len(duplicates) else group
 
 
 def _unsorted(path: Path, row: int, column: str):
@@ -259,14 +311,42 @@ class _EventPass:
         self.last_user_start = -1
         self.num_kept = 0
         self.num_dropped = 0
+        # Exact duplicate events dropped, and the (item, type) keys of the last (uid, timestamp) block.
+        self.num_duplicates = 0
+        self.tail_keys = np.zeros(0, dtype=np.int64)
+
+    def _drop_carried_duplicates(self, g: _RowGroup) -> _RowGroup:
+        """Drop the rows of ``g``'s first (uid, timestamp) block that repeat a row of the previous
+        groups' last block (a block may span row groups); remember ``g``'s last block for the next."""
+        n = len(g.uid)
+        continues = g.uid[0] == self.prev_uid and g.ts[0] == self.prev_ts
+        if continues:
+            differs = np.flatnonzero((g.uid != g.uid[0]) | (g.ts != g.ts[0]))
+            head = int(differs[0]) if len(differs) else n
+            repeats = np.flatnonzero(np.isin(_event_keys(g.item[:head], g.code[:head]), self.tail_keys))
+            if len(repeats):
+                g = g.without(repeats)
+                n = len(g.uid)
+                if n == 0:
+                    return g
+        differs = np.flatnonzero((g.uid != g.uid[-1]) | (g.ts != g.ts[-1]))
+        tail = int(differs[-1]) + 1 if len(differs) else 0
+        keys = _event_keys(g.item[tail:], g.code[tail:])
+        self.tail_keys = np.concatenate([self.tail_keys, keys]) if tail == 0 and continues else keys
+        return g
 
     def add(self, g: _RowGroup) -> None:
         """Process one decoded row group."""
-        b, n = self.bounds, len(g.uid)
-        if n == 0:
+        if len(g.uid) == 0:
             return
         if g.uid[0] < self.prev_uid or (g.uid[0] == self.prev_uid and g.ts[0] < self.prev_ts):
             _unsorted(self.path, g.first_row, "uid" if g.uid[0] < self.prev_uid else "timestamp")
+        self.rows_seen += len(g.uid) + g.duplicates
+        g = self._drop_carried_duplicates(g)
+        self.num_duplicates += g.duplicates
+        b, n = self.bounds, len(g.uid)
+        if n == 0:
+            return
 
         # Run 0 may continue the previous group's last user. A user is kept iff their first event is
         # before train_end; kept users are numbered 2, 3, ... in file order.
@@ -334,7 +414,6 @@ class _EventPass:
             self.last_user_start = int(self.user_starts[-1][-1])
         if len(s_ts):
             self.prev_stream_ts = int(s_ts[-1])
-        self.rows_seen += n
 
 
 def _remap_in_place(tmp: Path, entry: dict, lookup: np.ndarray, chunk: int = 1 << 24) -> None:
@@ -366,7 +445,7 @@ def _side_vocab(path: Path, kind: str, id_column: str, item_lookup: np.ndarray, 
     """Map every item index to an index of ``id_column`` (artists or albums) from a mapping file;
     an item with several gets the smallest id, one with none the unknown index."""
     schema.check_schema(path, kind)
-    table = pq.read_table(path, columns=[id_column, "item_id"])
+    table = schema.read_columns(path, [id_column, "item_id"])
     raw_item = _ints(table, "item_id", path)
     other = _ints(table, id_column, path, 1 << 32)
     known = raw_item < len(item_lookup)
@@ -388,7 +467,7 @@ def _embedding_groups(path: Path, column: str, audio_dim: int):
     starts = np.concatenate([[0], np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])])
 
     def read(g: int):
-        table = pf.read_row_group(g, columns=["item_id", column])
+        table = schema.read_columns(path, ["item_id", column], pf, g)
         raw_item = _ints(table, "item_id", path)
         lists = table.column(column).combine_chunks()
         valid = ~lists.is_null().to_numpy(zero_copy_only=False)
@@ -464,12 +543,15 @@ def prepare(
 ) -> dict:
     """Prepare ``raw`` (a Yambda-layout directory) into ``out``; return the written ``meta.json``.
 
-    Writes into a temporary sibling directory and renames it to ``out`` only on success.
+    ``out`` is checked before any work (lightning_tt.outputs: never overlapping ``raw``, replaced only
+    with ``overwrite``), written into a temporary sibling directory and renamed into place only on
+    success.
     """
     config.validate()
-    raw, out = Path(raw), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: output directory exists; pass --overwrite to replace it")
+    if audio_dim < 1:
+        raise InputError(f"--audio-dim must be >= 1, got {audio_dim}")
+    raw = Path(raw)
+    output = Output(out, "dir", option="--out", inputs={"--raw": raw}, overwrite=overwrite)
     size = schema.check_raw_dir(raw, size)
     events = schema.events_path(raw, size)
     sides = schema.side_paths(raw)
@@ -484,25 +566,27 @@ def prepare(
         raise RawDataError(f"{events}: column 'item_id' has out-of-range value {max_item} (allowed 0..{MAX_RAW_ID})")
     bounds = config.boundaries(end)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with output.writing() as tmp:
         meta = _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, config, audio_dim, progress)
         meta["seconds"] = round(time.time() - started, 3)
         with open(tmp / "meta.json", "w") as f:
             json.dump(meta, f, indent=2)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
+
+
+def data_fingerprint(tmp: Path, sources: dict, config: SplitConfig, audio_dim: int, arrays: dict) -> str:
+    """sha256 (hex) of what makes two prepared directories interchangeable: the source files' sizes and
+    footer hashes, the split options, the audio dimension and the bytes of the four vocabularies
+    (``user_ids``, ``item_ids``, ``artist_ids``, ``album_ids``). Preparing the same files with the same
+    options gives the same fingerprint, wherever they lie; anything else gives another."""
+    digest = hashlib.sha256()
+    described = {name: {"bytes": f["bytes"], "footer_sha256": f["footer_sha256"]} for name, f in sources.items()}
+    digest.update(json.dumps({"files": described, "config": asdict(config), "audio_dim": audio_dim},
+                             sort_keys=True).encode())
+    for name in ("user_ids", "item_ids", "artist_ids", "album_ids"):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(open_array(tmp, arrays[name])).tobytes())
+    return digest.hexdigest()
 
 
 def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, config, audio_dim, progress):
@@ -513,7 +597,7 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     starts = np.concatenate([[0], np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])])
 
     def read(g: int) -> _RowGroup:
-        table = pf.read_row_group(g, columns=EVENT_COLUMNS)
+        table = schema.read_columns(events, EVENT_COLUMNS, pf, g)
         return _decode(table, events, int(starts[g]), max_item + 1)
 
     with tqdm(total=pf.metadata.num_rows, unit="row", unit_scale=True, desc="prepare: events",
@@ -591,6 +675,7 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
     files = {"events": fingerprint(events), **{k: fingerprint(p) for k, p in sides.items()}}
     return {
         "schema_version": SCHEMA_VERSION,
+        "fingerprint": data_fingerprint(tmp, files, config, audio_dim, arrays),
         "source": {"raw_dir": str(raw), "size": size, "files": files},
         "config": asdict(config),
         "boundaries": {
@@ -609,6 +694,7 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
         },
         "counts": {
             "raw_rows": run.rows_seen,
+            "duplicate_events_dropped": run.num_duplicates,
             "stream_listens": stream_len,
             "signals": arrays["signal_type"]["shape"][0],
             "users_dropped_no_train_history": run.num_dropped,

@@ -11,16 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_tt.data.arrays import open_array
+from lightning_tt.data.arrays import array_bytes, open_array
 from lightning_tt.data.prepare import SCHEMA_VERSION
+from lightning_tt.errors import InputError
 
 
-class PreparedDataError(ValueError):
-    """A prepared directory is missing, incomplete or from another schema version."""
+class PreparedDataError(InputError):
+    """A prepared directory is missing, incomplete, damaged or from another schema version."""
 
 
 class PreparedData:
-    """Arrays of one prepared dataset (see :mod:`lightning_tt.data.prepare` for what each holds)."""
+    """Arrays of one prepared dataset (see :mod:`lightning_tt.data.prepare` for what each holds).
+
+    Opening checks ``meta.json`` and that every array file it lists is there with the size it states, so
+    a damaged directory fails here, naming the file, rather than in the middle of training.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -29,13 +34,30 @@ class PreparedData:
             raise PreparedDataError(
                 f"{meta_path}: not found; is {self.path} a directory written by `lightning-tt data prepare`?"
             )
-        with open(meta_path) as f:
-            self.meta = json.load(f)
-        version = self.meta.get("schema_version")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PreparedDataError(f"{meta_path}: not readable JSON ({err}); prepare the data again") from err
+        version = self.meta.get("schema_version") if isinstance(self.meta, dict) else None
         if version != SCHEMA_VERSION:
             raise PreparedDataError(
                 f"{meta_path}: schema_version {version}, this code reads {SCHEMA_VERSION}; prepare it again"
             )
+        missing = [key for key in ("fingerprint", "config", "vocab", "boundaries", "counts", "arrays") if key not in self.meta]
+        if missing:
+            raise PreparedDataError(f"{meta_path}: no '{missing[0]}' entry; prepare the data again")
+        for name, entry in self.meta["arrays"].items():
+            try:
+                file, expected = self.path / entry["file"], array_bytes(entry)
+            except (KeyError, TypeError, ValueError) as err:
+                raise PreparedDataError(f"{meta_path}: malformed entry of array '{name}' ({err!r}); prepare the "
+                                        f"data again") from err
+            if not file.is_file():
+                raise PreparedDataError(f"{file}: not found (listed in {meta_path}); the directory is incomplete: "
+                                        f"prepare the data again")
+            if file.stat().st_size != expected:
+                raise PreparedDataError(f"{file}: {file.stat().st_size} bytes, {meta_path} says {expected}; the "
+                                        f"directory is damaged: prepare the data again")
         self._arrays: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -48,6 +70,12 @@ class PreparedData:
 
     def __getstate__(self):  # memmaps are reopened in worker processes rather than pickled
         return {"path": self.path, "meta": self.meta, "_arrays": {}}
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the inputs, split options and vocabularies this directory was prepared from
+        (lightning_tt.data.prepare.data_fingerprint)."""
+        return self.meta["fingerprint"]
 
     @property
     def vocab(self) -> dict:

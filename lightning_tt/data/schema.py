@@ -19,6 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lightning_tt.errors import InputError
+
 SIZES = ("50m", "500m", "5b")
 EVENTS_FILE = "multi_event.parquet"
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -55,11 +57,26 @@ ALBUM_SCHEMA = pa.schema([("album_id", pa.uint32()), ("item_id", pa.uint32())])
 AUDIO_DIM = 128
 
 
-class RawDataError(ValueError):
-    """A raw input file is missing, has the wrong columns or holds invalid values.
+class RawDataError(InputError):
+    """A raw input file is missing, damaged, has the wrong columns or holds invalid values.
 
     The message always names the file (and the column where one is at fault).
     """
+
+
+def read_columns(path: Path, columns: list[str], parquet: pq.ParquetFile | None = None,
+                 row_group: int | None = None) -> pa.Table:
+    """``columns`` of the parquet file at ``path``: the whole file, or one ``row_group`` of the open
+    ``parquet``. A file that cannot be decoded (a damaged page, a truncated file) is a RawDataError
+    naming the file and the row group, not a pyarrow traceback."""
+    try:
+        if row_group is None:
+            return pq.read_table(path, columns=columns)
+        return parquet.read_row_group(row_group, columns=columns)
+    except (OSError, pa.ArrowException) as err:
+        where = f" in row group {row_group}" if row_group is not None else ""
+        raise RawDataError(f"{path}: cannot decode column(s) {columns}{where} ({err}); the file is damaged: "
+                           f"download or write it again") from err
 
 
 def events_path(raw_dir: str | Path, size: str) -> Path:

@@ -66,6 +66,8 @@ from lightning_tt.data.schema import (
     events_path,
     side_paths,
 )
+from lightning_tt.errors import InputError
+from lightning_tt.outputs import Output
 
 MIN_EVENTS = 5  # events of every user at least
 ITEMS_PER_ARTIST = 10
@@ -415,6 +417,7 @@ def synthesize(
     days: float = 301.0,
     row_group_size: int = 1_000_000,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic Yambda-layout dataset under ``out``; return the path of the multi_event.parquet written.
 
@@ -422,32 +425,40 @@ def synthesize(
     ``rows`` events of ``users`` users over ``days`` days, and the three side files for ``items`` items. The same
     arguments give the same files; the catalogue (side files, item structure) depends on ``seed`` and ``items`` only.
     See the module docstring for the generative story.
+
+    ``out`` is written as a whole, atomically (lightning_tt.outputs): an existing directory is replaced
+    only with ``overwrite``.
     """
     if users < 1 or items < 1 or row_group_size < 1:
-        raise ValueError(f"users, items and row_group_size must be >= 1 (got {users}, {items}, {row_group_size})")
+        raise InputError(f"--users, --items and --row-group-size must be >= 1 (got {users}, {items}, {row_group_size})")
     if rows < MIN_EVENTS * users:
-        raise ValueError(f"rows={rows} is below {MIN_EVENTS} events for each of {users} users")
+        raise InputError(f"--rows {rows} is below {MIN_EVENTS} events for each of --users {users}")
     if not 0 < days < 2**32 / DAY:
-        raise ValueError(f"days={days} must be positive and fit uint32 seconds")
+        raise InputError(f"--days {days} must be positive and fit uint32 seconds (< {2**32 // DAY})")
+    size = size or size_label(rows)
+    if not size or "/" in size or "\\" in size or size in (".", ".."):
+        raise InputError(f"--size {size!r} must be a plain name such as 50m (it names the folder flat/<size>/)")
+    output = Output(out, "dir", option="--out", overwrite=overwrite)
     end = math.floor(days * DAY) // 5 * 5
     streams = np.random.SeedSequence(seed).spawn(4)
     catalogue_rng, user_rng, event_rng, side_rng = (np.random.default_rng(s) for s in streams)
     cat = _catalogue(catalogue_rng, items, end)
     people = _users(user_rng, users, rows, cat.n_genres, end)
 
-    path = events_path(out, size or size_label(rows))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bounds = _chunks(people.count, row_group_size)
-    with pq.ParquetWriter(path, EVENTS_SCHEMA) as writer, tqdm(
-        total=rows, unit="row", unit_scale=True, desc="synth events", disable=not progress
-    ) as bar:
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            table = _events_chunk(cat, people, int(lo), int(hi), end, event_rng)
-            writer.write_table(table, row_group_size=table.num_rows)
-            bar.update(table.num_rows)
+    with output.writing() as tmp:
+        path = events_path(tmp, size)
+        path.parent.mkdir(parents=True)
+        bounds = _chunks(people.count, row_group_size)
+        with pq.ParquetWriter(path, EVENTS_SCHEMA) as writer, tqdm(
+            total=rows, unit="row", unit_scale=True, desc="synth events", disable=not progress
+        ) as bar:
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                table = _events_chunk(cat, people, int(lo), int(hi), end, event_rng)
+                writer.write_table(table, row_group_size=table.num_rows)
+                bar.update(table.num_rows)
 
-    sides = side_paths(out)
-    _write_embeddings(cat, side_rng, sides["embeddings"])
-    _write_artists(cat, side_rng, sides["artists"])
-    _write_albums(cat, side_rng, sides["albums"])
-    return path
+        sides = side_paths(tmp)
+        _write_embeddings(cat, side_rng, sides["embeddings"])
+        _write_artists(cat, side_rng, sides["artists"])
+        _write_albums(cat, side_rng, sides["albums"])
+    return events_path(out, size)

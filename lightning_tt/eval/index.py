@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from lightning_tt.errors import InputError
+
 POINTS_PER_CENTROID = 39
 KINDS = ("flat", "ivfflat", "ivfpq", "hnsw", "ivfhnsw")
 
@@ -44,7 +46,11 @@ class IndexConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"index kind must be one of {KINDS}, got {self.kind!r}")
+            raise InputError(f"index kind (--kind, retrieval.kind) must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for name in ("nlist", "m", "nbits", "hnsw_m", "nprobe", "ef_search", "k_factor"):
+            if getattr(self, name) < 1:
+                raise InputError(f"index option {name} (--{name.replace('_', '-')}, retrieval.{name}) must be >= 1, "
+                                 f"got {getattr(self, name)}")
 
 
 def factory_string(config: IndexConfig, n: int, dim: int) -> tuple[str, list[str]]:

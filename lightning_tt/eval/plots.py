@@ -3,7 +3,6 @@ trade-off over nprobe. Written with matplotlib's Agg backend to a temporary name
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,13 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lightning_tt.outputs import Output  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    """Save ``fig`` as a PNG at ``path`` (a figure of this run's own directory: replaced if present)."""
+    with Output(path, "file", option=path.name, overwrite=True).writing() as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

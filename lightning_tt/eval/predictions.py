@@ -3,14 +3,13 @@
 Columns: ``case`` (int64, the case's index among the test window's next-track cases), ``uid`` and
 ``target_item_id`` (uint32, raw Yambda ids; 0 for an unknown target), ``item_ids`` (list<uint32>, best
 first) and ``scores`` (list<float32>). The file goes to ``output`` (relative paths: in the run's
-directory, lightning_tt.runs), written to a temporary name and renamed. With several processes each
-writes its part to a temporary file, and rank zero streams the parts into the one output file (rows
-in rank order; ``case`` says which case a row is).
+directory, lightning_tt.runs), written atomically through lightning_tt.outputs. With several processes
+each writes its part to a temporary file, and rank zero streams the parts into the one output file
+(rows in rank order; ``case`` says which case a row is).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,30 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.outputs import Output
 from lightning_tt.runs import run_directory
 
 
 class ParquetPredictionWriter(Callback):
-    def __init__(self, output: str = "predictions.parquet"):
+    """``output``: the parquet file (relative: in the run's directory). It is checked when ``predict``
+    starts, before any case is scored (lightning_tt.outputs): not one of the command's inputs, an
+    existing file replaced only with ``overwrite`` and never a directory."""
+
+    def __init__(self, output: str = "predictions.parquet", overwrite: bool = False):
         self.output = output
+        self.overwrite = overwrite
         self._outputs: list[dict[str, torch.Tensor]] = []
+        self._target: Output | None = None
+
+    def setup(self, trainer, pl_module, stage):
+        if stage != "predict":
+            return
+        path = Path(self.output)
+        if not path.is_absolute():
+            path = run_directory(trainer) / path
+        path = Path(trainer.strategy.broadcast(str(path), src=0))  # rank zero's run directory, everywhere
+        inputs = {"--data.data_dir": pl_module.hparams.data_dir, "--ckpt_path": trainer.ckpt_path}
+        self._target = Output(path, "file", option="--predictions.output", inputs=inputs, overwrite=self.overwrite)
 
     def on_predict_epoch_start(self, trainer, pl_module):
         self._outputs = []
@@ -36,30 +52,27 @@ class ParquetPredictionWriter(Callback):
 
     def on_predict_epoch_end(self, trainer, pl_module):
         predictions, self._outputs = self._outputs, []
-        path = Path(self.output)
-        if not path.is_absolute():
-            path = run_directory(trainer) / path
-        path = Path(trainer.strategy.broadcast(str(path), src=0))  # rank zero's run directory, everywhere
-        path.parent.mkdir(parents=True, exist_ok=True)
+        target = self._target
         table = _table(PreparedData(pl_module.hparams.data_dir), predictions, trainer.world_size, trainer.global_rank)
-        tmp = path.with_name(path.name + ".tmp")
         if trainer.world_size == 1:
-            pq.write_table(table, tmp)
+            with target.writing() as tmp:
+                pq.write_table(table, tmp)
         else:
-            parts = [path.with_name(f".{path.name}.rank{r}.tmp") for r in range(trainer.world_size)]
+            parts = trainer.strategy.broadcast([target.temporary(f"rank{r}") for r in range(trainer.world_size)], src=0)
             pq.write_table(table, parts[trainer.global_rank])
             trainer.strategy.barrier()
             if trainer.is_global_zero:
-                with pq.ParquetWriter(tmp, SCHEMA) as writer:
+                try:
+                    with target.writing() as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer:
+                        for part in parts:
+                            for batch in pq.ParquetFile(part).iter_batches():
+                                writer.write_batch(batch)
+                finally:
                     for part in parts:
-                        for batch in pq.ParquetFile(part).iter_batches():
-                            writer.write_batch(batch)
-                for part in parts:
-                    part.unlink()
+                        part.unlink(missing_ok=True)
         if trainer.is_global_zero:
-            os.replace(tmp, path)
-            rows = pq.ParquetFile(path).metadata.num_rows
-            print(f"predictions for {rows:,} cases written to {path}")
+            rows = pq.ParquetFile(target.path).metadata.num_rows
+            print(f"predictions for {rows:,} cases written to {target.path}")
         trainer.strategy.barrier()  # the file is complete before any process goes on
 
 

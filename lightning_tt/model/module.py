@@ -18,10 +18,13 @@ import math
 import lightning as L
 import torch
 
+from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
+from lightning_tt.outputs import Output
+from lightning_tt.provenance import check_same_data
 from lightning_tt.runs import run_directory, write_json
 
 FIRST_ITEM = 2  # 0 = padding, 1 = unknown
@@ -51,6 +54,7 @@ class TwoTowerModule(L.LightningModule):
     def __init__(
         self,
         data_dir: str | None = None,
+        data_fingerprint: str | None = None,
         num_users: int = 2,
         num_items: int = 3,
         num_artists: int = 2,
@@ -86,14 +90,24 @@ class TwoTowerModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not temperature > 0:
+            raise InputError(f"model.temperature must be > 0, got {temperature}")
         if num_items <= FIRST_ITEM:
-            raise ValueError(f"num_items must be > {FIRST_ITEM} (padding and unknown come first), got {num_items}")
+            raise InputError(f"model.num_items must be > {FIRST_ITEM} (padding and unknown come first), got {num_items}")
         if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+            raise InputError(f"model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         if sparse_embeddings and weight_decay > 0:  # (fp16's GradScaler is refused in on_fit_start)
-            raise ValueError("model.weight_decay must be 0 with model.sparse_embeddings (SparseAdam has no weight decay)")
+            raise InputError("model.weight_decay must be 0 with model.sparse_embeddings (SparseAdam has no weight decay)")
+        if not recall_k or min(recall_k) < 1:
+            raise InputError(f"model.recall_k must be cut-offs >= 1, got {recall_k}")
+        for name, value in (("embedding_dim", embedding_dim), ("output_dim", output_dim), ("eval_chunk", eval_chunk),
+                            ("estimator_hashes", estimator_hashes), ("estimator_buckets", estimator_buckets)):
+            if value < 1:
+                raise InputError(f"model.{name} must be >= 1, got {value}")
+        if mixed_negatives < 0 or not 0 <= dropout < 1 or not learning_rate > 0 or not 0 < estimator_alpha <= 1:
+            raise InputError(f"need model.mixed_negatives >= 0, 0 <= model.dropout < 1, model.learning_rate > 0 and "
+                             f"0 < model.estimator_alpha <= 1; got {mixed_negatives}, {dropout}, {learning_rate}, "
+                             f"{estimator_alpha}")
         self.automatic_optimization = not sparse_embeddings
         self.table = ItemTable(num_items, audio_dim, data_dir)
         item_ids = Embeddings(num_items, num_artists, num_albums, embedding_dim, sparse_embeddings)
@@ -289,8 +303,8 @@ class TwoTowerModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         values = self._log_metrics("test")
         if self.trainer.is_global_zero:
-            path = run_directory(self.trainer) / "metrics.json"
-            write_json(path, values)
+            path = run_directory(self.trainer) / "metrics.json"  # this run's own directory
+            write_json(Output(path, "file", option="metrics.json", overwrite=True), values)
             self.print(f"metrics written to {path}")
         self.test_values = values  # for lightning_tt.eval.report.RunReport
 
@@ -301,15 +315,35 @@ class TwoTowerModule(L.LightningModule):
         scores, items = self._top_k(self.query_tower(batch), max(self.hparams.recall_k))
         return {"items": items, "scores": scores, "target_item": batch["target_item"], "user": batch["user"]}
 
+    def setup(self, stage: str) -> None:
+        """Checks of options against the data, before any loop starts."""
+        catalogue = self.hparams.num_items - FIRST_ITEM
+        if max(self.hparams.recall_k) > catalogue:
+            raise InputError(f"model.recall_k {max(self.hparams.recall_k)} is larger than the catalogue of "
+                             f"{catalogue:,} items; choose cut-offs of at most {catalogue:,}")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint trained on other prepared data than this run's (lightning_tt.provenance).
+        Called before the weights are loaded, so a checkpoint of other sizes fails here, clearly."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        current = getattr(datamodule, "fingerprint", None) or self.hparams.data_fingerprint
+        if current is None:  # a bare model (no data attached): nothing to compare with
+            return
+        trained_on = checkpoint.get("hyper_parameters", {}).get("data_fingerprint")
+        where = getattr(trainer, "ckpt_path", None) or "the checkpoint"
+        data = getattr(datamodule, "data", None)
+        check_same_data(trained_on, current, str(where), str(data.path if data is not None else self.hparams.data_dir))
+
     def on_fit_start(self) -> None:
         if not self.hparams.sparse_embeddings:
             return
         if str(self.trainer.precision).startswith("16"):
-            raise ValueError("model.sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true "
+            raise InputError("model.sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true "
                              f"(fp16's gradient scaler would not see the tables' optimizer), got {self.trainer.precision}")
         dist = torch.distributed
         if self.trainer.world_size > 1 and dist.is_initialized() and dist.get_backend() == "nccl":
-            raise ValueError("model.sparse_embeddings does not work with several GPUs: NCCL cannot all-reduce "
+            raise InputError("model.sparse_embeddings does not work with several GPUs: NCCL cannot all-reduce "
                              "sparse gradients (gloo can); train on one GPU or without sparse_embeddings")
 
     def configure_optimizers(self):

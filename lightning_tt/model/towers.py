@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tt.errors import InputError
+
 
 def log_length(seconds: torch.Tensor) -> torch.Tensor:
     return torch.log1p(seconds.float().clamp(min=0)) / 6.0
@@ -48,7 +50,7 @@ class ItemTable(nn.Module):
 
             data = PreparedData(data_dir)
             if data.vocab["num_items"] != num_items or data.vocab["audio_dim"] != audio_dim:
-                raise ValueError(f"{data_dir}: {data.vocab['num_items']} items of audio dim {data.vocab['audio_dim']}, "
+                raise InputError(f"{data_dir}: {data.vocab['num_items']} items of audio dim {data.vocab['audio_dim']}, "
                                  f"the model expects {num_items} and {audio_dim}")
             artist = torch.from_numpy(np.asarray(data["item_artist"]).astype(np.int64))
             album = torch.from_numpy(np.asarray(data["item_album"]).astype(np.int64))
@@ -99,7 +101,7 @@ class ItemTower(nn.Module):
         dim, audio_dim = ids.item.embedding_dim, table.audio.shape[1]
         width = dim * (use_item_id + use_artist + use_album) + use_length + audio_dim * use_audio
         if width == 0:
-            raise ValueError("the item tower needs at least one feature")
+            raise InputError("the item tower needs at least one feature: turn one of model.use_item_id, use_artist, use_album, use_length, use_audio on")
         self.mlp = mlp(width, hidden, output_dim, dropout)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,7 @@ class QueryTower(nn.Module):
         per_track = dim * (use_item_id + use_artist + use_album) + use_length + audio_dim * use_audio
         width = dim * use_user + per_track * (use_history + use_seed) + use_age
         if width == 0:
-            raise ValueError("the query tower needs at least one feature")
+            raise InputError("the query tower needs at least one feature: turn one of model.use_user, use_history, use_seed, use_age (or an item feature) on")
         self.mlp = mlp(width, hidden, output_dim, dropout)
 
     def _seed(self, items: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,17 @@
+"""The project's one error type for mistakes in what a user gave us.
+
+``InputError`` means: a file, column or option the user controls is wrong (missing, mistyped, out of
+range, from another dataset...). Its message is one line that names that file, column or option and
+says what to do. ``lightning-tt`` catches it at the top level, prints the line and exits with status 1.
+Anything else is a bug in this project and keeps its traceback, so it can be reported.
+
+The more specific kinds (``RawDataError`` for raw parquet, ``PreparedDataError`` for a prepared
+directory, ``ServingError`` for export and recommend) are subclasses. It is a ``ValueError``, so code
+that validates values reads naturally.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A user's input is wrong; the message names the file, column or option."""
