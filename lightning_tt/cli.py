@@ -339,7 +339,7 @@ def main(args: list[str] | None = None) -> None:
             return
         _run(_parser().parse_args(args))
     except InputError as err:  # a user's mistake: one line; anything else is a bug and keeps its traceback
-        print(f"lightning-tt: error: {err}", file=sys.stderr)
+        print(f"lightning-tt: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(1) from err
 
 

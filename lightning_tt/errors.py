@@ -15,3 +15,10 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """A user's input is wrong; the message names the file, column or option."""
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """A library's error message as one short line (pyarrow, torch and faiss messages span lines), to
+    quote as the cause inside an InputError."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -97,10 +97,13 @@ class Output:
                  resume: bool = False):
         if kind not in ("file", "dir"):
             raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
-        self.path, self.kind, self.option, self.overwrite = Path(path).expanduser(), kind, option, overwrite
-        self.name = f"{option} {self.path}"
-        if not self.path.name or self.path.name in (".", ".."):
-            raise InputError(f"{self.name}: not a valid {_word(kind)} name; give the path of the {_word(kind)} to write")
+        self.name = f"{option} {path}"  # as the user spelled it, for messages
+        # Absolute, with '.' and '..' removed (lexically: a symbolic link in the output's own place is
+        # replaced as a link, never followed).
+        self.path = Path(os.path.abspath(Path(path).expanduser()))
+        self.kind, self.option, self.overwrite = kind, option, overwrite
+        if self.path == self.path.parent:
+            raise InputError(f"{self.name}: the root directory cannot be an output; choose another {option}")
         resolved = self.path.resolve()
         for input_option, given in (inputs or {}).items():
             if given is None:

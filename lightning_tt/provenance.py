@@ -14,9 +14,10 @@ preparation mean other tracks in another, so the numbers would be silently wrong
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
-from lightning_tt.errors import InputError
+from lightning_tt.errors import InputError, one_line
 
 #: Lightning's special ``ckpt_path`` values; they name a checkpoint of a fit in the same process only.
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
@@ -36,11 +37,12 @@ def read_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict:
         raise InputError(f"{option} {path}: not found")
     if not path.is_file():
         raise InputError(f"{option} {path}: is a directory, not a checkpoint file (RUN/checkpoints/NAME.ckpt)")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{option} {path}: not a checkpoint (not an archive written by torch.save)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001  torch raises many types for a file that is not a checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{option} {path}: not a readable checkpoint ({reason[:200]})") from err
+        raise InputError(f"{option} {path}: not a readable checkpoint ({one_line(err)})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise InputError(f"{option} {path}: not a lightning-tt checkpoint (no state_dict or hyper_parameters)")
     return checkpoint

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lightning_tt.data.prepared import PreparedData
-from lightning_tt.errors import InputError
+from lightning_tt.errors import InputError, one_line
 from lightning_tt.eval.index import IndexConfig, build_index
 from lightning_tt.model.module import FIRST_ITEM, TwoTowerModule
 from lightning_tt.outputs import Output
@@ -91,8 +91,7 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
         rows = np.load(index_dir / "item_ids.npy")
         stored = np.load(index_dir / "item_embeddings.npy", mmap_mode="r")
     except (OSError, ValueError, RuntimeError) as err:  # faiss raises RuntimeError for a damaged index
-        raise ServingError(f"--index {index_dir}: damaged export ({str(err).strip().splitlines()[0][:200]}); "
-                           f"export it again") from err
+        raise ServingError(f"--index {index_dir}: damaged export ({one_line(err)}); export it again") from err
     exported_from = meta.get("checkpoint", "another checkpoint")
     if meta.get("data_fingerprint") != data.fingerprint:
         raise ServingError(f"--index {index_dir}: exported from a model of other prepared data ({exported_from}), not "

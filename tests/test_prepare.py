@@ -155,3 +155,80 @@ def test_bfloat16_round_trip():
     assert back[0, :3].tolist() == [1.0, -2.5, 0.0]
     assert np.all(np.abs(back - x) <= np.abs(x) * 2**-7)  # truncation keeps 8 significant bits
     assert np.all(np.abs(back) <= np.abs(x))  # and rounds toward zero
+
+
+def all_arrays(path) -> dict[str, bytes]:
+    data = PreparedData(path)
+    return {name: np.ascontiguousarray(data[name]).tobytes() for name in data.meta["arrays"]}
+
+
+@pytest.mark.parametrize("group", [1, 3, 100])
+def test_exact_duplicate_events_are_dropped(tmp_path, group):
+    """Every row written twice (and a listen repeated after a like at the same second, so the copies are
+    not neighbours; with 1-row groups every copy sits in another row group): the output is byte for
+    byte that of the clean file, and meta.json counts what was dropped."""
+    rows = hand_rows()
+    clean = write_raw(tmp_path / "clean", rows, row_group_size=group)
+    doubled = [row for row in rows for _ in range(2)]
+    like_at = next(i for i, r in enumerate(doubled) if r["event_type"] == "like")  # user 5, item 10, t = 100
+    doubled.insert(like_at + 1, dict(doubled[like_at - 1]))  # listen, listen, like, listen: 3 copies
+    dirty = write_raw(tmp_path / "dirty", doubled, row_group_size=group)
+    prepare(clean, tmp_path / "a", audio_dim=4, progress=False)
+    meta = prepare(dirty, tmp_path / "b", audio_dim=4, progress=False)
+    assert all_arrays(tmp_path / "a") == all_arrays(tmp_path / "b")
+    assert meta["counts"]["duplicate_events_dropped"] == len(rows) + 1
+    assert meta["counts"]["raw_rows"] == 2 * len(rows) + 1
+    assert PreparedData(tmp_path / "a").counts["duplicate_events_dropped"] == 0
+
+
+def test_same_second_events_that_differ_are_kept(tmp_path):
+    # Same (uid, timestamp): another item, or another event type, is not a duplicate.
+    rows = [event(5, 10, 100, ratio=80), event(5, 11, 100, ratio=80), event(5, 10, 100, "like"),
+            event(5, 12, 200, ratio=60), event(5, 12, 200, "dislike"), event(5, 10, 900_000, ratio=70)]
+    raw = write_raw(tmp_path / "raw", rows, row_group_size=2)
+    meta = prepare(raw, tmp_path / "out", audio_dim=4, progress=False, config=SplitConfig(val_days=0))
+    assert meta["counts"]["duplicate_events_dropped"] == 0
+    assert meta["counts"]["stream_listens"] == 4 and meta["counts"]["signals"] == 2
+
+
+def test_the_cli_reports_the_duplicates_it_dropped(tmp_path, capsys):
+    from lightning_tt.cli import main
+
+    raw = write_raw(tmp_path / "raw", [row for row in hand_rows() for _ in range(2)])
+    main(["data", "prepare", "--raw", str(raw), "--out", str(tmp_path / "out"), "--audio-dim", "4"])
+    assert f"dropped {len(hand_rows())} exact duplicate events" in capsys.readouterr().out
+
+
+def test_fingerprint_identifies_the_inputs_options_and_vocabularies(hand_raw, tmp_path):
+    import shutil
+
+    first = prepare(hand_raw, tmp_path / "a", audio_dim=4, progress=False)["fingerprint"]
+    moved = shutil.copytree(hand_raw, tmp_path / "elsewhere")  # the same files in another place
+    assert prepare(moved, tmp_path / "b", audio_dim=4, progress=False)["fingerprint"] == first
+    assert len(first) == 64 and PreparedData(tmp_path / "a").fingerprint == first
+    other_options = prepare(hand_raw, tmp_path / "c", audio_dim=4, progress=False, config=SplitConfig(min_played_pct=60))
+    assert other_options["fingerprint"] != first
+    assert other_options["vocab"] == PreparedData(tmp_path / "a").vocab  # same sizes, yet not the same data
+    rows = hand_rows()
+    rows[0]["item_id"] = 11  # another file of the same shape
+    other_file = write_raw(tmp_path / "raw2", rows, row_group_size=4, second_album=(11,), no_artist=(13,),
+                           no_audio=(12,))
+    assert prepare(other_file, tmp_path / "d", audio_dim=4, progress=False)["fingerprint"] != first
+
+
+def test_a_signed_played_ratio_column_is_read_like_the_unsigned_one(tmp_path):
+    """int16 is a valid integer type for played_ratio_pct; nulls on non-listen rows must not overflow it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from lightning_tt.data import schema
+
+    raw = write_raw(tmp_path / "raw", hand_rows())
+    prepare(raw, tmp_path / "unsigned", audio_dim=4, progress=False)
+    path = schema.events_path(raw, "tiny")
+    table = pq.read_table(path)
+    column = table.schema.get_field_index("played_ratio_pct")
+    pq.write_table(table.set_column(column, "played_ratio_pct", pc.cast(table.column(column), pa.int16())), path)
+    prepare(raw, tmp_path / "signed", audio_dim=4, progress=False)
+    assert all_arrays(tmp_path / "signed") == all_arrays(tmp_path / "unsigned")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lightning_tt.errors import InputError
+from lightning_tt.errors import InputError, one_line
 
 SIZES = ("50m", "500m", "5b")
 EVENTS_FILE = "multi_event.parquet"
@@ -75,8 +75,8 @@ def read_columns(path: Path, columns: list[str], parquet: pq.ParquetFile | None 
         return parquet.read_row_group(row_group, columns=columns)
     except (OSError, pa.ArrowException) as err:
         where = f" in row group {row_group}" if row_group is not None else ""
-        raise RawDataError(f"{path}: cannot decode column(s) {columns}{where} ({err}); the file is damaged: "
-                           f"download or write it again") from err
+        raise RawDataError(f"{path}: cannot decode column(s) {', '.join(columns)}{where} ({one_line(err)}); the file "
+                           f"is damaged: download or write it again") from err
 
 
 def events_path(raw_dir: str | Path, size: str) -> Path:

@@ -24,8 +24,8 @@ from lightning_tt.runs import run_directory
 
 
 class ParquetPredictionWriter(Callback):
-    """``output``: the parquet file (relative: in the run's directory). It is checked when ``predict``
-    starts, before any case is scored (lightning_tt.outputs): not one of the command's inputs, an
+    """``output``: the parquet file (relative: in the run's directory). It is checked when the predict
+    loop starts, before any case is scored (lightning_tt.outputs): not one of the command's inputs, an
     existing file replaced only with ``overwrite`` and never a directory."""
 
     def __init__(self, output: str = "predictions.parquet", overwrite: bool = False):
@@ -34,9 +34,7 @@ class ParquetPredictionWriter(Callback):
         self._outputs: list[dict[str, torch.Tensor]] = []
         self._target: Output | None = None
 
-    def setup(self, trainer, pl_module, stage):
-        if stage != "predict":
-            return
+    def on_predict_start(self, trainer, pl_module):  # after the checkpoint is restored, before any batch
         path = Path(self.output)
         if not path.is_absolute():
             path = run_directory(trainer) / path
