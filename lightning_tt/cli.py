@@ -198,12 +198,15 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(workdir: Path, epochs: int | None) -> None:
     from lightning_tt.baselines import evaluate
     from lightning_tt.data.prepare import prepare
+    from lightning_tt.data.prepared import PreparedData, PreparedDataError
     from lightning_tt.data.schema import find_size
     from lightning_tt.data.summary import summarize
     from lightning_tt.data.synth import synthesize
     from lightning_tt.outputs import Output
     from lightning_tt.runs import run_directory, write_json
 
+    if epochs is not None and epochs < 1:
+        raise InputError(f"--epochs must be >= 1, got {epochs}")
     raw, prepared = workdir / "raw", workdir / "prepared"
     # The demo reuses what an earlier demo made, and never replaces a directory it did not make.
     try:
@@ -216,7 +219,12 @@ def _demo(workdir: Path, epochs: int | None) -> None:
         print(f"[demo] synthesising {DEMO_SYNTH['rows']:,} events into {raw}")
         synthesize(raw, **DEMO_SYNTH)
     if (prepared / "meta.json").is_file():
-        print(f"[demo] using the prepared arrays in {prepared}")
+        try:
+            PreparedData(prepared)
+            print(f"[demo] using the prepared arrays in {prepared}")
+        except PreparedDataError as err:  # made by an older demo (another schema version) or damaged
+            print(f"[demo] {err}: preparing {raw} -> {prepared} again")
+            prepare(raw, prepared, config=SplitConfig(), overwrite=True)
     elif prepared.exists():
         raise InputError(f"--workdir {workdir}: {prepared} exists but holds no meta.json; remove it or choose another "
                          f"--workdir")

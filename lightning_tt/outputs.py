@@ -88,20 +88,21 @@ class Output:
         option: the option that named it (``--out``), for messages.
         inputs: ``{option: path}`` of the command's inputs (None values are skipped).
         overwrite: whether an existing output may be replaced.
+        overwrite_option: the option that allows it, for messages.
         resume: an existing output of the same kind is written into in place (``data download``
             continues an interrupted download); ``writing()`` is then not used.
     """
 
     def __init__(self, path: str | os.PathLike, kind: Kind, option: str = "--out",
                  inputs: Mapping[str, str | os.PathLike | None] | None = None, overwrite: bool = False,
-                 resume: bool = False):
+                 resume: bool = False, overwrite_option: str = "--overwrite"):
         if kind not in ("file", "dir"):
             raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
         self.name = f"{option} {path}"  # as the user spelled it, for messages
         # Absolute, with '.' and '..' removed (lexically: a symbolic link in the output's own place is
         # replaced as a link, never followed).
         self.path = Path(os.path.abspath(Path(path).expanduser()))
-        self.kind, self.option, self.overwrite = kind, option, overwrite
+        self.kind, self.option, self.overwrite, self.overwrite_option = kind, option, overwrite, overwrite_option
         if self.path == self.path.parent:
             raise InputError(f"{self.name}: the root directory cannot be an output; choose another {option}")
         resolved = self.path.resolve()
@@ -126,7 +127,7 @@ class Output:
             raise InputError(f"{self.name}: exists and is a {_word(found)}, but this command writes a "
                              f"{_word(self.kind)}; choose another {self.option} (it is never replaced by another kind)")
         if not allow:
-            raise InputError(f"{self.name}: exists; pass --overwrite to replace it")
+            raise InputError(f"{self.name}: exists; pass {self.overwrite_option} to replace it")
 
     def _check_parent(self) -> None:
         ancestor = self.path.parent.absolute()
@@ -169,13 +170,21 @@ class Output:
 
     # -- writing --------------------------------------------------------------------------------------
 
-    def environment_error(self, err: OSError) -> InputError | OSError:
-        """An OSError of the machine (permissions, read-only or full disk) as an InputError naming the
-        output; any other OSError unchanged."""
-        if err.errno in ENVIRONMENT_ERRNOS:
-            where = f" ({err.filename})" if err.filename else ""
-            return InputError(f"{self.name}: cannot write{where}: {os.strerror(err.errno)}; choose another {self.option}")
-        return err
+    def environment_error(self, err: OSError) -> InputError | None:
+        """An OSError of the machine (permissions, a read-only or full disk) as an InputError naming the
+        output; None for any other OSError (a bug, to be raised as it is)."""
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            return None
+        where = f" at {err.filename}" if err.filename else ""
+        return InputError(f"{self.name}: {os.strerror(err.errno)}{where} while writing it; check the permissions and "
+                          f"free space there, or choose another {self.option}")
+
+    def raise_environment_error(self, err: OSError):
+        """Raise ``err`` as environment_error's InputError, or as it is when it is not one."""
+        converted = self.environment_error(err)
+        if converted is None:
+            raise err
+        raise converted from err
 
     @contextmanager
     def writing(self) -> Iterator[Path]:
@@ -187,12 +196,12 @@ class Output:
             if self.kind == "dir":
                 tmp.mkdir()
         except OSError as err:
-            raise self.environment_error(err) from err
+            self.raise_environment_error(err)
         try:
             try:
                 yield tmp
             except OSError as err:
-                raise self.environment_error(err) from err
+                self.raise_environment_error(err)
             self._commit(tmp)
         except BaseException:
             _remove(tmp)
@@ -213,7 +222,7 @@ class Output:
                 os.rename(old, self.path)
                 raise
         except OSError as err:
-            raise self.environment_error(err) from err
+            self.raise_environment_error(err)
         _remove(old)
 
 

@@ -4,10 +4,10 @@
 import numpy as np
 import pytest
 
-from lightning_tt.errors import InputError
 from lightning_tt.baselines import BPR, IALS, DecayPop, ItemKNN, MostPop, Random, Transitions, evaluate
 from lightning_tt.data.prepare import prepare
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.errors import InputError
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from lightning_tt.errors import InputError
 from lightning_tt.cli import main
 from lightning_tt.data import schema
 from lightning_tt.data.download import REPO_ID, files_for
+from lightning_tt.errors import InputError
 
 
 @pytest.fixture

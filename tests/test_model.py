@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_tt.errors import InputError
 from lightning_tt.data.datamodule import YambdaDataModule
+from lightning_tt.errors import InputError
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.module import TwoTowerModule
 

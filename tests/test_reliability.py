@@ -155,6 +155,9 @@ def test_baselines_refuse_degenerate_requests(hand_raw, tmp_path, capsys):
     line = fails(capsys, *base, "--only", "MostPop", "NoSuchBaseline")
     assert "--only: unknown baseline(s) ['NoSuchBaseline']; choose from Random, MostPop" in line
     assert not out.exists()
+    line = fails(capsys, "validate", "--config", CONF, "--data.data_dir", data, "--model.recall_k", "[1]",
+                 "--trainer.logger.init_args.save_dir", tmp_path / "logs")
+    assert f"{data}: the val window has no cases" in line
 
 
 def test_recommend_refuses_an_index_that_is_not_the_checkpoints(runs, tmp_path, capsys):
@@ -290,7 +293,7 @@ def test_predict_output_mistakes(runs, tmp_path, capsys):
     assert hidden(tmp_path) == [] and list(folder.iterdir()) == []
     existing = tmp_path / "top.parquet"
     existing.write_bytes(b"old")
-    assert "exists; pass --overwrite" in fails(capsys, *args, "--predictions.output", existing)
+    assert "exists; pass --predictions.overwrite true" in fails(capsys, *args, "--predictions.output", existing)
     assert existing.read_bytes() == b"old"
     assert "is the input" in fails(capsys, *args, "--predictions.output", runs["a"])
     main([str(a) for a in args] + ["--predictions.output", str(existing), "--predictions.overwrite", "true"])

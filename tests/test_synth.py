@@ -8,7 +8,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from lightning_tt.errors import InputError
 from lightning_tt.data.schema import (
     ALBUM_SCHEMA,
     ARTIST_SCHEMA,
@@ -20,6 +19,7 @@ from lightning_tt.data.schema import (
     side_paths,
 )
 from lightning_tt.data.synth import size_label, synthesize
+from lightning_tt.errors import InputError
 
 SMALL = {"rows": 20_000, "users": 100, "items": 2_000, "row_group_size": 4_000, "progress": False}
 END = 301 * 86_400  # default days=301 is already a multiple of 5 s

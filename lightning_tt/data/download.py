@@ -47,7 +47,7 @@ def download(size: str, out: str | Path, revision: str | None = None, progress: 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise output.environment_error(err) from err
+        output.raise_environment_error(err)
     for filename in files:
         huggingface_hub.hf_hub_download(
             repo_id=REPO_ID, repo_type="dataset", filename=filename, revision=revision, local_dir=out

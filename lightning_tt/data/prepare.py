@@ -13,6 +13,10 @@ Global temporal split (Yambda paper; all boundaries in seconds, ``end`` = last t
 
 Events in the gaps are kept in the stream (they are history for later cases) but are never targets.
 A user "has training history" when their first event is before ``train_end``; other users are dropped.
+Exact duplicate events (the same ``uid``, ``item_id``, ``timestamp`` and ``event_type``) are dropped
+before anything else, the first copy kept (a copy would be an evaluation case whose seed is its own
+target); ``meta.json`` counts them. ``meta.json`` also holds ``fingerprint`` (``data_fingerprint``), the
+identity of the inputs, options and vocabularies that checkpoints and exports are checked against.
 
 What is written (``N`` = stream length, ``Vi`` items, ``Vu`` users, ``D`` audio dim; index 0 is
 padding and index 1 unknown in every vocabulary):
@@ -209,23 +213,24 @@ def _duplicate_rows(uid: np.ndarray, ts: np.ndarray, item: np.ndarray, code: np.
     """Sorted indices of the rows that repeat an earlier row's (uid, timestamp, item_id, event_type).
 
     In a file sorted by (uid, timestamp) equal rows lie in one block of equal (uid, timestamp), though
-    not always next to each other (a like between two copies of a listen), so only rows of blocks of
-    two or more are compared: sorted by (block, item, type, row), a row equal to its predecessor is a
-    later copy.
+    not always next to each other (a like between two copies of a listen), so only the rows of blocks
+    of two or more are compared: each gets the key (block number << 33 | item_id << 3 | type code)
+    (item ids < 2^30, codes < 8), and after a stable sort a key equal to its predecessor is a later copy.
     """
-    same = (uid[1:] == uid[:-1]) & (ts[1:] == ts[:-1])  # row i + 1 shares (uid, timestamp) with row i
-    if not same.any():
+    same = (uid[1:] == uid[:-1]) & (ts[1:] == ts[:-1])  # row i + 1 continues the block of row i
+    continued = np.flatnonzero(same)
+    if not len(continued):
         return np.zeros(0, dtype=np.intp)
     shared = np.zeros(len(uid), dtype=bool)
-    shared[1:] |= same
-    shared[:-1] |= same
+    shared[continued] = True
+    shared[continued + 1] = True
     rows = np.flatnonzero(shared)
-    block = np.cumsum(np.concatenate([[True], ~same]))[rows]
-    keys = _event_keys(item[rows], code[rows])
-    order = np.lexsort((rows, keys, block))
-    block, keys = block[order], keys[order]
-    repeat = (block[1:] == block[:-1]) & (keys[1:] == keys[:-1])
-    return np.sort(rows[order][1:][repeat])
+    new_block = np.ones(len(rows), dtype=bool)
+    new_block[1:] = ~same[rows[1:] - 1]
+    key = (np.cumsum(new_block).astype(np.int64) << 33) | _event_keys(item[rows], code[rows])
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    return np.sort(rows[order[1:][key[1:] == key[:-1]]])
 
 
 def _decode(table: pa.Table, path: Path, first_row: int, item_limit: int) -> _RowGroup:
@@ -318,19 +323,18 @@ class _EventPass:
     def _drop_carried_duplicates(self, g: _RowGroup) -> _RowGroup:
         """Drop the rows of ``g``'s first (uid, timestamp) block that repeat a row of the previous
         groups' last block (a block may span row groups); remember ``g``'s last block for the next."""
-        n = len(g.uid)
         continues = g.uid[0] == self.prev_uid and g.ts[0] == self.prev_ts
         if continues:
-            differs = np.flatnonzero((g.uid != g.uid[0]) | (g.ts != g.ts[0]))
-            head = int(differs[0]) if len(differs) else n
+            # The group is sorted by (uid, timestamp): its first block ends where both first change.
+            user_end = int(np.searchsorted(g.uid, g.uid[0], side="right"))
+            head = int(np.searchsorted(g.ts[:user_end], g.ts[0], side="right"))
             repeats = np.flatnonzero(np.isin(_event_keys(g.item[:head], g.code[:head]), self.tail_keys))
             if len(repeats):
                 g = g.without(repeats)
-                n = len(g.uid)
-                if n == 0:
+                if len(g.uid) == 0:
                     return g
-        differs = np.flatnonzero((g.uid != g.uid[-1]) | (g.ts != g.ts[-1]))
-        tail = int(differs[-1]) + 1 if len(differs) else 0
+        user_start = int(np.searchsorted(g.uid, g.uid[-1], side="left"))
+        tail = user_start + int(np.searchsorted(g.ts[user_start:], g.ts[-1], side="left"))
         keys = _event_keys(g.item[tail:], g.code[tail:])
         self.tail_keys = np.concatenate([self.tail_keys, keys]) if tail == 0 and continues else keys
         return g

@@ -6,6 +6,7 @@ import numpy as np
 
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.errors import InputError
 
 DAY = 86_400
 
@@ -16,13 +17,16 @@ def _when(seconds: int) -> str:
 
 def summarize(data_dir: str, batch_size: int = 4, history: int | None = None) -> str:
     """A multi-line report: sources, vocabulary sizes, split windows and counts, a sample batch."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     data = PreparedData(data_dir)
     b, c, v = data.boundaries, data.counts, data.vocab
     history = history or data.default_history
     lines = [
         f"prepared dataset {data.path}",
         f"  source: {data.meta['source']['raw_dir']} (size {data.meta['source']['size']}), "
-        f"{c['raw_rows']:,} raw rows, {c['stream_listens']:,} listens in the stream, "
+        f"{c['raw_rows']:,} raw rows ({c['duplicate_events_dropped']:,} exact duplicates dropped), "
+        f"{c['stream_listens']:,} listens in the stream, "
         f"{c['signals']:,} other events, {c['users_dropped_no_train_history']:,} users without training history dropped",
         f"  vocab: {v['num_users']:,} users, {v['num_items']:,} items, {v['num_artists']:,} artists, "
         f"{v['num_albums']:,} albums (incl. padding and unknown), audio dim {v['audio_dim']}, "

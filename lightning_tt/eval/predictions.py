@@ -40,7 +40,8 @@ class ParquetPredictionWriter(Callback):
             path = run_directory(trainer) / path
         path = Path(trainer.strategy.broadcast(str(path), src=0))  # rank zero's run directory, everywhere
         inputs = {"--data.data_dir": pl_module.hparams.data_dir, "--ckpt_path": trainer.ckpt_path}
-        self._target = Output(path, "file", option="--predictions.output", inputs=inputs, overwrite=self.overwrite)
+        self._target = Output(path, "file", option="--predictions.output", inputs=inputs, overwrite=self.overwrite,
+                              overwrite_option="--predictions.overwrite true")
 
     def on_predict_epoch_start(self, trainer, pl_module):
         self._outputs = []
