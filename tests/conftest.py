@@ -12,6 +12,15 @@ from rawdata import DAY, event, write_raw  # noqa: E402
 END = 10 * DAY
 
 
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` as {relative path: bytes} (a file: {its name: bytes}), to check byte for
+    byte that a command left it alone."""
+    root = Path(root)
+    if root.is_file():
+        return {root.name: root.read_bytes()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def hand_rows():
     """The hand-worked dataset of test_prepare.py (end = day 10; defaults give
     train_end 687600, val [689400, 775800), test [777600, 864000])."""

@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tree
 from lightning_tt.errors import InputError
 from lightning_tt.outputs import Output
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (relative path -> bytes)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def siblings(path: Path) -> list[str]:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import tree
 from lightning_tt.cli import main
 from lightning_tt.data import schema
 from lightning_tt.data.prepare import SplitConfig, prepare
@@ -26,14 +27,6 @@ from lightning_tt.data.prepare import SplitConfig, prepare
 CONF = Path(__file__).parent / "conf" / "tiny.yaml"
 # Checkpoints are read from another run's directory on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:The dirpath has changed")
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (relative path -> bytes), or the file itself."""
-    root = Path(root)
-    if root.is_file():
-        return {root.name: root.read_bytes()}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def fails(capsys, *args) -> str:
