@@ -202,3 +202,19 @@ def test_a_process_killed_between_the_two_renames_gets_its_old_directory_back(tm
     assert not out.exists() and len(siblings(out)) == 2  # .out.old-* and .out.tmp-*
     Output(out, "dir", overwrite=True)
     assert tree(out) == {"old.txt": b"old"} and siblings(out) == []
+
+
+def test_prepare_protects_raw_files_that_are_links_to_elsewhere(hand_raw, tmp_path, capsys):
+    """raw/embeddings.parquet may live elsewhere (a link): that place is an input too."""
+    from lightning_tt.cli import main
+
+    elsewhere = tmp_path / "shared"
+    elsewhere.mkdir()
+    embeddings = hand_raw / "embeddings.parquet"
+    embeddings.rename(elsewhere / "embeddings.parquet")
+    embeddings.symlink_to(elsewhere / "embeddings.parquet")
+    before = tree(elsewhere)
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(elsewhere), "--overwrite", "--audio-dim", "4"])
+    assert "contains the input" in capsys.readouterr().err
+    assert tree(elsewhere) == before

@@ -555,10 +555,12 @@ def prepare(
     if audio_dim < 1:
         raise InputError(f"--audio-dim must be >= 1, got {audio_dim}")
     raw = Path(raw)
-    output = Output(out, "dir", option="--out", inputs={"--raw": raw}, overwrite=overwrite)
-    size = schema.check_raw_dir(raw, size)
+    size = schema.check_raw_dir(raw, size)  # footers only
     events = schema.events_path(raw, size)
     sides = schema.side_paths(raw)
+    # The files too: any of them may be a link to a file outside the raw directory.
+    inputs = {"--raw": raw, **{f"--raw's {path.name}": path for path in (events, *sides.values())}}
+    output = Output(out, "dir", option="--out", inputs=inputs, overwrite=overwrite)
     started = time.time()
 
     pf = pq.ParquetFile(events)
