@@ -46,6 +46,7 @@ def lightning_cli(args: list[str], run: bool = True):
     """
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+    from lightning_tt.outputs import Output
     from lightning_tt.runs import run_directory
 
     if not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
@@ -60,8 +61,9 @@ def lightning_cli(args: list[str], run: bool = True):
                 return
             if trainer.is_global_zero:
                 path = run_directory(trainer) / self.config_filename
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.parser.save(self.config, path, overwrite=self.overwrite, multifile=self.multifile)
+                output = Output(path, "file", option=self.config_filename, overwrite=self.overwrite)
+                with output.writing() as tmp:
+                    self.parser.save(self.config, tmp, multifile=self.multifile)
                 for logger in trainer.loggers:
                     if type(logger).__name__ == "WandbLogger":
                         logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
