@@ -198,10 +198,15 @@ class _RowGroup:
         keep = np.ones(len(self.uid), dtype=bool)
         keep[rows] = False
         uid = self.uid[keep]
-        run_start = np.flatnonzero(np.concatenate([[True], uid[1:] != uid[:-1]])) if len(uid) else np.zeros(0, np.intp)
         return _RowGroup(self.first_row, uid, self.item[keep], self.ts[keep], self.code[keep], self.is_listen[keep],
-                         self.ratio[keep], self.length[keep], run_start, np.diff(np.append(run_start, len(uid))),
+                         self.ratio[keep], self.length[keep], *_runs(uid[1:] == uid[:-1], len(uid)),
                          self.duplicates + len(rows))
+
+
+def _runs(same_user: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first rows, lengths) of the runs of ``n`` rows, where ``same_user[i]`` says row i + 1 has row i's uid."""
+    run_start = np.flatnonzero(np.concatenate([[n > 0], ~same_user]))
+    return run_start, np.diff(np.append(run_start, n))
 
 
 def _event_keys(item: np.ndarray, code: np.ndarray) -> np.ndarray:
@@ -209,19 +214,20 @@ def _event_keys(item: np.ndarray, code: np.ndarray) -> np.ndarray:
     return item.astype(np.int64) * 8 + code
 
 
-def _duplicate_rows(uid: np.ndarray, ts: np.ndarray, item: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """Sorted indices of the rows that repeat an earlier row's (uid, timestamp, item_id, event_type).
+def _duplicate_rows(same_user: np.ndarray, ts: np.ndarray, item: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Sorted indices of the rows that repeat an earlier row's (uid, timestamp, item_id, event_type);
+    ``same_user[i]`` says row i + 1 has row i's uid (computed once, for the sort check and the runs).
 
     In a file sorted by (uid, timestamp) equal rows lie in one block of equal (uid, timestamp), though
     not always next to each other (a like between two copies of a listen), so only the rows of blocks
     of two or more are compared: each gets the key (block number << 33 | item_id << 3 | type code)
     (item ids < 2^30, codes < 8), and after a stable sort a key equal to its predecessor is a later copy.
     """
-    same = (uid[1:] == uid[:-1]) & (ts[1:] == ts[:-1])  # row i + 1 continues the block of row i
+    same = same_user & (ts[1:] == ts[:-1])  # row i + 1 continues the block of row i
     continued = np.flatnonzero(same)
     if not len(continued):
         return np.zeros(0, dtype=np.intp)
-    shared = np.zeros(len(uid), dtype=bool)
+    shared = np.zeros(len(ts), dtype=bool)
     shared[continued] = True
     shared[continued + 1] = True
     rows = np.flatnonzero(shared)
@@ -264,10 +270,8 @@ def _decode(table: pa.Table, path: Path, first_row: int, item_limit: int) -> _Ro
         i = int(np.argmax(bad))
         raise RawDataError(f"{path}: column 'track_length_seconds' has out-of-range value {length[i]} at row "
                            f"{first_row + i} (allowed >= 0)")
-    run_start = np.flatnonzero(np.concatenate([[True], ~same]))
-    run_len = np.diff(np.append(run_start, len(uid)))
-    group = _RowGroup(first_row, uid, item, ts, code, is_listen, ratio, length, run_start, run_len)
-    duplicates = _duplicate_rows(uid, ts, item, code)
+    group = _RowGroup(first_row, uid, item, ts, code, is_listen, ratio, length, *_runs(same, len(uid)))
+    duplicates = _duplicate_rows(same, ts, item, code)
     return group.without(duplicates) if len(duplicates) else group
 
 
