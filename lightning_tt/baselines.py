@@ -2,15 +2,32 @@
 and names (``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``).
 
 Training data = the training positives (Listen+ events before train_end). Each baseline ranks the
-catalogue (padding and unknown never recommended) for a query = (user, seed track, history window):
+catalogue (padding and unknown never recommended) for a query = (user, seed track, history window),
+``h_1`` = the seed (the latest listen), ``h_j`` the j-th latest listen of the window:
 
 - Random: uniform items (seeded).
-- MostPop: items by number of training positives.
-- DecayPop: by recency-weighted positives, weight 0.5 ** (age / half-life), age = train_max_timestamp - t.
-- Transitions: the items that most often followed the seed track in training, then MostPop.
-- ItemKNN: sum over the history window of cosine item-item similarities from user histories.
-- iALS, BPR: matrix factorisation of the user x item positives with the ``implicit`` library; they
-  rank for the user (seed and history are not used).
+- MostPop: items by number of training positives, ``pop(x)``.
+- DecayPop: by recency-weighted positives, weight ``0.5 ** (age / half_life)``, age = train_max_timestamp - t.
+- Transitions: a first-order chain over the last ``previous`` listens with additive backoff to
+  popularity: ``score(x) = sum_j (1/j) (c(h_j -> x) + backoff * p(x)) / (c(h_j) + backoff)``, where
+  ``c(a -> b)`` counts training examples whose seed is ``a`` and target ``b``, ``c(a) = sum_b c(a -> b)``
+  and ``p(x) = pop(x) / sum pop`` (an unseen seed backs off to popularity entirely).
+- ItemKNN: ``score(x) = sum over the last ``history`` listens h of s(h, x)``, from the co-occurrence
+  ``c_ij`` (users with both items among their training positives) and ``n_i`` (users with item i):
+  ``cosine`` ``s = c_ij / (sqrt(n_i n_j) + shrink)`` or ``conditional`` ``s = c_ij / (n_i + shrink)``;
+  each item keeps its ``neighbours`` most similar items (None: all), ``s(i, i) = 0``.
+- iALS, BPR: matrix factorisation of the binary user x item positives with the ``implicit`` library;
+  they rank for the user (seed and history are not used). iALS weighs a positive ``1 + alpha``
+  (confidence) against 1 for every other cell.
+
+Items scored equally (e.g. no successor of the seed) are ranked by ``pop``. Every baseline but Random
+has ``exclude_seen``: drop the user's own training positives from the list. It matters on data
+without repeats: on the development set (MovieLens) no evaluation target is a training positive of its
+user, and iALS with low regularisation fills three quarters of its top 10 with those items.
+
+``tune`` chooses each baseline's hyperparameters on the validation window (the model's protocol: fit
+on the training positives only, select by one validation metric) from the small grids of
+``Baseline.grid``, then reports the test window with the chosen values.
 
 Next-track queries are the split's cases; paper queries are one per user, from the state at the
 window start (seed = the last listen before it).
@@ -18,12 +35,15 @@ window start (seed = the last listen before it).
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from tqdm.auto import tqdm
 
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
@@ -32,6 +52,8 @@ from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
 FIRST_ITEM = 2
 DAY = 86_400
+#: Ranked lists are built for at most this many (query, candidate) pairs at a time.
+CHUNK_ENTRIES = 1 << 24
 
 
 def _training_positives(data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,30 +63,114 @@ def _training_positives(data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.
     return user, np.asarray(data["stream_item"])[pos].astype(np.int64), np.asarray(data["stream_ts"])[pos]
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """[Q, k] indices of the k highest scores per row, best first (ties by lower index)."""
-    scores = scores.copy()
-    scores[:, :FIRST_ITEM] = -np.inf
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+def _top_scored(scores: sp.csr_matrix, prior: np.ndarray, prior_weight: np.ndarray | None, k: int) -> np.ndarray:
+    """[Q, k] items by ``scores[q, x] + prior_weight[q] * prior[x]``, best first, ties by ``prior`` then by
+    lower index; padding and unknown never. ``scores`` [Q, I] is sparse and >= 0, ``prior`` [I] > 0 on
+    the catalogue (a popularity share), ``prior_weight`` [Q] >= 0 (None: 0, the prior only breaks ties).
+
+    Only the scored items and the ``k`` best of the prior can make a row's top k, so sparse rows are
+    ranked by one sort of those entries. Dense rows are ranked with torch.topk, columns put in tie-break
+    order first with a tie term too small to reorder keys more than ~1e-10 (relative) apart."""
+    q, num_items = scores.shape
+    weight = np.zeros(q) if prior_weight is None else np.asarray(prior_weight, dtype=np.float64)
+    prior = np.asarray(prior, dtype=np.float64)
+    tie_order = np.lexsort((np.arange(num_items), -prior))
+    tie_order = tie_order[tie_order >= FIRST_ITEM]  # the catalogue, by prior then index
+    k = min(k, len(tie_order))
+    scores = scores.tocsr()
+    if scores.nnz > q * num_items // 16:
+        position_of = np.full(num_items, len(tie_order))  # padding and unknown: a column past the end
+        position_of[tie_order] = np.arange(len(tie_order))
+        coo = scores.tocoo()
+        key = torch.from_numpy(sp.csr_matrix((coo.data, (coo.row, position_of[coo.col])),
+                                             shape=(q, len(tie_order) + 1)).toarray()[:, :-1])
+        if weight.any():
+            key += torch.from_numpy(weight)[:, None] * torch.from_numpy(prior[tie_order])
+        # A tie term decreasing along the tie order, at 64 units in the last place of the largest key per
+        # column step: exact for equal keys, and it cannot reorder keys further apart than ~1e-10 relative.
+        largest = scores.data.max(initial=0.0) + weight.max(initial=0.0) * prior.max(initial=0.0)
+        step = 64 * np.finfo(np.float64).eps * max(largest, 1e-300)
+        key += torch.arange(len(tie_order), 0, -1, dtype=torch.float64) * step
+        return tie_order[torch.topk(key, k, dim=1).indices.numpy()]
+    best = tie_order[:k]
+    rows = np.repeat(np.arange(q), np.diff(scores.indptr))
+    items, values = scores.indices.astype(np.int64), scores.data.astype(np.float64)
+    keep = items >= FIRST_ITEM
+    rows = np.concatenate([rows[keep], np.repeat(np.arange(q), k)])
+    items = np.concatenate([items[keep], np.tile(best, q)])
+    values = np.concatenate([values[keep], np.zeros(q * k)])
+    values = values + weight[rows] * prior[items]
+    first = np.lexsort((-values, items, rows))  # one entry per (row, item): the scored one
+    rows, items, values = rows[first], items[first], values[first]
+    unique = np.ones(len(rows), dtype=bool)
+    unique[1:] = (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])
+    rows, items, values = rows[unique], items[unique], values[unique]
+    order = np.lexsort((items, -prior[items], -values, rows))
+    rows, items = rows[order], items[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(q))[rows]
+    return items[rank < k].reshape(q, k)
 
 
 class Baseline:
+    """A baseline's hyperparameters are its constructor's arguments, kept as attributes of the same
+    names (``params``). ``grid(data)`` lists the values ``tune`` tries; those in ``RANK_PARAMS`` change
+    only the ranking, so ``tune`` fits once per combination of the others."""
+
     name = "Baseline"
+    RANK_PARAMS: tuple[str, ...] = ("exclude_seen",)
+    #: rank() may score the whole catalogue per query, so its chunks are also bounded by the catalogue size.
+    DENSE = False
+
+    def __init__(self, exclude_seen: bool = False):
+        self.exclude_seen = exclude_seen
+
+    def params(self) -> dict:
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
+
+    @classmethod
+    def grid(cls, data: PreparedData) -> dict[str, list]:
+        return {"exclude_seen": [False, True]}
 
     def fit(self, data: PreparedData) -> "Baseline":
         self.num_items = data.vocab["num_items"]
         self.users, self.items, self.ts = _training_positives(data)
         self.train_max = data.boundaries["train_max_timestamp"]
+        self.user_items = sp.csr_matrix((np.ones(len(self.items), dtype=np.float32), (self.users, self.items)),
+                                        shape=(data.vocab["num_users"], self.num_items))
+        self.user_items.data[:] = 1.0  # binary: repeats count once
+        self.popularity = np.bincount(self.items, minlength=self.num_items).astype(np.float64)
         return self
 
-    def recommend(self, users: np.ndarray, seeds: np.ndarray, history: np.ndarray, k: int) -> np.ndarray:
+    def rank(self, users: np.ndarray, seeds: np.ndarray, history: np.ndarray, k: int) -> np.ndarray:
+        """[Q, k] item indices, best first (k at most the catalogue)."""
         raise NotImplementedError
+
+    def recommend(self, users: np.ndarray, seeds: np.ndarray, history: np.ndarray, k: int) -> np.ndarray:
+        """[Q, k] item indices, best first. With ``exclude_seen`` the user's training positives are
+        dropped: rows are ranked ``k + (the most such items of any queried user)`` deep, then filtered.
+        Queries go in chunks of at most CHUNK_ENTRIES ranked entries (and scored items, for ``DENSE``)."""
+        catalogue = self.num_items - FIRST_ITEM
+        seen_count = np.diff(self.user_items.indptr)[users]
+        depth = min(k + (int(seen_count.max(initial=0)) if self.exclude_seen else 0), catalogue)
+        rows = max(1, CHUNK_ENTRIES // (max(depth, self.num_items) if self.DENSE else depth))
+        out = [np.zeros((0, k), dtype=np.int64)]
+        for start in range(0, len(users), rows):
+            chunk = slice(start, start + rows)
+            lists = self.rank(users[chunk], seeds[chunk], history[chunk], depth)
+            if self.exclude_seen:  # stable: unseen items first, in their order
+                seen = self.user_items[users[chunk]].tocoo()
+                seen_keys = np.sort(users[chunk][seen.row] * self.num_items + seen.col)
+                keys = users[chunk, None] * self.num_items + lists
+                where = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+                is_seen = seen_keys[where] == keys if len(seen_keys) else np.zeros(keys.shape, dtype=bool)
+                lists = np.take_along_axis(lists, np.argsort(is_seen, axis=1, kind="stable"), axis=1)
+            out.append(lists[:, :k])
+        return np.concatenate(out)
 
 
 class Popularity(Baseline):
-    """A fixed ranking by (weighted) counts of training positives."""
+    """A fixed ranking by (weighted) counts of training positives, ties by lower index."""
 
     def weights(self) -> np.ndarray:
         return np.ones(len(self.items))
@@ -76,7 +182,7 @@ class Popularity(Baseline):
         self.ranking = np.argsort(-counts, kind="stable")
         return self
 
-    def recommend(self, users, seeds, history, k):
+    def rank(self, users, seeds, history, k):
         return np.broadcast_to(self.ranking[:k], (len(users), k)).copy()
 
 
@@ -86,18 +192,35 @@ class MostPop(Popularity):
 
 class DecayPop(Popularity):
     name = "DecayPop"
+    RANK_PARAMS = ("exclude_seen",)
 
-    def __init__(self, half_life_days: float = 1.0):
-        self.half_life = half_life_days * DAY
+    def __init__(self, half_life_days: float = 1.0, exclude_seen: bool = False):
+        super().__init__(exclude_seen)
+        self.half_life_days = half_life_days
+
+    @classmethod
+    def grid(cls, data):
+        """Half-lives of 1/16 to 16 times the validation window (Yambda: 1.5 hours to 16 days)."""
+        window = (data.boundaries["val_end"] - data.boundaries["val_start"]) / DAY
+        return {"half_life_days": [round(window * f, 4) for f in (1 / 16, 1 / 4, 1, 4, 16)],
+                **super().grid(data)}
 
     def weights(self):
-        return 0.5 ** ((self.train_max - self.ts.astype(np.float64)) / self.half_life)
+        return 0.5 ** ((self.train_max - self.ts.astype(np.float64)) / (self.half_life_days * DAY))
 
 
 class Random(Baseline):
     name = "Random"
+    RANK_PARAMS = ()
 
-    def recommend(self, users, seeds, history, k):
+    def __init__(self):
+        self.exclude_seen = False
+
+    @classmethod
+    def grid(cls, data):
+        return {}
+
+    def rank(self, users, seeds, history, k):
         rng = np.random.default_rng(0)
         catalogue = self.num_items - FIRST_ITEM
         if catalogue > 4 * k:  # duplicates within a list are then rare (k^2 / 2n); no O(n) work per query
@@ -107,70 +230,113 @@ class Random(Baseline):
 
 class Transitions(Baseline):
     name = "Transitions"
+    RANK_PARAMS = ("previous", "backoff", "exclude_seen")
+    DENSE = True
+
+    def __init__(self, previous: int = 1, backoff: float = 0.0, exclude_seen: bool = False):
+        super().__init__(exclude_seen)
+        self.previous, self.backoff = previous, backoff
+
+    @classmethod
+    def grid(cls, data):
+        return {"previous": [1, 3, 10], "backoff": [0.0, 10.0, 100.0, 1000.0], **super().grid(data)}
 
     def fit(self, data):
         super().fit(data)
-        self.popular = MostPop().fit(data).ranking
         dataset = NextTrackDataset(data, "train", history=1, lean=True)
         batch = dataset.arrays(np.arange(len(dataset)))
         seeds, targets = batch["seed_item"], batch["target_item"]
         keep = seeds >= FIRST_ITEM
-        pairs, counts = np.unique(np.stack([seeds[keep], targets[keep]]), axis=1, return_counts=True)
-        order = np.lexsort((pairs[1], -counts, pairs[0]))  # by seed, then count descending, then item
-        self.succ_seed, self.succ_item = pairs[0][order], pairs[1][order]
+        self.counts = sp.csr_matrix((np.ones(int(keep.sum())), (seeds[keep], targets[keep])),
+                                    shape=(self.num_items, self.num_items))
+        self.counts.sum_duplicates()
+        self.out_counts = np.asarray(self.counts.sum(axis=1)).ravel()
         return self
 
-    def recommend(self, users, seeds, history, k):
-        popular = self.popular[:k]
-        out = np.empty((len(seeds), k), dtype=np.int64)
-        cache: dict[int, np.ndarray] = {}
-        for row, seed in enumerate(seeds.tolist()):
-            if seed not in cache:
-                lo, hi = np.searchsorted(self.succ_seed, [seed, seed + 1])
-                successors = self.succ_item[lo : min(hi, lo + k)]
-                cache[seed] = np.concatenate([successors, popular[~np.isin(popular, successors)][: k - len(successors)]])
-            out[row] = cache[seed]
-        return out
+    def rank(self, users, seeds, history, k):
+        # h_1 = the seed, h_2, ... the listens before it (the window's last entry is the seed itself)
+        last = np.column_stack([seeds, np.asarray(history)[:, -2::-1]])[:, : self.previous]
+        weight = np.broadcast_to(1.0 / np.arange(1, last.shape[1] + 1), last.shape) * (last >= FIRST_ITEM)
+        norm = self.out_counts[last] + self.backoff
+        weight = np.divide(weight, norm, out=np.zeros(last.shape), where=norm > 0)
+        query = sp.csr_matrix((weight.ravel(), (np.repeat(np.arange(len(last)), last.shape[1]), last.ravel())),
+                              shape=(len(last), self.num_items))
+        share = self.popularity / self.popularity.sum()
+        return _top_scored(query @ self.counts, share, (weight * self.backoff).sum(axis=1), k)
 
 
 class ItemKNN(Baseline):
     name = "ItemKNN"
+    RANK_PARAMS = ("neighbours", "history", "similarity", "shrink", "exclude_seen")
+    DENSE = True
+    SIMILARITIES = ("cosine", "conditional")
+
+    def __init__(self, neighbours: int | None = None, history: int | None = None, similarity: str = "cosine",
+                 shrink: float = 0.0, exclude_seen: bool = False):
+        super().__init__(exclude_seen)
+        if similarity not in self.SIMILARITIES:
+            raise InputError(f"ItemKNN similarity must be one of {self.SIMILARITIES}, got {similarity!r}")
+        self.neighbours, self.history, self.similarity, self.shrink = neighbours, history, similarity, shrink
+
+    @classmethod
+    def grid(cls, data):
+        # history innermost: tune() visits each similarity setting once
+        return {"similarity": list(cls.SIMILARITIES), "shrink": [0.0, 10.0], "neighbours": [20, 200],
+                "history": [10, None], **super().grid(data)}
 
     def fit(self, data):
         super().fit(data)
-        x = sp.csr_matrix((np.ones(len(self.items)), (self.users, self.items)),
-                          shape=(data.vocab["num_users"], self.num_items))
-        x.data[:] = 1.0  # binary user x item
-        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-        norms[norms == 0] = 1
-        xn = x @ sp.diags(1 / norms)
-        self.similarity = (xn.T @ xn).tocsr()
-        self.similarity.setdiag(0)
+        self.cooccurrence = (self.user_items.T @ self.user_items).tocsr()
+        self.cooccurrence.setdiag(0)
+        self.cooccurrence.eliminate_zeros()
+        self.item_users = np.asarray(self.user_items.sum(axis=0)).ravel()
+        self._similarities: dict[tuple, sp.csr_matrix] = {}
         return self
 
-    def recommend(self, users, seeds, history, k):
-        chunk = max(1, (1 << 25) // self.num_items)  # dense [chunk, num_items] scores stay near 128 MiB
-        out = []
-        for start in range(0, len(users), chunk):
-            h = history[start : start + chunk]
-            rows = np.repeat(np.arange(len(h)), h.shape[1])
-            q = sp.csr_matrix((np.ones(h.size), (rows, h.ravel())), shape=(len(h), self.num_items))
-            q.data[:] = 1.0
-            out.append(_top(np.asarray((q @ self.similarity).todense()), k))
-        return np.concatenate(out)
+    def item_similarity(self) -> sp.csr_matrix:
+        """[I, I] s(i, j) for this instance's similarity, shrink and neighbours (kept per setting)."""
+        key = (self.similarity, self.shrink, self.neighbours)
+        if key not in self._similarities:
+            c = self.cooccurrence.tocoo()
+            n = self.item_users
+            denominator = np.sqrt(n[c.row] * n[c.col]) if self.similarity == "cosine" else n[c.row]
+            s = sp.csr_matrix((c.data / (denominator + self.shrink), (c.row, c.col)), shape=c.shape)
+            if self.neighbours is not None:
+                s = _keep_largest_per_row(s, self.neighbours)
+            self._similarities = {key: s}  # one setting at a time: tune() visits them in order
+        return self._similarities[key]
+
+    def rank(self, users, seeds, history, k):
+        window = np.asarray(history)[:, -self.history:] if self.history else np.asarray(history)
+        rows = np.repeat(np.arange(len(window)), window.shape[1])
+        query = sp.csr_matrix(((window >= FIRST_ITEM).ravel().astype(np.float64), (rows, window.ravel())),
+                              shape=(len(window), self.num_items))
+        return _top_scored(query @ self.item_similarity(), self.popularity, None, k)
+
+
+def _keep_largest_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """``matrix`` with only the ``n`` largest entries of each row (ties by lower column)."""
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    keep = np.ones(matrix.nnz, dtype=bool)
+    for row in np.flatnonzero(np.diff(matrix.indptr) > n):
+        lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+        order = np.lexsort((matrix.indices[lo:hi], -matrix.data[lo:hi]))
+        keep[lo + order[n:]] = False
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    return sp.csr_matrix((matrix.data[keep], (rows[keep], matrix.indices[keep])), shape=matrix.shape)
 
 
 class Factorization(Baseline):
     """implicit's matrix factorisation of the binary user x item training positives."""
+
+    RANK_PARAMS = ("exclude_seen",)
 
     def make(self):
         raise NotImplementedError
 
     def fit(self, data):
         super().fit(data)
-        self.user_items = sp.csr_matrix((np.ones(len(self.items), dtype=np.float32), (self.users, self.items)),
-                                        shape=(data.vocab["num_users"], self.num_items))
-        self.user_items.data[:] = 1.0
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, "blas"):  # implicit parallelises itself; a BLAS pool on top slows it
@@ -179,7 +345,7 @@ class Factorization(Baseline):
         return self
 
     def recommend(self, users, seeds, history, k):
-        ids, _ = self.model.recommend(users, self.user_items[users], N=k, filter_already_liked_items=False,
+        ids, _ = self.model.recommend(users, self.user_items[users], N=k, filter_already_liked_items=self.exclude_seen,
                                       filter_items=np.arange(FIRST_ITEM))
         return np.asarray(ids, dtype=np.int64)
 
@@ -187,30 +353,83 @@ class Factorization(Baseline):
 class IALS(Factorization):
     name = "iALS"
 
+    def __init__(self, factors: int = 64, regularization: float = 10.0, alpha: float = 10.0, iterations: int = 15,
+                 exclude_seen: bool = False):
+        super().__init__(exclude_seen)
+        self.factors, self.regularization, self.alpha, self.iterations = factors, regularization, alpha, iterations
+
+    @classmethod
+    def grid(cls, data):
+        return {"factors": [32, 128], "regularization": [1.0, 10.0, 100.0], "alpha": [1.0, 10.0],
+                "iterations": [10, 30], **super().grid(data)}
+
     def make(self):
         from implicit.cpu.als import AlternatingLeastSquares
 
-        return AlternatingLeastSquares(factors=64, regularization=0.01, iterations=15, random_state=0)
+        return AlternatingLeastSquares(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                                       iterations=self.iterations, random_state=0)
 
 
 class BPR(Factorization):
     name = "BPR"
 
+    def __init__(self, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
+                 iterations: int = 100, exclude_seen: bool = False):
+        super().__init__(exclude_seen)
+        self.factors, self.learning_rate, self.regularization = factors, learning_rate, regularization
+        self.iterations = iterations
+
+    @classmethod
+    def grid(cls, data):
+        return {"factors": [32, 128], "learning_rate": [0.01, 0.05], "regularization": [0.001, 0.01],
+                "iterations": [50, 200], **super().grid(data)}
+
     def make(self):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-        return BayesianPersonalizedRanking(factors=64, iterations=100, random_state=0)
+        return BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
+                                           regularization=self.regularization, iterations=self.iterations,
+                                           random_state=0)
 
 
 ALL = (Random, MostPop, DecayPop, Transitions, ItemKNN, IALS, BPR)
+DEFAULT_TUNE_METRIC = "val/next/recall@100"
 
 
-def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
-             history: int | None = None) -> dict[str, dict[str, float]]:
-    """{baseline name: {metric name: value}} on ``split``'s next-track cases and paper lists.
+class _Cases:
+    """The next-track cases and paper lists of one split, gathered once for every baseline."""
 
-    Refused before any work (InputError): an unknown baseline name, a cut-off k below 1 or above the
-    catalogue, a split with no case."""
+    def __init__(self, data: PreparedData, split: str, history: int):
+        self.split = split
+        nxt = NextTrackDataset(data, split, history, lean=True)
+        self.next = nxt.arrays(np.arange(len(nxt)))
+        paper = PaperListDataset(data, split, history, lean=True)
+        self.paper = paper.arrays(np.arange(len(paper)))
+        self.num_items = data.vocab["num_items"]
+
+    def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = ("next", "paper")
+              ) -> dict[str, float]:
+        """{``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``: value} of a fitted baseline."""
+        k, values = max(ks), {}
+        if "next" in protocols:
+            nxt = self.next
+            # All cases are in this process (also when called from rank zero of a DDP test): no syncing.
+            recall = NextTrackRecall(ks, sync_on_compute=False)
+            recall.update(torch.from_numpy(baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)),
+                          torch.from_numpy(nxt["target_item"]))
+            values.update({f"{self.split}/next/recall@{kk}": float(v) for kk, v in recall.compute().items()})
+        if "paper" in protocols:
+            paper = self.paper
+            lists = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
+            metrics = PaperMetrics(ks, self.num_items, FIRST_ITEM, sync_on_compute=False)
+            metrics.update(torch.from_numpy(lists), torch.from_numpy(paper["target_items"]),
+                           torch.from_numpy(paper["target_count"]))
+            for name, per_k in metrics.compute().items():
+                values.update({f"{self.split}/paper/{name}@{kk}": float(v) for kk, v in per_k.items()})
+        return values
+
+
+def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) -> PreparedData:
     known = [cls.name for cls in ALL]
     unknown = [name for name in names or [] if name not in known]
     if unknown or names == []:
@@ -224,30 +443,84 @@ def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], name
     if data.num_examples(split) == 0:
         raise InputError(f"{data.path}: the {split} window has no cases (prepared with --val-days 0?); nothing to "
                          f"evaluate")
-    history = history or data.default_history
-    k = max(ks)
-    nxt = NextTrackDataset(data, split, history, lean=True)
-    nxt = nxt.arrays(np.arange(len(nxt)))
-    paper = PaperListDataset(data, split, history, lean=True)
-    paper = paper.arrays(np.arange(len(paper)))
+    return data
+
+
+def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
+             history: int | None = None, params: dict[str, dict] | None = None) -> dict[str, dict]:
+    """{baseline name: {metric name: value, ..., "params": {hyperparameter: value}}} on ``split``'s
+    next-track cases and paper lists, each baseline with its defaults updated by ``params[name]``.
+
+    Refused before any work (InputError): an unknown baseline name, a cut-off k below 1 or above the
+    catalogue, a split with no case."""
+    data = _checked(data_dir, split, ks, names)
+    cases = _Cases(data, split, history or data.default_history)
     results = {}
     for cls in ALL:
         if names and cls.name not in names:
             continue
-        baseline = cls().fit(data)
-        values = {}
-        # All cases are in this process (also when called from rank zero of a DDP test): no syncing.
-        recall = NextTrackRecall(ks, sync_on_compute=False)
-        recall.update(torch.from_numpy(baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)),
-                      torch.from_numpy(nxt["target_item"]))
-        values.update({f"{split}/next/recall@{kk}": float(v) for kk, v in recall.compute().items()})
-        lists = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
-        metrics = PaperMetrics(ks, data.vocab["num_items"], FIRST_ITEM, sync_on_compute=False)
-        metrics.update(torch.from_numpy(lists), torch.from_numpy(paper["target_items"]),
-                       torch.from_numpy(paper["target_count"]))
-        for name, per_k in metrics.compute().items():
-            values.update({f"{split}/paper/{name}@{kk}": float(v) for kk, v in per_k.items()})
-        results[cls.name] = values
+        baseline = cls(**(params or {}).get(cls.name, {})).fit(data)
+        results[cls.name] = {**cases.score(baseline, ks), "params": baseline.params()}
+    return results
+
+
+def _parse_metric(metric: str, catalogue: int) -> tuple[str, str, int]:
+    """``val/next/recall@100`` -> ("next", "recall", 100); InputError naming --tune-metric otherwise."""
+    choices = "val/next/recall@K or val/paper/{recall,ndcg,coverage}@K"
+    try:
+        split, protocol, rest = metric.split("/")
+        name, k = rest.split("@")
+        k = int(k)
+    except ValueError:
+        raise InputError(f"--tune-metric: {metric!r} is not a metric name; use {choices}") from None
+    if split != "val" or (protocol, name) not in {("next", "recall"), ("paper", "recall"), ("paper", "ndcg"),
+                                                  ("paper", "coverage")}:
+        raise InputError(f"--tune-metric: {metric!r} is not a validation metric; use {choices}")
+    if not 1 <= k <= catalogue:
+        raise InputError(f"--tune-metric: k must lie in 1..{catalogue:,} (the catalogue), got {k}")
+    return protocol, name, k
+
+
+def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
+         metric: str = DEFAULT_TUNE_METRIC, history: int | None = None, progress: bool = True) -> dict[str, dict]:
+    """Each baseline's hyperparameters chosen on the validation window, then the test window.
+
+    For every point of ``cls.grid(data)`` the baseline is fitted on the training positives (once per
+    combination of the parameters outside ``RANK_PARAMS``) and ``metric`` is measured on the
+    validation cases; the best point (the first of equals, in grid order) is fitted again, on the same
+    training positives, and scored on the test cases. Returns, per baseline, the test metrics, the
+    chosen ``params`` and ``tuning``: {"metric", "value" (its validation value), "points"}."""
+    data = _checked(data_dir, "test", ks, names)
+    if data.num_examples("val") == 0:
+        raise InputError(f"{data.path}: no validation window to tune on (prepared with --val-days 0); prepare it "
+                         f"with --val-days > 0 or run baselines without --tune")
+    protocol, _, k = _parse_metric(metric, data.vocab["num_items"] - FIRST_ITEM)
+    history = history or data.default_history
+    val, test = _Cases(data, "val", history), _Cases(data, "test", history)
+    results = {}
+    for cls in ALL:
+        if names and cls.name not in names:
+            continue
+        grid = cls.grid(data)
+        points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+        best, best_value = points[0], -np.inf
+        bar = tqdm(total=len(points), desc=f"tune {cls.name}", disable=not progress, leave=False)
+        fitted: dict[tuple, Baseline] = {}
+        for point in points:
+            fit_key = tuple((name, value) for name, value in point.items() if name not in cls.RANK_PARAMS)
+            if fit_key not in fitted:
+                fitted = {fit_key: cls(**dict(fit_key)).fit(data)}  # one fitted model held at a time
+            baseline = fitted[fit_key]
+            for name, value in point.items():
+                setattr(baseline, name, value)
+            value = val.score(baseline, [k], (protocol,))[metric]
+            if value > best_value:
+                best, best_value = point, value
+            bar.update()
+        bar.close()
+        baseline = cls(**best).fit(data)
+        results[cls.name] = {**test.score(baseline, ks), "params": baseline.params(),
+                             "tuning": {"metric": metric, "value": best_value, "points": len(points)}}
     return results
 
 

@@ -173,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--split", default="test", choices=["val", "test"])
     base.add_argument("--k", type=int, nargs="+", default=[10, 50, 100, 200], help="cut-offs k")
     base.add_argument("--only", nargs="+", default=None, help="baseline names to run (default: all)")
+    base.add_argument("--tune", action="store_true",
+                      help="choose each baseline's hyperparameters on the validation window (grids in "
+                           "lightning_tt/baselines.py), then report the test window with the chosen values")
+    base.add_argument("--tune-metric", default="val/next/recall@100",
+                      help="the validation metric --tune maximises (default val/next/recall@100)")
     base.add_argument("--out", default="runs/baselines/metrics.json", help="where metrics.json goes")
     base.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -266,25 +271,36 @@ def _demo(workdir: Path, epochs: int | None) -> None:
     print(f"[demo] run directory (config, checkpoints, W&B offline run under {workdir / 'logs' / 'wandb'}): {run_dir}")
 
 
-def print_table(rows: dict[str, dict[str, float]], columns: list[str]) -> None:
-    """A fixed-width table: one row per model, one column per metric name."""
+def print_table(rows: dict[str, dict], columns: list[str], params: bool = False) -> None:
+    """A fixed-width table: one row per model, one column per metric name; with ``params``, each row's
+    ``params`` entry (a baseline's hyperparameters) after the numbers."""
     short = [c.split("/", 1)[1] for c in columns]
-    print("    " + f"{'':<12}" + "".join(f"{c:>20}" for c in short))
+    print("    " + f"{'':<12}" + "".join(f"{c:>20}" for c in short) + ("  params" if params else ""))
     for name, values in rows.items():
-        print("    " + f"{name:<12}" + "".join(f"{values.get(c, float('nan')):>20.4f}" for c in columns))
+        chosen = ", ".join(f"{k}={v}" for k, v in values.get("params", {}).items()) if params else ""
+        print("    " + f"{name:<12}" + "".join(f"{values.get(c, float('nan')):>20.4f}" for c in columns)
+              + (f"  {chosen}" if chosen else ""))
 
 
 def _baselines(args: argparse.Namespace) -> None:
-    from lightning_tt.baselines import evaluate
+    from lightning_tt.baselines import evaluate, tune
     from lightning_tt.outputs import Output
     from lightning_tt.runs import write_json
 
+    if args.tune and args.split != "test":
+        raise InputError("--tune chooses on the validation window and reports the test window: drop --split val")
     out = Output(args.out, "file", inputs={"--data": args.data}, overwrite=args.overwrite)  # checked before the work
-    results = evaluate(args.data, args.split, sorted(args.k), args.only)
-    write_json(out, results)
     ks = sorted(args.k)
+    if args.tune:
+        results = tune(args.data, ks, args.only, args.tune_metric)
+    else:
+        results = evaluate(args.data, args.split, ks, args.only)
+    write_json(out, results)
+    if args.tune:
+        print(f"chosen on the validation window by {args.tune_metric}; the test window:")
     print_table(results, [f"{args.split}/next/recall@{k}" for k in ks] + [f"{args.split}/paper/ndcg@{ks[0]}",
-                                                                          f"{args.split}/paper/recall@{ks[-1]}"])
+                                                                          f"{args.split}/paper/recall@{ks[-1]}"],
+                params=True)
     print(f"metrics written to {out.path}")
 
 
