@@ -51,7 +51,7 @@ VARIANTS = {
 }
 #: The development set's split (its README) and each dataset's epoch budget.
 DEV_SPLIT = SplitConfig(test_days=730, val_days=365)
-EPOCHS = {"embedded default": 3, "movielens-small": 5}
+EPOCHS = {"embedded default": 2, "movielens-small": 5}
 COLUMNS = [f"{split}/{protocol}/exact_recall@{k}" for split in ("val", "test") for protocol in ("next", "paper")
            for k in (10, 100)] + ["test/paper/exact_ndcg@10"]
 

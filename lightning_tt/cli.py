@@ -7,6 +7,7 @@
     lightning-tt data prepare --raw DIR --out DIR     raw parquet -> prepared arrays + meta.json
     lightning-tt data describe --data DIR             print the splits and a sample batch
     lightning-tt baselines --data DIR [--out FILE]    Random, MostPop, DecayPop, Transitions, ItemKNN, iALS, BPR
+    lightning-tt sweep sweeps/X.yaml --trials N [-- fit flags]   a W&B sweep file run offline with Optuna
     lightning-tt export --ckpt_path X --out DIR       item embeddings, Faiss index and id mapping
     lightning-tt recommend --index DIR --ckpt_path X --user U --seed-item S [--k K]
 
@@ -39,8 +40,9 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def lightning_cli(args: list[str], run: bool = True):
+def lightning_cli(args: list[str], run: bool = True, callbacks: list | None = None):
     """Run (or, with ``run=False``, only build) the LightningCLI over TwoTowerModule and YambdaDataModule.
+    ``callbacks`` are added to the Trainer's (the sweep's pruning callback).
 
     W&B runs offline unless the user set WANDB_MODE or WANDB_API_KEY (no account or network needed).
     """
@@ -112,7 +114,7 @@ def lightning_cli(args: list[str], run: bool = True):
         return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=None if from_command_line else args, run=run,
                            seed_everything_default=0, save_config_callback=RunConfigSaver,
                            # the DataModule's samplers shard by rank themselves
-                           trainer_defaults={"use_distributed_sampler": False})
+                           trainer_defaults={"use_distributed_sampler": False, "callbacks": list(callbacks or [])})
     finally:
         sys.argv = argv
         if run and "wandb" in sys.modules:  # one W&B run per command, also when several run in one process
@@ -180,6 +182,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="the validation metric --tune maximises (default val/next/recall@100)")
     base.add_argument("--out", default="runs/baselines/metrics.json", help="where metrics.json goes")
     base.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    sweep = commands.add_parser("sweep", help="run a W&B sweep file offline with Optuna (no W&B server)",
+                                usage="lightning-tt sweep SWEEP_FILE --trials N [--storage URL] [--out DIR] "
+                                      "[--seed S] [--study-name NAME] [-- fit flags]")
+    sweep.add_argument("sweep_file", help="a W&B sweep file, e.g. sweeps/two-tower-bayes.yaml")
+    sweep.add_argument("--trials", type=int, required=True,
+                       help="finished (complete or pruned) trials the study should reach")
+    sweep.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    sweep.add_argument("--out", default=None, help="leaderboard, figure and best.yaml (default runs/sweeps/NAME)")
+    sweep.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    sweep.add_argument("--study-name", default=None, help="default: the sweep file's name without .yaml")
 
     exp = commands.add_parser("export", help="write item embeddings, the Faiss index and the id mapping")
     exp.add_argument("--ckpt_path", required=True)
@@ -311,6 +324,15 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "baselines":
         _baselines(args)
         return
+    if args.command == "sweep":
+        from lightning_tt.sweep import run_sweep
+
+        out = run_sweep(args.sweep_file, args.trials, args.storage, args.out, args.fit_flags, args.seed,
+                        args.study_name)
+        print((out / "best.yaml").read_text() if (out / "best.yaml").is_file() else "no trial completed")
+        print(f"leaderboard: {out / 'leaderboard.csv'}; figure: {out / 'metric_vs_params.png'}; train with the "
+              f"best: lightning-tt fit <the sweep's --config> --config {out / 'best.yaml'}")
+        return
     if args.command == "export":
         from lightning_tt.eval.index import IndexConfig
         from lightning_tt.serve import export
@@ -363,7 +385,12 @@ def main(args: list[str] | None = None) -> None:
         if args and args[0] in LIGHTNING_COMMANDS:
             lightning_cli(args)
             return
-        _run(_parser().parse_args(args))
+        fit_flags = []
+        if args and args[0] == "sweep" and "--" in args:  # what follows -- goes to every trial's fit
+            fit_flags, args = args[args.index("--") + 1:], args[: args.index("--")]
+        parsed = _parser().parse_args(args)
+        parsed.fit_flags = fit_flags
+        _run(parsed)
     except InputError as err:  # a user's mistake: one line; anything else is a bug and keeps its traceback
         print(f"lightning-tt: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(1) from err

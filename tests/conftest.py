@@ -10,6 +10,27 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from rawdata import DAY, event, write_raw  # noqa: E402
 
 END = 10 * DAY
+#: The development set (real MovieLens behaviour in the Yambda layout): never copied into the project.
+DEV_SET_DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "movielens-small"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--dev-set", default=os.environ.get("LIGHTNING_TT_DEV_SET", str(DEV_SET_DEFAULT)),
+                     help="the development set in the Yambda layout (tests that need it skip when it is absent)")
+
+
+@pytest.fixture(scope="session")
+def dev_prepared(request, tmp_path_factory):
+    """The development set prepared with its README's split (--test-days 730 --val-days 365); skips the
+    test when --dev-set (or LIGHTNING_TT_DEV_SET) does not hold one."""
+    from lightning_tt.data.prepare import SplitConfig, prepare
+
+    raw = Path(request.config.getoption("--dev-set"))
+    if not any(raw.glob("flat/*/multi_event.parquet")):
+        pytest.skip(f"no development set at {raw} (pass --dev-set PATH)")
+    out = tmp_path_factory.mktemp("dev") / "prepared"
+    prepare(raw, out, config=SplitConfig(test_days=730, val_days=365), progress=False)
+    return out
 
 
 def tree(root: Path) -> dict[str, bytes]:
