@@ -27,7 +27,6 @@ from bench_data import machine, write_section  # noqa: E402
 
 from lightning_tt.model.loss import corrected_softmax_loss  # noqa: E402
 
-
 CPU_NOTE = """
 On a CPU a host read waits for nothing, so this only shows that the dense mask costs no more than the
 sparse one; on a GPU each of the previous loss's four host reads also stalls the launch queue.

@@ -72,11 +72,10 @@ def lightning_cli(args: list[str], run: bool = True, callbacks: list | None = No
             self.already_saved = True
 
     from lightning_tt.data.datamodule import YambdaDataModule
-    from lightning_tt.model.module import TwoTowerModule
-
     from lightning_tt.eval.callback import FaissRetrieval
     from lightning_tt.eval.predictions import ParquetPredictionWriter
     from lightning_tt.eval.report import RunReport
+    from lightning_tt.model.module import TwoTowerModule
 
     class TwoTowerCLI(LightningCLI):
         def _parse_ckpt_path(self):

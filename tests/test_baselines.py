@@ -3,12 +3,23 @@
 
 import numpy as np
 import pytest
+from rawdata import DAY, event, write_raw
 
-from lightning_tt.baselines import BPR, IALS, DecayPop, ItemKNN, MostPop, Random, Transitions, _top_scored, evaluate, tune
+from lightning_tt.baselines import (
+    BPR,
+    IALS,
+    DecayPop,
+    ItemKNN,
+    MostPop,
+    Random,
+    Transitions,
+    _top_scored,
+    evaluate,
+    tune,
+)
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.errors import InputError
-from rawdata import DAY, event, write_raw
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import tree
+
 from lightning_tt.errors import InputError
 from lightning_tt.outputs import Output
 

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import tree
+
 from lightning_tt.cli import main
 from lightning_tt.data import schema
 from lightning_tt.data.prepare import SplitConfig, prepare
