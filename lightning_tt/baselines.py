@@ -396,15 +396,25 @@ ALL = (Random, MostPop, DecayPop, Transitions, ItemKNN, IALS, BPR)
 DEFAULT_TUNE_METRIC = "val/next/recall@100"
 
 
-class _Cases:
-    """The next-track cases and paper lists of one split, gathered once for every baseline."""
+#: ``tune`` selects on at most this many validation cases per protocol (a seeded sample of them).
+TUNE_CASES = 5_000
 
-    def __init__(self, data: PreparedData, split: str, history: int):
+
+class _Cases:
+    """The next-track cases and paper lists of one split, gathered once for every baseline; with
+    ``limit``, a seeded sample of at most that many of each, in their order."""
+
+    def __init__(self, data: PreparedData, split: str, history: int, limit: int | None = None):
         self.split = split
+        rng = np.random.default_rng(0)
+
+        def chosen(n: int) -> np.ndarray:
+            return np.sort(rng.choice(n, limit, replace=False)) if limit and n > limit else np.arange(n)
+
         nxt = NextTrackDataset(data, split, history, lean=True)
-        self.next = nxt.arrays(np.arange(len(nxt)))
+        self.next = nxt.arrays(chosen(len(nxt)))
         paper = PaperListDataset(data, split, history, lean=True)
-        self.paper = paper.arrays(np.arange(len(paper)))
+        self.paper = paper.arrays(chosen(len(paper)))
         self.num_items = data.vocab["num_items"]
 
     def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = ("next", "paper")
@@ -487,16 +497,17 @@ def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = Non
 
     For every point of ``cls.grid(data)`` the baseline is fitted on the training positives (once per
     combination of the parameters outside ``RANK_PARAMS``) and ``metric`` is measured on the
-    validation cases; the best point (the first of equals, in grid order) is fitted again, on the same
-    training positives, and scored on the test cases. Returns, per baseline, the test metrics, the
-    chosen ``params`` and ``tuning``: {"metric", "value" (its validation value), "points"}."""
+    validation cases (at most TUNE_CASES of each protocol, a seeded sample); the best point (the first
+    of equals, in grid order) is fitted again, on the same training positives, and scored on the test
+    cases. Returns, per baseline, the test metrics, the chosen ``params`` and ``tuning``: {"metric",
+    "value" (its validation value), "points"}."""
     data = _checked(data_dir, "test", ks, names)
     if data.num_examples("val") == 0:
         raise InputError(f"{data.path}: no validation window to tune on (prepared with --val-days 0); prepare it "
                          f"with --val-days > 0 or run baselines without --tune")
     protocol, _, k = _parse_metric(metric, data.vocab["num_items"] - FIRST_ITEM)
     history = history or data.default_history
-    val, test = _Cases(data, "val", history), _Cases(data, "test", history)
+    val, test = _Cases(data, "val", history, limit=TUNE_CASES), _Cases(data, "test", history)
     results = {}
     for cls in ALL:
         if names and cls.name not in names:
