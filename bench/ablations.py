@@ -108,6 +108,24 @@ def best_baselines(path: Path) -> dict[str, tuple[str, float]]:
     return best
 
 
+COMPARED = ["test/next/recall@10", "test/next/recall@100", "test/paper/recall@100", "test/paper/ndcg@10"]
+
+
+def comparison(model_runs: list[dict], baselines_file: Path) -> list[str]:
+    """A markdown table: the model's default (mean ± std) next to every tuned baseline of a
+    ``baselines --tune`` metrics.json, on the test window, with the values the tuning chose."""
+    found = json.loads(baselines_file.read_text())
+    lines = ["| test window | next R@10 | next R@100 | paper R@100 | paper NDCG@10 | chosen on validation |",
+             "|---|---|---|---|---|---|"]
+    model = [mean_std([r[c.replace("/recall", "/exact_recall").replace("/ndcg", "/exact_ndcg")] for r in model_runs])
+             for c in COMPARED]
+    lines.append(f"| TwoTower (mean ± std, {len(model_runs)} seeds) | " + " | ".join(model) + " | |")
+    for name, values in found.items():
+        params = ", ".join(f"{k}={v}" for k, v in values.get("params", {}).items())
+        lines.append(f"| {name} | " + " | ".join(f"{values[c]:.4f}" for c in COMPARED) + f" | {params} |")
+    return lines
+
+
 def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], out: Path, figure: Path) -> None:
     import matplotlib
 
@@ -145,6 +163,7 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
             best = best_baselines(baselines[name])
             cells = [f"{best[c][1]:.4f} ({best[c][0]})" if c in best else "" for c in COLUMNS]
             lines.append("| best tuned baseline | " + " | ".join(cells) + " | | | |")
+            lines += ["", *comparison(rows["default"], baselines[name])]
         lines.append("")
         means = [statistics.mean(r["test/next/exact_recall@100"] for r in found) for found in rows.values()]
         stds = [statistics.stdev(r["test/next/exact_recall@100"] for r in found) if len(found) > 1 else 0
