@@ -216,15 +216,14 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
 
     from lightning_tt.cli import lightning_cli
 
+    if trials < 1:
+        raise InputError(f"--trials must be >= 1, got {trials}")
     # Retry, once, a trial whose process stopped sending heartbeats (killed). Optuna 4.9 renamed both the
     # callback and the storage's argument.
     if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
         retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
     else:
         retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
-
-    if trials < 1:
-        raise InputError(f"--trials must be >= 1, got {trials}")
     sweep = read_sweep(sweep_file)
     name = study_name or Path(sweep_file).stem
     out_dir = Path(out or Path("runs") / "sweeps" / name)
@@ -250,7 +249,9 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
     space = {key: distribution(key, spec, sweep_file) for key, spec in params.items()}
     if sweep["method"] == "grid":  # every combination once, in the file's order, and no more
         points = grid_points(sweep)
-        trials = min(trials, len(points))
+        if trials > len(points):
+            print(f"note: the grid has {len(points)} combinations; running {len(points)} trials, not {trials}")
+            trials = len(points)
         if not study.trials:
             for point in points:
                 study.enqueue_trial({key: _choice(value) for key, value in point.items()})

@@ -71,3 +71,30 @@ def test_baselines_command_writes_metrics_json(hand_raw, tmp_path, capsys):
     assert set(results) == {"MostPop", "Transitions"}
     assert results["Transitions"]["test/next/recall@1"] == pytest.approx(1 / 3)
     assert "Transitions" in capsys.readouterr().out
+
+
+def test_baselines_tune_writes_the_chosen_values(hand_raw, tmp_path, capsys):
+    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "p"), "--audio-dim", "4"])
+    out = tmp_path / "b" / "metrics.json"
+    main(["baselines", "--data", str(tmp_path / "p"), "--k", "1", "2", "--only", "DecayPop", "iALS", "--tune",
+          "--tune-metric", "val/paper/ndcg@2", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert set(results) == {"DecayPop", "iALS"}
+    for name, values in results.items():
+        assert values["tuning"]["metric"] == "val/paper/ndcg@2" and "test/next/recall@2" in values
+        assert values["tuning"]["points"] == {"DecayPop": 10, "iALS": 48}[name]
+    assert results["DecayPop"]["params"]["half_life_days"] in (0.0625, 0.25, 1.0, 4.0, 16.0)
+    printed = capsys.readouterr().out
+    assert "chosen on the validation window by val/paper/ndcg@2" in printed
+    assert f"half_life_days={results['DecayPop']['params']['half_life_days']}" in printed
+    for args, says in ((["--split", "val"], "drop --split val"), (["--tune-metric", "test/next/recall@1"],
+                                                                  "not a validation metric")):
+        with pytest.raises(SystemExit):
+            main(["baselines", "--data", str(tmp_path / "p"), "--tune", "--k", "1", "--out", str(tmp_path / "x.json"),
+                  *args])
+        assert says in capsys.readouterr().err
+    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "noval"), "--audio-dim", "4",
+          "--val-days", "0"])
+    with pytest.raises(SystemExit):
+        main(["baselines", "--data", str(tmp_path / "noval"), "--tune", "--k", "1", "--out", str(tmp_path / "y.json")])
+    assert "no validation window to tune on" in capsys.readouterr().err
