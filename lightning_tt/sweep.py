@@ -218,12 +218,6 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
 
     if trials < 1:
         raise InputError(f"--trials must be >= 1, got {trials}")
-    # Retry, once, a trial whose process stopped sending heartbeats (killed). Optuna 4.9 renamed both the
-    # callback and the storage's argument.
-    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
-        retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-    else:
-        retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
     sweep = read_sweep(sweep_file)
     name = study_name or Path(sweep_file).stem
     out_dir = Path(out or Path("runs") / "sweeps" / name)
@@ -234,6 +228,12 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Retry, once, a trial whose process stopped sending heartbeats (killed). Optuna 4.9 renamed
+            # both the callback and the storage's argument.
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(1)}
+            else:
+                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(1)}
             backend = RDBStorage(url, heartbeat_interval=30, grace_period=120, **retry)
     except Exception as err:  # sqlalchemy's errors: a bad URL or an unwritable file
         raise InputError(f"--storage {url}: cannot open the study: {err}") from err
