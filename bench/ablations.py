@@ -108,6 +108,8 @@ def best_baselines(path: Path) -> dict[str, tuple[str, float]]:
     return best
 
 
+#: Everything after this line of docs/ablations.md is written by hand and kept when the report is rewritten.
+FINDINGS = "<!-- findings: written by hand, kept by bench/ablations.py -->"
 COMPARED = ["test/next/recall@10", "test/next/recall@100", "test/paper/recall@100", "test/paper/ndcg@10"]
 
 
@@ -141,8 +143,10 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
         + ", ".join(f"{n}: {e} epochs" for n, e in EPOCHS.items()) + ". The checkpoint with the best "
         "`val/next/exact_recall@100` is validated and tested; values are exact (brute-force) rankings, as "
         f"mean ± std over seeds {', '.join(map(str, seeds))}. `Δ` is the change of test next-track Recall@100 "
-        "against the default row. The development set is MovieLens-small in the Yambda layout "
-        "(`--test-days 730 --val-days 365`); a difference under about 0.01 in Recall@100 is noise there.", "",
+        "against the default row; `best epoch` counts from 0; `fit s` is the mean wall time of a fit on this "
+        "shared machine (the first runs overlapped with other jobs). The development set is MovieLens-small "
+        "in the Yambda layout (`--test-days 730 --val-days 365`); a difference under about 0.01 in Recall@100 "
+        "is noise there.", "",
     ]
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
     for axis, name in zip(axes[0], names):
@@ -176,6 +180,9 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
     lines += [f"![test next-track Recall@100 per variant]({figure.relative_to(out.parent).as_posix()})", ""]
+    # What a person wrote under the findings marker of the previous report is kept.
+    previous = out.read_text() if out.exists() else ""
+    lines += [FINDINGS + previous.split(FINDINGS, 1)[1].lstrip("\n")] if FINDINGS in previous else [FINDINGS, ""]
     out.write_text("\n".join(lines))
     print(f"wrote {out} and {figure}")
 
