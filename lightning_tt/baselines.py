@@ -70,7 +70,8 @@ def _top_scored(scores: sp.csr_matrix, prior: np.ndarray, prior_weight: np.ndarr
 
     Only the scored items and the ``k`` best of the prior can make a row's top k, so sparse rows are
     ranked by one sort of those entries. Dense rows are ranked with torch.topk, columns put in tie-break
-    order first with a tie term too small to reorder keys more than ~1e-10 (relative) apart."""
+    order first and a tie term added that decreases along it; that term can only reorder keys closer
+    than ``64 eps I`` relative to the largest (3e-10 at 20k items, 4e-8 at 3M)."""
     q, num_items = scores.shape
     weight = np.zeros(q) if prior_weight is None else np.asarray(prior_weight, dtype=np.float64)
     prior = np.asarray(prior, dtype=np.float64)
@@ -86,8 +87,8 @@ def _top_scored(scores: sp.csr_matrix, prior: np.ndarray, prior_weight: np.ndarr
                                              shape=(q, len(tie_order) + 1)).toarray()[:, :-1])
         if weight.any():
             key += torch.from_numpy(weight)[:, None] * torch.from_numpy(prior[tie_order])
-        # A tie term decreasing along the tie order, at 64 units in the last place of the largest key per
-        # column step: exact for equal keys, and it cannot reorder keys further apart than ~1e-10 relative.
+        # The tie term: 64 units in the last place of the largest key per step along the tie order, so
+        # equal keys are ordered exactly and only keys closer than 64 eps I (relative) can be reordered.
         largest = scores.data.max(initial=0.0) + weight.max(initial=0.0) * prior.max(initial=0.0)
         step = 64 * np.finfo(np.float64).eps * max(largest, 1e-300)
         key += torch.arange(len(tie_order), 0, -1, dtype=torch.float64) * step
