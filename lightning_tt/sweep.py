@@ -239,7 +239,7 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
         raise InputError(f"--storage {url}: cannot open the study: {err}") from err
     metric, goal = sweep["metric"]["name"], sweep["metric"].get("goal", "minimize")
     direction = "maximize" if goal == "maximize" else "minimize"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported once, by main
     study = optuna.create_study(study_name=name, storage=backend, direction=direction, load_if_exists=True,
                                 sampler=_sampler(sweep, seed), pruner=_pruner(sweep))
     if study.direction.name.lower() != direction:
@@ -268,6 +268,8 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
         os.environ["WANDB_RUN_GROUP"] = name  # every trial's W&B run in the study's group
         try:
             cli = lightning_cli(["fit", *flags], callbacks=[callback])
+        except SystemExit as err:  # the argument parser refused a flag and said why above
+            raise InputError(f"fit refused trial {trial.number}'s flags (see above): {' '.join(flags)}") from err
         finally:
             if group is None:
                 os.environ.pop("WANDB_RUN_GROUP", None)
@@ -286,10 +288,12 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
         write_outputs(study, sweep, out_dir)
 
     done = sum(t.state in finished for t in study.trials)
-    if done < trials:
-        study.optimize(objective, n_trials=trials - done, catch=(),
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished), report])
-    write_outputs(study, sweep, out_dir)
+    try:
+        if done < trials:
+            study.optimize(objective, n_trials=trials - done, catch=(),
+                           callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished), report])
+    finally:  # also after a failed or interrupted trial: the leaderboard shows it
+        write_outputs(study, sweep, out_dir)
     return out_dir
 
 

@@ -139,3 +139,18 @@ def test_offline_study_prunes_a_trial_and_resumes(tiny_prepared, tmp_path, monke
     # Asking again for 3 finished trials runs nothing.
     main(["sweep", str(sweep), "--trials", "3", "--out", str(out), "--storage", f"sqlite:///{db}", *flags])
     assert len(optuna.load_study(study_name="grid", storage=f"sqlite:///{db}").trials) == 3
+
+
+def test_a_fit_flag_that_fit_refuses_stops_the_sweep_in_one_line(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "method": "random", "metric": {"name": "val/next/exact_recall@100", "goal": "maximize"},
+        "parameters": {"model.temperature": {"values": [0.1]}},
+        "command": ["lightning-tt", "fit", "--config", str(ROOT / "tests/conf/tiny.yaml"), "${args}"]}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(sweep), "--trials", "1", "--out", str(tmp_path / "out"), "--", "--model.lerning_rate", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "lightning-tt: error: fit refused trial 0's flags" in err
+    assert "Traceback" not in err
+    rows = list(csv.DictReader((tmp_path / "out" / "leaderboard.csv").open()))
+    assert [row["state"] for row in rows] == ["fail"]
