@@ -2,6 +2,7 @@
 real config (tests/conf/tiny.yaml)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,69 @@ def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
     assert sorted(table.column("case").to_pylist()) == list(range(PreparedData(prepared).num_examples("test")))
     assert all(len(row) == 100 for row in table.column("item_ids").to_pylist())
     assert [p.name for p in tmp_path.iterdir() if "top" in p.name] == ["top.parquet"]  # no part left behind
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(cwd, probe_dir, *args) -> list[subprocess.CompletedProcess]:
+    """``lightning-tt ARGS --trainer.num_nodes 2 --trainer.devices 1`` as two processes started the way a
+    cluster starts one per node: the same command with NODE_RANK 0 and 1 and a shared MASTER_ADDR/PORT."""
+    port = str(_free_port())
+    processes = []
+    for node in (0, 1):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node),
+               "RANK_PROBE_DIR": str(probe_dir), "PYTHONPATH": str(Path(__file__).parent)}
+        env.pop("LOCAL_RANK", None)
+        processes.append(subprocess.Popen([sys.executable, "-m", "lightning_tt.cli", *args, "--trainer.num_nodes", "2",
+                                           "--trainer.devices", "1", "--trainer.strategy", "ddp"], cwd=cwd, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err[-3000:]
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_two_nodes_shard_by_global_rank_and_give_the_numbers_of_one(prepared, tmp_path):
+    """fit and test as 2 nodes x 1 process (gloo): each node trains on its own half of the examples (by
+    global rank), the frequency estimators stay identical, one process writes the run's files, and the
+    test metrics equal those of a single process."""
+    from lightning_tt.data.prepared import PreparedData
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    common = ["--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
+              "--data.eval_batch_size", "1024"]
+    _two_nodes(tmp_path, probe, "fit", *common, "--trainer.logger.init_args.save_dir", "fit",
+               "--trainer.callbacks+=rank_probe.RankProbe", "--trainer.limit_train_batches", "null",
+               "--trainer.max_epochs", "1")
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["global_rank"], r["node_rank"], r["local_rank"], r["world_size"]) for r in ranks] == [(0, 0, 0, 2),
+                                                                                                     (1, 1, 0, 2)]
+    assert [r["sampler"] for r in ranks] == [[0, 2], [1, 2]]
+    first, second = (set(r["epoch0"]) for r in ranks)
+    train = PreparedData(prepared).num_examples("train")
+    assert not first & second and len(first) == len(second) and len(first | second) > train - 2 * 64 * 2
+    assert ranks[0]["estimator"] == ranks[1]["estimator"]  # every node applies every node's items
+    runs = list((tmp_path / "fit" / "tiny").iterdir())
+    assert len(runs) == 1 and len(list(tmp_path.rglob("config.yaml"))) == 1  # one process wrote the run
+    ckpt = str(runs[0] / "checkpoints" / "last.ckpt")
+    metrics = {}
+    test = ["test", *common, "--ckpt_path", ckpt, "--retrieval.kind", "flat"]
+    found = _two_nodes(tmp_path, probe, *test, "--trainer.logger.init_args.save_dir", "test2")
+    metrics[2] = json.loads((tmp_path / found[0].stdout.split("metrics written to ")[1].split()[0]).read_text())
+    assert "metrics written to" not in found[1].stdout  # node 1 writes nothing
+    out = _cli(tmp_path, *test, "--trainer.devices", "1", "--trainer.logger.init_args.save_dir", "test1").stdout
+    metrics[1] = json.loads((tmp_path / out.split("metrics written to ")[1].split()[0]).read_text())
+    assert metrics[1].keys() == metrics[2].keys()
+    for name, value in metrics[1].items():
+        if "/index/" not in name:
+            assert metrics[2][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name

@@ -343,8 +343,9 @@ class TwoTowerModule(L.LightningModule):
                              f"(fp16's gradient scaler would not see the tables' optimizer), got {self.trainer.precision}")
         dist = torch.distributed
         if self.trainer.world_size > 1 and dist.is_initialized() and dist.get_backend() == "nccl":
-            raise InputError("model.sparse_embeddings does not work with several GPUs: NCCL cannot all-reduce "
-                             "sparse gradients (gloo can); train on one GPU or without sparse_embeddings")
+            raise InputError("model.sparse_embeddings does not work with several GPUs, on one machine or several: "
+                             "NCCL cannot all-reduce sparse gradients (gloo can); train on one GPU or without "
+                             "sparse_embeddings")
 
     def configure_optimizers(self):
         # The fused kernel updates all parameters at once on a GPU (several times faster than a loop).
