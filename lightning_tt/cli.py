@@ -197,9 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--ckpt_path", required=True)
     exp.add_argument("--out", required=True, help="output directory (written atomically)")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    exp.add_argument("--kind", default="ivfpq", help="flat, ivfflat, ivfpq, hnsw or ivfhnsw")
-    for name, default in (("nlist", 1024), ("m", 32), ("nbits", 8), ("nprobe", 128), ("k-factor", 16)):
-        exp.add_argument(f"--{name}", type=int, default=default)
+    exp.add_argument("--kind", default="ivfpq", help="flat, ivfflat, ivfpq, ivfpqfs, hnsw or ivfhnsw")
+    exp.add_argument("--coarse", default=None, choices=["flat", "hnsw"], help="IVF coarse quantizer (default: by kind)")
+    exp.add_argument("--nbits", type=int, default=8)
+    for name in ("nlist", "m", "nprobe", "k-factor"):
+        exp.add_argument(f"--{name}", type=int, default=None, help="default: chosen from the catalogue's size and dim")
 
     rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track")
     rec.add_argument("--index", required=True, help="a directory written by `lightning-tt export`")
@@ -337,7 +339,7 @@ def _run(args: argparse.Namespace) -> None:
         from lightning_tt.serve import export
 
         config = IndexConfig(kind=args.kind, nlist=args.nlist, m=args.m, nbits=args.nbits, nprobe=args.nprobe,
-                             k_factor=args.k_factor)
+                             k_factor=args.k_factor, coarse=args.coarse)
         meta = export(args.ckpt_path, args.out, config, overwrite=args.overwrite)
         print(f"exported {meta['items']:,} items ({meta['factory']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
         return

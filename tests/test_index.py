@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lightning_tt.errors import InputError
-from lightning_tt.eval.index import IndexConfig, build_index, factory_string
+from lightning_tt.eval.index import IndexConfig, build_index, factory_string, resolved
 
 
 def unit(n, d, seed=0, clusters=0):
@@ -27,7 +27,35 @@ def test_factory_strings():
         IndexConfig(kind="annoy")
 
 
+def test_fast_scan_parameters_follow_the_catalogue_unless_set():
+    # nlist = the power of two nearest 4 sqrt(n), m = d / 4, nprobe = max(4, nlist / 512), k_factor 4,
+    # an HNSW coarse quantizer from 4,096 lists.
+    fs = IndexConfig(kind="ivfpqfs")
+    assert factory_string(fs, 3_000_000, 128) == ("IVF8192_HNSW32,PQ32x4fs,RFlat", [])  # 4 x 1732 = 6928
+    assert factory_string(fs, 1_000_000, 64) == ("IVF4096_HNSW32,PQ16x4fs,RFlat", [])  # 4 x 1000 = 4000
+    assert factory_string(fs, 100_000, 64) == ("IVF1024,PQ16x4fs,RFlat", [])  # 4 x 316 = 1265
+    chosen = resolved(fs, 3_000_000, 128)
+    assert (chosen.nlist, chosen.m, chosen.nprobe, chosen.k_factor, chosen.coarse) == (8192, 32, 16, 4, "hnsw")
+    # What the user sets wins, the rest is still chosen.
+    mine = resolved(IndexConfig(kind="ivfpqfs", nlist=2048, k_factor=8, coarse="flat"), 3_000_000, 128)
+    assert (mine.nlist, mine.m, mine.nprobe, mine.k_factor, mine.coarse) == (2048, 32, 4, 8, "flat")
+    assert factory_string(mine, 3_000_000, 128)[0] == "IVF2048,PQ32x4fs,RFlat"
+    assert factory_string(IndexConfig(kind="ivfpqfs", m=8, rerank=False), 100_000, 64)[0] == "IVF1024,PQ8x4fs"
+    # The other kinds keep the values measured at 3M, and an HNSW coarse quantizer is an option.
+    old = resolved(IndexConfig(), 3_000_000, 128)
+    assert (old.nlist, old.m, old.nprobe, old.k_factor, old.coarse) == (1024, 32, 128, 16, "flat")
+    assert factory_string(IndexConfig(coarse="hnsw"), 100_000, 64)[0] == "IVF1024_HNSW32,PQ32x8,RFlat"
+    with pytest.raises(InputError, match="coarse"):
+        IndexConfig(coarse="ivf")
+
+
 def test_small_catalogues_fall_back():
+    # Fast-scan at 5,000 vectors: 4 sqrt(n) = 283 -> 256 lists -> 128 (39 points each); 16 centroids of
+    # 4 bits train on 624 points, so PQ stays. 400 vectors are too few for PQ, 50 for IVF.
+    assert factory_string(IndexConfig(kind="ivfpqfs"), 5_000, 64)[0] == "IVF128,PQ16x4fs,RFlat"
+    assert factory_string(IndexConfig(kind="ivfpqfs"), 5_000, 60)[0] == "IVF128,PQ15x4fs,RFlat"  # 60 / 4
+    assert factory_string(IndexConfig(kind="ivfpqfs"), 400, 64)[0] == "IVF10,Flat"  # 64 lists -> 400 // 39
+    assert factory_string(IndexConfig(kind="ivfpqfs"), 50, 64)[0] == "Flat"
     # 5,000 vectors: nlist 1024 -> 128 lists; 2^8 centroids need 9,984 points -> nbits 7.
     factory, notes = factory_string(IndexConfig(), 5_000, 64)
     assert factory == "IVF128,PQ32x7,RFlat" and len(notes) == 2
@@ -47,12 +75,14 @@ def test_inner_product_not_l2():
     assert ids[0].tolist() == [0, 1] and scores[0][0] == pytest.approx(10.0) and qps > 0
 
 
-@pytest.mark.parametrize("kind", ["ivfpq", "ivfflat", "hnsw", "ivfhnsw"])
+@pytest.mark.parametrize("kind", ["ivfpq", "ivfflat", "hnsw", "ivfhnsw", "ivfpqfs"])
 def test_ann_recall_close_to_exact(kind):
     items, queries = unit(10_000, 32, clusters=100), unit(200, 32, seed=1, clusters=100)
     exact = build_index(items, IndexConfig(kind="flat")).search(queries, 100)[1]
     built = build_index(items, IndexConfig(kind=kind, nlist=64, m=8, nbits=6, nprobe=16))
+    assert ("x4fs" in built.factory) == (kind == "ivfpqfs")
     ann = built.search(queries, 100)[1]
     overlap = np.mean([len(set(a) & set(e)) / 100 for a, e in zip(ann, exact)])
     assert overlap > 0.9, (kind, built.factory, overlap)
+    assert built.config.nprobe == 16 and built.config.k_factor is not None
     assert built.bytes > 0 and built.build_seconds > 0

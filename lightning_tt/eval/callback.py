@@ -26,9 +26,11 @@ FIRST_ITEM = 2
 class FaissRetrieval(L.Callback):
     """Index settings as primitives (configs and sweeps set them); see IndexConfig."""
 
-    def __init__(self, kind: str = "ivfpq", nlist: int = 1024, m: int = 32, nbits: int = 8, rerank: bool = True,
-                 hnsw_m: int = 32, nprobe: int = 128, ef_search: int = 128, k_factor: int = 16):
-        self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor)
+    def __init__(self, kind: str = "ivfpq", nlist: int | None = None, m: int | None = None, nbits: int = 8,
+                 rerank: bool = True, hnsw_m: int = 32, nprobe: int | None = None, ef_search: int = 128,
+                 k_factor: int | None = None, coarse: str | None = None):
+        """Unset (None) options are chosen from the catalogue's size and dim (lightning_tt.eval.index)."""
+        self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor, coarse)
 
     def _start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -98,12 +100,13 @@ class FaissRetrieval(L.Callback):
         import faiss
 
         params, points = faiss.ParameterSpace(), []
-        tried = sorted({2**i for i in range(12) if 2**i < self.config.nprobe} | {self.config.nprobe})
+        nprobe = built.config.nprobe
+        tried = sorted({2**i for i in range(12) if 2**i < nprobe} | {nprobe})
         for nprobe in tried:
             params.set_index_parameter(built.index, "nprobe", nprobe)
             top, qps = self._search(built, queries, k)
             points.append((nprobe, qps, float((top == targets[:, None]).any(dim=1).double().mean())))
-        params.set_index_parameter(built.index, "nprobe", self.config.nprobe)
+        params.set_index_parameter(built.index, "nprobe", nprobe)
         return points
 
     @staticmethod

@@ -3,25 +3,39 @@
 
 Kinds (``IndexConfig.kind``) and their factory strings (n vectors of dim d):
 
-    flat      Flat                                 exact
-    ivfflat   IVF{nlist},Flat
-    ivfpq     IVF{nlist},PQ{m}x{nbits}[,RFlat]     the default, with exact re-ranking (``rerank``)
+    flat      Flat                                       exact
+    ivfflat   IVF{nlist}[_HNSW{hnsw_m}],Flat
+    ivfpq     IVF{nlist}[_HNSW{hnsw_m}],PQ{m}x{nbits}[,RFlat]   the default, exact re-ranking (``rerank``)
+    ivfpqfs   IVF{nlist}[_HNSW{hnsw_m}],PQ{m}x4fs[,RFlat]       4-bit fast-scan PQ (SIMD), re-ranked
     hnsw      HNSW{hnsw_m}
-    ivfhnsw   IVF{nlist}_HNSW{hnsw_m},Flat          IVF with an HNSW coarse quantizer
+    ivfhnsw   IVF{nlist}_HNSW{hnsw_m},Flat                ivfflat with ``coarse: hnsw``
 
-Search parameters: ``nprobe`` (IVF lists visited), ``ef_search`` (HNSW), ``k_factor`` (candidates
-re-ranked exactly = k_factor x k). The defaults (IVF1024,PQ32x8,RFlat, nprobe 128, k_factor 16) kept
-0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4 kept
-only 0.77 there (docs/benchmarks.md). Training wants >= 39 points per IVF list and per PQ centroid
-(2^nbits) and d divisible by m: a catalogue too small for the requested kind gets a smaller nlist,
-nbits or m, or an exact Flat index, with a warning that says what changed.
+``coarse`` is the IVF coarse quantizer: ``flat`` (exact assignment) or ``hnsw`` (an HNSW graph over the
+centroids, for many lists). Search parameters: ``nprobe`` (IVF lists visited), ``ef_search`` (HNSW),
+``k_factor`` (candidates re-ranked exactly = k_factor x k).
+
+``nlist``, ``m``, ``nprobe``, ``k_factor`` and ``coarse`` left unset (None) are chosen from the
+catalogue's size n and dim d (``resolved``); values the user sets always win:
+
+- ivfflat, ivfpq, ivfhnsw: nlist 1024, m 32, nprobe 128, k_factor 16, coarse flat. These kept
+  0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4
+  kept only 0.77 there (docs/benchmarks.md).
+- ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = d / 4,
+  nprobe = max(4, nlist / 512), k_factor 4, coarse hnsw from 4,096 lists. A first probe on 1M
+  clustered 64-d vectors kept 0.9996 of the exact top-100 at 19.8x exact's queries/s (nprobe 8).
+  This is not yet the measurement the 500m config needs (other query distributions, skew, trained
+  embeddings).
+
+Training wants >= 39 points per IVF list and per PQ centroid (2^nbits; 16 for fast-scan) and d
+divisible by m: a catalogue too small for the requested kind gets a smaller nlist, nbits or m, or an
+exact Flat index, with a warning that says what changed.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -29,35 +43,54 @@ import numpy as np
 from lightning_tt.errors import InputError
 
 POINTS_PER_CENTROID = 39
-KINDS = ("flat", "ivfflat", "ivfpq", "hnsw", "ivfhnsw")
+KINDS = ("flat", "ivfflat", "ivfpq", "ivfpqfs", "hnsw", "ivfhnsw")
+COARSE = ("flat", "hnsw")
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     kind: str = "ivfpq"
-    nlist: int = 1024
-    m: int = 32
+    nlist: int | None = None
+    m: int | None = None
     nbits: int = 8
     rerank: bool = True
     hnsw_m: int = 32
-    nprobe: int = 128
+    nprobe: int | None = None
     ef_search: int = 128
-    k_factor: int = 16
+    k_factor: int | None = None
+    coarse: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise InputError(f"index kind (--kind, retrieval.kind) must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.coarse not in (None, *COARSE):
+            raise InputError(f"index option coarse (--coarse, retrieval.coarse) must be flat or hnsw, got {self.coarse!r}")
         for name in ("nlist", "m", "nbits", "hnsw_m", "nprobe", "ef_search", "k_factor"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise InputError(f"index option {name} (--{name.replace('_', '-')}, retrieval.{name}) must be >= 1, "
-                                 f"got {getattr(self, name)}")
+                                 f"got {value}")
+
+
+def resolved(config: IndexConfig, n: int, dim: int) -> IndexConfig:
+    """``config`` with every unset (None) option chosen for ``n`` vectors of dim ``dim`` (see the module
+    docstring); the options the user set are kept as they are."""
+    if config.kind == "ivfpqfs":
+        nlist = config.nlist or 2 ** max(1, round(np.log2(4 * np.sqrt(max(n, 1)))))
+        auto = {"nlist": nlist, "m": max(1, dim // 4), "nprobe": max(4, nlist // 512), "k_factor": 4,
+                "coarse": "hnsw" if nlist >= 4096 else "flat"}
+    else:
+        auto = {"nlist": 1024, "m": 32, "nprobe": 128, "k_factor": 16,
+                "coarse": "hnsw" if config.kind == "ivfhnsw" else "flat"}
+    return replace(config, **{name: value for name, value in auto.items() if getattr(config, name) is None})
 
 
 def factory_string(config: IndexConfig, n: int, dim: int) -> tuple[str, list[str]]:
-    """The factory string for ``n`` vectors of dim ``dim``, and what was changed to fit them."""
-    c, notes = config, []
-    kind, nlist, m, nbits = c.kind, c.nlist, c.m, c.nbits
-    if kind in ("ivfflat", "ivfpq", "ivfhnsw"):
+    """The factory string for ``n`` vectors of dim ``dim`` (unset options resolved first), and what was
+    changed to fit them."""
+    c, notes = resolved(config, n, dim), []
+    kind, nlist, m, nbits = c.kind, c.nlist, c.m, 4 if c.kind == "ivfpqfs" else c.nbits
+    if kind in ("ivfflat", "ivfpq", "ivfpqfs", "ivfhnsw"):
         fit = max(1, n // POINTS_PER_CENTROID)
         if nlist > fit:
             notes.append(f"nlist {nlist} -> {fit} ({n} vectors)")
@@ -65,25 +98,27 @@ def factory_string(config: IndexConfig, n: int, dim: int) -> tuple[str, list[str
         if nlist < 2:
             notes.append(f"{kind} -> flat ({n} vectors are too few for IVF)")
             kind = "flat"
-    if kind == "ivfpq":
+    if kind in ("ivfpq", "ivfpqfs"):
         if dim % m:
             divisor = max(d for d in range(1, m + 1) if dim % d == 0)
             notes.append(f"m {m} -> {divisor} (dim {dim} is not divisible by {m})")
             m = divisor
         fit_bits = int(np.floor(np.log2(max(n // POINTS_PER_CENTROID, 1))))
         if nbits > fit_bits:
-            if fit_bits >= 4:
+            if fit_bits >= 4 and kind == "ivfpq":
                 notes.append(f"nbits {nbits} -> {fit_bits} ({n} vectors)")
                 nbits = fit_bits
             else:
-                notes.append(f"ivfpq -> ivfflat ({n} vectors are too few to train PQ)")
+                notes.append(f"{kind} -> ivfflat ({n} vectors are too few to train PQ)")
                 kind = "ivfflat"
+    coarse = f"IVF{nlist}" + (f"_HNSW{c.hnsw_m}" if c.coarse == "hnsw" else "")
     strings = {
         "flat": "Flat",
-        "ivfflat": f"IVF{nlist},Flat",
-        "ivfpq": f"IVF{nlist},PQ{m}x{nbits}" + (",RFlat" if c.rerank else ""),
+        "ivfflat": f"{coarse},Flat",
+        "ivfpq": f"{coarse},PQ{m}x{nbits}" + (",RFlat" if c.rerank else ""),
+        "ivfpqfs": f"{coarse},PQ{m}x4fs" + (",RFlat" if c.rerank else ""),
         "hnsw": f"HNSW{c.hnsw_m}",
-        "ivfhnsw": f"IVF{nlist}_HNSW{c.hnsw_m},Flat",
+        "ivfhnsw": f"{coarse},Flat",
     }
     return strings[kind], notes
 
@@ -94,6 +129,7 @@ class BuiltIndex:
     factory: str
     build_seconds: float
     bytes: int
+    config: IndexConfig  # resolved: no option unset
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
         """(scores [Q, k], item rows [Q, k], queries per second); rows are -1 past the catalogue."""
@@ -106,6 +142,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> Bui
     """Train (when the kind needs it) and fill an index over ``vectors`` [n, d] (row = id)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
+    config = resolved(config, n, dim)
     factory, notes = factory_string(config, n, dim)
     if notes:
         warnings.warn(f"faiss index {config.kind!r} does not fit this catalogue: {'; '.join(notes)}; using {factory}",
@@ -125,4 +162,4 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> Bui
     if factory.endswith("RFlat"):
         params.set_index_parameter(index, "k_factor_rf", config.k_factor)
     seconds = time.perf_counter() - start
-    return BuiltIndex(index, factory, seconds, len(faiss.serialize_index(index)))
+    return BuiltIndex(index, factory, seconds, len(faiss.serialize_index(index)), config)
