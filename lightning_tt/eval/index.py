@@ -21,8 +21,8 @@ catalogue's size n and dim d (``resolved``); values the user sets always win:
   0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4
   kept only 0.77 there (docs/benchmarks.md).
 - ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = d / 4,
-  nprobe = max(4, nlist / 512), k_factor 4, coarse hnsw from 4,096 lists. A first probe on 1M
-  clustered 64-d vectors kept 0.9996 of the exact top-100 at 19.8x exact's queries/s (nprobe 8).
+  nprobe = max(4, nlist / 512), k_factor 4, coarse hnsw from 4,096 lists. On 1M clustered 64-d
+  vectors that kept 0.9997 of the exact top-100 at 11.5x exact's queries/s (docs/benchmarks.md).
   This is not yet the measurement the 500m config needs (other query distributions, skew, trained
   embeddings).
 
