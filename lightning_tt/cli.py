@@ -200,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--kind", default="ivfpq", help="flat, ivfflat, ivfpq, ivfpqfs, hnsw or ivfhnsw")
     exp.add_argument("--coarse", default=None, choices=["flat", "hnsw"], help="IVF coarse quantizer (default: by kind)")
     exp.add_argument("--nbits", type=int, default=8)
-    for name in ("nlist", "m", "nprobe", "k-factor"):
+    for name in ("nlist", "m", "nprobe", "k-factor", "quantizer-ef-search", "train-sample"):
         exp.add_argument(f"--{name}", type=int, default=None, help="default: chosen from the catalogue's size and dim")
 
     rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track")
@@ -339,7 +339,8 @@ def _run(args: argparse.Namespace) -> None:
         from lightning_tt.serve import export
 
         config = IndexConfig(kind=args.kind, nlist=args.nlist, m=args.m, nbits=args.nbits, nprobe=args.nprobe,
-                             k_factor=args.k_factor, coarse=args.coarse)
+                             k_factor=args.k_factor, coarse=args.coarse, quantizer_ef_search=args.quantizer_ef_search,
+                             train_sample=args.train_sample)
         meta = export(args.ckpt_path, args.out, config, overwrite=args.overwrite)
         print(f"exported {meta['items']:,} items ({meta['factory']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
         return

@@ -36,6 +36,7 @@ def test_fast_scan_parameters_follow_the_catalogue_unless_set():
     assert factory_string(fs, 100_000, 64) == ("IVF1024,PQ16x4fs,RFlat", [])  # 4 x 316 = 1265
     chosen = resolved(fs, 3_000_000, 128)
     assert (chosen.nlist, chosen.m, chosen.nprobe, chosen.k_factor, chosen.coarse) == (8192, 32, 16, 4, "hnsw")
+    assert (chosen.quantizer_ef_search, chosen.train_sample) == (64, 64 * 8192)
     # What the user sets wins, the rest is still chosen.
     mine = resolved(IndexConfig(kind="ivfpqfs", nlist=2048, k_factor=8, coarse="flat"), 3_000_000, 128)
     assert (mine.nlist, mine.m, mine.nprobe, mine.k_factor, mine.coarse) == (2048, 32, 4, 8, "flat")
@@ -44,6 +45,7 @@ def test_fast_scan_parameters_follow_the_catalogue_unless_set():
     # The other kinds keep the values measured at 3M, and an HNSW coarse quantizer is an option.
     old = resolved(IndexConfig(), 3_000_000, 128)
     assert (old.nlist, old.m, old.nprobe, old.k_factor, old.coarse) == (1024, 32, 128, 16, "flat")
+    assert (old.quantizer_ef_search, old.train_sample) == (128, 256 * 1024)  # Faiss's own k-means cap
     assert factory_string(IndexConfig(coarse="hnsw"), 100_000, 64)[0] == "IVF1024_HNSW32,PQ32x8,RFlat"
     with pytest.raises(InputError, match="coarse"):
         IndexConfig(coarse="ivf")
@@ -73,6 +75,17 @@ def test_inner_product_not_l2():
     built = build_index(items, IndexConfig(kind="flat"))
     scores, ids, qps = built.search(np.array([[1.0, 0.0]]), 2)
     assert ids[0].tolist() == [0, 1] and scores[0][0] == pytest.approx(10.0) and qps > 0
+
+
+def test_training_on_a_capped_sample_keeps_recall():
+    items, queries = unit(10_000, 32, clusters=100), unit(200, 32, seed=1, clusters=100)
+    exact = build_index(items, IndexConfig(kind="flat")).search(queries, 100)[1]
+    built = build_index(items, IndexConfig(kind="ivfpqfs", nlist=32, m=8, nprobe=8, train_sample=1_500))
+    assert built.config.train_sample == 1_500 and built.factory == "IVF32,PQ8x4fs,RFlat"
+    ann = built.search(queries, 100)[1]
+    assert np.mean([len(set(a) & set(e)) / 100 for a, e in zip(ann, exact)]) > 0.9
+    with pytest.raises(InputError, match="train_sample"):
+        IndexConfig(train_sample=0)
 
 
 @pytest.mark.parametrize("kind", ["ivfpq", "ivfflat", "hnsw", "ivfhnsw", "ivfpqfs"])

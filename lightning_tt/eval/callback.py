@@ -28,9 +28,11 @@ class FaissRetrieval(L.Callback):
 
     def __init__(self, kind: str = "ivfpq", nlist: int | None = None, m: int | None = None, nbits: int = 8,
                  rerank: bool = True, hnsw_m: int = 32, nprobe: int | None = None, ef_search: int = 128,
-                 k_factor: int | None = None, coarse: str | None = None):
+                 k_factor: int | None = None, coarse: str | None = None, quantizer_ef_search: int | None = None,
+                 train_sample: int | None = None):
         """Unset (None) options are chosen from the catalogue's size and dim (lightning_tt.eval.index)."""
-        self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor, coarse)
+        self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor, coarse,
+                                  quantizer_ef_search, train_sample)
 
     def _start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

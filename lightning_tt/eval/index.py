@@ -14,17 +14,20 @@ Kinds (``IndexConfig.kind``) and their factory strings (n vectors of dim d):
 centroids, for many lists). Search parameters: ``nprobe`` (IVF lists visited), ``ef_search`` (HNSW),
 ``k_factor`` (candidates re-ranked exactly = k_factor x k).
 
-``nlist``, ``m``, ``nprobe``, ``k_factor`` and ``coarse`` left unset (None) are chosen from the
-catalogue's size n and dim d (``resolved``); values the user sets always win:
+``nlist``, ``m``, ``nprobe``, ``k_factor``, ``coarse``, ``quantizer_ef_search`` (the HNSW coarse
+quantizer's efSearch) and ``train_sample`` (how many vectors, a seeded sample, the training sees) left
+unset (None) are chosen from the catalogue's size n and dim d (``resolved``); values the user sets
+always win:
 
-- ivfflat, ivfpq, ivfhnsw: nlist 1024, m 32, nprobe 128, k_factor 16, coarse flat. These kept
+- ivfflat, ivfpq, ivfhnsw: nlist 1024, m 32, nprobe 128, k_factor 16, coarse flat, quantizer_ef_search
+  = ef_search, train_sample 256 x nlist (Faiss's own k-means cap: training sees as many points as
+  before). These kept
   0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4
   kept only 0.77 there (docs/benchmarks.md).
 - ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = d / 4,
-  nprobe = max(4, nlist / 512), k_factor 4, coarse hnsw from 4,096 lists. On 1M clustered 64-d
-  vectors that kept 0.9997 of the exact top-100 at 11.5x exact's queries/s (docs/benchmarks.md).
-  This is not yet the measurement the 500m config needs (other query distributions, skew, trained
-  embeddings).
+  nprobe = max(4, nlist / 512), k_factor 4, coarse hnsw from 4,096 lists, quantizer_ef_search 64,
+  train_sample 64 x nlist. Measured on 1M clustered 64-d vectors only (docs/benchmarks.md); not yet
+  the measurement the 500m config needs (other query distributions, skew, trained embeddings).
 
 Training wants >= 39 points per IVF list and per PQ centroid (2^nbits; 16 for fast-scan) and d
 divisible by m: a catalogue too small for the requested kind gets a smaller nlist, nbits or m, or an
@@ -43,6 +46,11 @@ import numpy as np
 from lightning_tt.errors import InputError
 
 POINTS_PER_CENTROID = 39
+#: Training (coarse k-means and PQ codebooks) sees at most this many vectors per IVF list unless
+#: ``train_sample`` is set: a seeded sample, so that the rebuild each validation epoch stays bounded.
+#: 256 is Faiss's own k-means cap (nothing changes for the old kinds); fast-scan takes 64.
+TRAIN_POINTS_PER_LIST = {"ivfpqfs": 64}
+FAISS_POINTS_PER_CENTROID = 256
 KINDS = ("flat", "ivfflat", "ivfpq", "ivfpqfs", "hnsw", "ivfhnsw")
 COARSE = ("flat", "hnsw")
 
@@ -59,13 +67,16 @@ class IndexConfig:
     ef_search: int = 128
     k_factor: int | None = None
     coarse: str | None = None
+    quantizer_ef_search: int | None = None
+    train_sample: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise InputError(f"index kind (--kind, retrieval.kind) must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.coarse not in (None, *COARSE):
             raise InputError(f"index option coarse (--coarse, retrieval.coarse) must be flat or hnsw, got {self.coarse!r}")
-        for name in ("nlist", "m", "nbits", "hnsw_m", "nprobe", "ef_search", "k_factor"):
+        for name in ("nlist", "m", "nbits", "hnsw_m", "nprobe", "ef_search", "k_factor", "quantizer_ef_search",
+                     "train_sample"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"index option {name} (--{name.replace('_', '-')}, retrieval.{name}) must be >= 1, "
@@ -78,10 +89,12 @@ def resolved(config: IndexConfig, n: int, dim: int) -> IndexConfig:
     if config.kind == "ivfpqfs":
         nlist = config.nlist or 2 ** max(1, round(np.log2(4 * np.sqrt(max(n, 1)))))
         auto = {"nlist": nlist, "m": max(1, dim // 4), "nprobe": max(4, nlist // 512), "k_factor": 4,
-                "coarse": "hnsw" if nlist >= 4096 else "flat"}
+                "coarse": "hnsw" if nlist >= 4096 else "flat", "quantizer_ef_search": 64}
     else:
+        nlist = config.nlist or 1024
         auto = {"nlist": 1024, "m": 32, "nprobe": 128, "k_factor": 16,
-                "coarse": "hnsw" if config.kind == "ivfhnsw" else "flat"}
+                "coarse": "hnsw" if config.kind == "ivfhnsw" else "flat", "quantizer_ef_search": config.ef_search}
+    auto["train_sample"] = TRAIN_POINTS_PER_LIST.get(config.kind, FAISS_POINTS_PER_CENTROID) * nlist
     return replace(config, **{name: value for name, value in auto.items() if getattr(config, name) is None})
 
 
@@ -150,7 +163,10 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> Bui
     start = time.perf_counter()
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        index.train(vectors)
+        sample = vectors
+        if n > config.train_sample:
+            sample = vectors[np.sort(np.random.default_rng(0).choice(n, config.train_sample, replace=False))]
+        index.train(sample)
     index.add(vectors)
     params = faiss.ParameterSpace()
     if "IVF" in factory:
@@ -158,7 +174,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> Bui
     if factory.startswith("HNSW"):
         params.set_index_parameter(index, "efSearch", config.ef_search)
     if "_HNSW" in factory:
-        params.set_index_parameter(index, "quantizer_efSearch", config.ef_search)
+        params.set_index_parameter(index, "quantizer_efSearch", config.quantizer_ef_search)
     if factory.endswith("RFlat"):
         params.set_index_parameter(index, "k_factor_rf", config.k_factor)
     seconds = time.perf_counter() - start
