@@ -9,7 +9,7 @@
     lightning-tt baselines --data DIR [--out FILE]    Random, MostPop, DecayPop, Transitions, ItemKNN, iALS, BPR
     lightning-tt sweep sweeps/X.yaml --trials N [-- fit flags]   a W&B sweep file run offline with Optuna
     lightning-tt export --ckpt_path X --out DIR       item embeddings, Faiss index and id mapping
-    lightning-tt recommend --index DIR --ckpt_path X --user U --seed-item S [--k K]
+    lightning-tt recommend --index DIR --ckpt_path X --user U --seed-item S [--k K]   (or --batch FILE --out FILE)
 
 Errors in the input (a missing file, a bad column, an empty split, an option out of range, a checkpoint
 of other data...) are lightning_tt.errors.InputError: they print one line naming the file, column or
@@ -203,11 +203,14 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("nlist", "m", "nprobe", "k-factor", "quantizer-ef-search", "train-sample"):
         exp.add_argument(f"--{name}", type=int, default=None, help="default: chosen from the catalogue's size and dim")
 
-    rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track")
+    rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track, or a file of them")
     rec.add_argument("--index", required=True, help="a directory written by `lightning-tt export`")
     rec.add_argument("--ckpt_path", required=True)
-    rec.add_argument("--user", type=int, required=True, help="raw Yambda uid")
-    rec.add_argument("--seed-item", type=int, required=True, help="raw Yambda item_id of the current track")
+    rec.add_argument("--user", type=int, default=None, help="raw Yambda uid")
+    rec.add_argument("--seed-item", type=int, default=None, help="raw Yambda item_id of the current track")
+    rec.add_argument("--batch", default=None, help="a .parquet or .csv of requests (columns user, seed_item)")
+    rec.add_argument("--out", default=None, help="with --batch: where the top-k lists go (parquet)")
+    rec.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     rec.add_argument("--k", type=int, default=10)
 
     desc = data.add_parser("describe", help="print the splits and a sample batch of a prepared dataset")
@@ -345,8 +348,18 @@ def _run(args: argparse.Namespace) -> None:
         print(f"exported {meta['items']:,} items ({meta['factory']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
         return
     if args.command == "recommend":
-        from lightning_tt.serve import recommend
+        from lightning_tt.serve import recommend, recommend_batch
 
+        if args.batch is not None:
+            if args.out is None or args.user is not None or args.seed_item is not None:
+                raise InputError("--batch FILE needs --out FILE and no --user or --seed-item")
+            found = recommend_batch(args.index, args.ckpt_path, args.batch, args.out, args.k, args.overwrite)
+            print(f"{found['requests']:,} requests ({found['unknown_users']:,} unknown users, "
+                  f"{found['unknown_seeds']:,} unknown seed items) at {found['queries_per_second']:,.0f} queries/s; "
+                  f"top {args.k} written to {args.out}")
+            return
+        if args.user is None or args.seed_item is None:
+            raise InputError("recommend needs --user and --seed-item, or --batch FILE --out FILE")
         items, notes = recommend(args.index, args.ckpt_path, args.user, args.seed_item, args.k)
         for note in notes:
             print(f"note: {note}")

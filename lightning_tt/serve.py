@@ -10,11 +10,13 @@
 ``recommend`` embeds the query from the user's current state in the prepared stream (the last N
 listens, example age 0), with the given seed track, and searches the exported index, after checking
 that the export, the checkpoint and the prepared data belong together (``open_export``).
+``recommend_batch`` does the same for every row of a requests file, a chunk of requests at a time.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import faiss
@@ -115,48 +117,120 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
     return index, rows
 
 
-def _query_batch(data: PreparedData, user_index: int, seed_index: int, history: int) -> dict[str, torch.Tensor]:
-    """A one-row lean batch: the user's last ``history`` listens (everything in the stream is the past
-    at serving time), the given seed, example age 0."""
+def _query_batch(data: PreparedData, user_index: np.ndarray, seed_index: np.ndarray, history: int
+                 ) -> dict[str, torch.Tensor]:
+    """A lean batch of R requests: each user's last ``history`` listens (everything in the stream is the
+    past at serving time; right-aligned, 0-padded), the given seed, example age 0. Indices are [R]."""
     offsets = np.asarray(data["user_offsets"])
-    start, end = offsets[user_index], offsets[user_index + 1]
-    recent = np.asarray(data["stream_item"][max(start, end - history) : end], dtype=np.int64)
-    items = np.zeros(history, dtype=np.int64)
-    items[history - len(recent) :] = recent
+    user_index, seed_index = np.atleast_1d(user_index).astype(np.int64), np.atleast_1d(seed_index).astype(np.int64)
+    end = offsets[user_index + 1]
+    length = np.minimum(end - offsets[user_index], history)
+    position = end[:, None] - history + np.arange(history)[None, :]  # [R, N], the last N stream positions
+    real = np.arange(history)[None, :] >= (history - length)[:, None]
+    stream = np.asarray(data["stream_item"])
+    items = np.where(real, stream[np.where(real, position, 0)], 0).astype(np.int64)
     return {
-        "user": torch.tensor([user_index]),
-        "history_item": torch.from_numpy(items)[None, :],
-        "history_mask": torch.from_numpy(items > 0)[None, :],
-        "seed_item": torch.tensor([seed_index]),
-        "example_age": torch.zeros(1),
+        "user": torch.from_numpy(user_index),
+        "history_item": torch.from_numpy(items),
+        "history_mask": torch.from_numpy(items > 0),
+        "seed_item": torch.from_numpy(seed_index),
+        "example_age": torch.zeros(len(user_index)),
     }
 
 
-def _index_of(raw_ids: np.ndarray, raw: int, notes: list[str], unknown: str) -> int:
-    """Vocabulary index of a raw id, or 1 (unknown) with ``unknown`` added to ``notes``."""
-    found = np.flatnonzero(np.asarray(raw_ids)[FIRST_ITEM:] == raw)
-    if len(found):
-        return int(found[0]) + FIRST_ITEM
-    notes.append(unknown)
-    return 1
+def _indices_of(raw_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Vocabulary indices of raw ids [R]; 1 (unknown) where a raw id is not in the vocabulary."""
+    known = np.asarray(raw_ids)[FIRST_ITEM:].astype(np.int64)
+    order = np.argsort(known, kind="stable")
+    raw = np.atleast_1d(np.asarray(raw, dtype=np.int64))
+    where = np.minimum(np.searchsorted(known[order], raw), len(known) - 1)
+    found = known[order][where] == raw if len(known) else np.zeros(len(raw), dtype=bool)
+    return np.where(found, order[where] + FIRST_ITEM, 1)
 
 
-def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item: int, k: int = 10,
-              history: int | None = None) -> tuple[list[tuple[int, float]], list[str]]:
-    """Top-k (raw item id, score) for raw ``user`` and raw ``seed_item``, and notes about fallbacks."""
+def _opened(index_dir: str | Path, ckpt_path: str | Path, k: int):
     if k < 1:
         raise ServingError(f"--k must be >= 1, got {k}")
     model, data = load_model(ckpt_path)
     index, rows = open_export(index_dir, model, data)
     if k > len(rows):
         raise ServingError(f"--k {k} is larger than the catalogue of {len(rows):,} items")
+    return model, data, index, rows
+
+
+def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item: int, k: int = 10,
+              history: int | None = None) -> tuple[list[tuple[int, float]], list[str]]:
+    """Top-k (raw item id, score) for raw ``user`` and raw ``seed_item``, and notes about fallbacks."""
+    model, data, index, rows = _opened(index_dir, ckpt_path, k)
+    user_index = _indices_of(data["user_ids"], [user])
+    seed_index = _indices_of(data["item_ids"], [seed_item])
     notes = []
-    user_index = _index_of(data["user_ids"], user, notes,
-                           f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
-    seed_index = _index_of(data["item_ids"], seed_item, notes,
-                           f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
-    batch = _query_batch(data, user_index, seed_index, history or data.default_history)
+    if user_index[0] == 1:
+        notes.append(f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
+    if seed_index[0] == 1:
+        notes.append(f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
     with torch.no_grad():
-        query = model(batch).float().numpy()
+        query = model(_query_batch(data, user_index, seed_index, history or data.default_history)).float().numpy()
     scores, found = index.search(query, k)
     return [(int(rows[r]), float(s)) for r, s in zip(found[0], scores[0]) if r >= 0], notes
+
+
+#: Requests embedded and searched together by ``recommend_batch``.
+REQUEST_CHUNK = 4096
+
+
+def recommend_batch(index_dir: str | Path, ckpt_path: str | Path, requests: str | Path, out: str | Path,
+                    k: int = 10, overwrite: bool = False, history: int | None = None) -> dict:
+    """Top-k for every (``user``, ``seed_item``) row of ``requests`` (raw ids; a .parquet or .csv file),
+    written to ``out`` (parquet: user, seed_item, item_ids list<int64>, scores list<float32>).
+
+    Returns {"requests", "unknown_users", "unknown_seeds", "queries_per_second"}; queries/s counts the
+    query tower and the index search, not the reading or writing of files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    output = Output(out, "file", option="--out", overwrite=overwrite,
+                    inputs={"--index": index_dir, "--ckpt_path": ckpt_path, "--batch": requests})
+    path = Path(requests)
+    try:
+        if path.suffix == ".csv":
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path)
+        else:
+            table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ServingError(f"--batch {path}: cannot read the requests ({one_line(err)}); give a .parquet or .csv "
+                           f"file with columns user and seed_item") from err
+    missing = [c for c in ("user", "seed_item") if c not in table.column_names]
+    if missing:
+        raise ServingError(f"--batch {path}: no column {missing[0]!r} (has {table.column_names}); the requests need "
+                           f"user and seed_item, as raw ids")
+    try:
+        users = table.column("user").to_numpy().astype(np.int64)
+        seeds = table.column("seed_item").to_numpy().astype(np.int64)
+    except (pa.ArrowInvalid, TypeError, ValueError) as err:
+        raise ServingError(f"--batch {path}: user and seed_item must be integer raw ids without nulls "
+                           f"({one_line(err)})") from err
+    model, data, index, rows = _opened(index_dir, ckpt_path, k)
+    user_index, seed_index = _indices_of(data["user_ids"], users), _indices_of(data["item_ids"], seeds)
+    lists, values, seconds = [], [], 0.0
+    for start in range(0, len(users), REQUEST_CHUNK):
+        chunk = slice(start, start + REQUEST_CHUNK)
+        batch = _query_batch(data, user_index[chunk], seed_index[chunk], history or data.default_history)
+        tick = time.perf_counter()
+        with torch.no_grad():
+            query = model(batch).float().numpy()
+        scores, found = index.search(query, k)
+        seconds += time.perf_counter() - tick
+        lists.append(np.where(found >= 0, np.asarray(rows, dtype=np.int64)[np.maximum(found, 0)], -1))
+        values.append(scores.astype(np.float32))
+    lists = np.concatenate(lists) if lists else np.zeros((0, k), dtype=np.int64)
+    values = np.concatenate(values) if values else np.zeros((0, k), dtype=np.float32)
+    result = pa.table({"user": users, "seed_item": seeds,
+                       "item_ids": pa.array(list(lists), pa.list_(pa.int64())),
+                       "scores": pa.array(list(values), pa.list_(pa.float32()))})
+    with output.writing() as tmp:
+        pq.write_table(result, tmp)
+    return {"requests": len(users), "unknown_users": int((user_index == 1).sum()),
+            "unknown_seeds": int((seed_index == 1).sum()), "queries_per_second": len(users) / max(seconds, 1e-9)}

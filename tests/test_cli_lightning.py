@@ -162,6 +162,35 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
         main(["recommend", "--index", str(tmp_path / "nowhere"), "--ckpt_path", ckpt, "--user", "1", "--seed-item", "1"])
     assert exit_info.value.code == 1 and "no export.json" in capsys.readouterr().err
 
+    # Many requests in one call: the same lists as one request at a time, unknown ids counted.
+    import pyarrow.parquet as pq
+
+    requests = tmp_path / "requests.csv"
+    other = int(data["user_ids"][3])
+    requests.write_text(f"user,seed_item\n{user},{seed}\n987654321,{seed}\n{other},123456789\n")
+    lists = tmp_path / "top.parquet"
+    main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--batch", str(requests),
+          "--out", str(lists), "--k", "5"])
+    assert "3 requests (1 unknown users, 1 unknown seed items) at" in capsys.readouterr().out
+    table = pq.read_table(lists).to_pylist()
+    assert [(row["user"], row["seed_item"]) for row in table] == [(user, seed), (987654321, seed), (other, 123456789)]
+    assert table[0]["item_ids"] == [i for i, _ in items]
+    assert table[0]["scores"] == pytest.approx([s for _, s in items], abs=1e-5)
+    for row, (u, s) in zip(table[1:], ((987654321, seed), (other, 123456789))):
+        single, _ = recommend(tmp_path / "export", ckpt, u, s, k=5)
+        assert row["item_ids"] == [i for i, _ in single]
+    for args, says in ((["--out", str(lists)], "exists; pass --overwrite"), ([], "needs --out"),
+                       (["--out", str(tmp_path / "x.parquet"), "--user", "1"], "no --user")):
+        with pytest.raises(SystemExit):
+            main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--batch", str(requests),
+                  *args])
+        assert says in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("uid,seed_item\n1,2\n")
+    with pytest.raises(SystemExit):
+        main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--batch",
+              str(tmp_path / "bad.csv"), "--out", str(tmp_path / "y.parquet")])
+    assert "no column 'user'" in capsys.readouterr().err
+
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_wandb_offline_runs_get_their_own_directories(prepared, tmp_path, monkeypatch):
