@@ -26,10 +26,13 @@ from bench_data import machine, write_section  # noqa: E402
 from lightning_tt.eval.index import IndexConfig, build_index  # noqa: E402
 
 
-def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+def clustered(n: int, dim: int, seed: int, centres_seed: int = 0, zipf: float = 0.0) -> np.ndarray:
+    """n unit vectors around 4096 random centres (of ``centres_seed``); with ``zipf`` > 0 the centres'
+    shares follow a Zipf law of that exponent (skewed popularity: a few dense clusters)."""
     rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(0).standard_normal((4096, dim)).astype(np.float32)
-    x = centres[rng.integers(0, 4096, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    centres = np.random.default_rng(centres_seed).standard_normal((4096, dim)).astype(np.float32)
+    weights = 1.0 / np.arange(1, 4097) ** zipf
+    x = centres[rng.choice(4096, n, p=weights / weights.sum())] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -44,13 +47,20 @@ def main() -> None:
     p.add_argument("--m", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--k-factor", type=int, default=None)
+    p.add_argument("--hard", action="store_true",
+                   help="skewed item clusters (Zipf 1.1) and queries around 4096 other random centres, unrelated to "
+                        "the items: an adversarial case where most inner products are near ties (overlap then "
+                        "measures noise as much as the index; trained query towers aim at item clusters)")
     p.add_argument("--section", default="bench_index")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
     args = p.parse_args()
     rows = []
     for n in args.sizes:
         for dim in args.dims:
-            items, queries = clustered(n, dim, 1), clustered(args.queries, dim, 2)
+            if args.hard:
+                items, queries = clustered(n, dim, 1, zipf=1.1), clustered(args.queries, dim, 2, centres_seed=7, zipf=1.1)
+            else:
+                items, queries = clustered(n, dim, 1), clustered(args.queries, dim, 2)
             start = time.perf_counter()
             flat = faiss.IndexFlatIP(dim)
             flat.add(items)
@@ -69,11 +79,12 @@ def main() -> None:
                       f"{o:.4f} |" for n, d, f, b, q, e, by, o in rows)
     given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                      if k in ("kind", "coarse", "nlist", "m", "nprobe", "k_factor") and v is not None)
+    given += " --hard" if args.hard else ""
     text = f"""## Faiss index ({given})
 
 Measured {dt.date.today().isoformat()} on {machine()}, faiss {faiss.__version__};
 `python bench/bench_index.py --sizes {' '.join(map(str, args.sizes))} --dims {' '.join(map(str, args.dims))} {given}`.
-{args.queries:,} queries, k = 100, inner product, clustered unit vectors, queries drawn the same way (see
+{args.queries:,} queries, k = 100, inner product, clustered unit vectors; {"item clusters with Zipf(1.1) sizes, queries around 4096 other centres" if args.hard else "queries drawn the same way"} (see
 the script). Exact QPS is a brute-force Flat search (it includes adding the vectors). Options not given
 are chosen from n and d (lightning_tt.eval.index); build_index trains on all vectors.
 
