@@ -63,10 +63,18 @@ def _training_positives(data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.
     return user, np.asarray(data["stream_item"])[pos].astype(np.int64), np.asarray(data["stream_ts"])[pos]
 
 
-def _top_scored(scores: sp.csr_matrix, prior: np.ndarray, prior_weight: np.ndarray | None, k: int) -> np.ndarray:
+def _by_prior(prior: np.ndarray) -> np.ndarray:
+    """The catalogue (padding and unknown left out) by ``prior`` descending, then by lower index."""
+    order = np.lexsort((np.arange(len(prior)), -np.asarray(prior, dtype=np.float64)))
+    return order[order >= FIRST_ITEM]
+
+
+def _top_scored(scores: sp.csr_matrix, prior: np.ndarray, prior_weight: np.ndarray | None, k: int,
+                tie_order: np.ndarray) -> np.ndarray:
     """[Q, k] items by ``scores[q, x] + prior_weight[q] * prior[x]``, best first, ties by ``prior`` then by
     lower index; padding and unknown never. ``scores`` [Q, I] is sparse and >= 0, ``prior`` [I] > 0 on
-    the catalogue (a popularity share), ``prior_weight`` [Q] >= 0 (None: 0, the prior only breaks ties).
+    the catalogue (a popularity share), ``prior_weight`` [Q] >= 0 (None: 0, the prior only breaks ties),
+    ``tie_order`` = ``_by_prior(prior)``, computed once by the caller (it sorts the whole catalogue).
 
     Only the scored items and the ``k`` best of the prior can make a row's top k, so sparse rows are
     ranked by one sort of those entries. Dense rows are ranked with torch.topk, columns put in tie-break
@@ -75,8 +83,6 @@ def _top_scored(scores: sp.csr_matrix, prior: np.ndarray, prior_weight: np.ndarr
     q, num_items = scores.shape
     weight = np.zeros(q) if prior_weight is None else np.asarray(prior_weight, dtype=np.float64)
     prior = np.asarray(prior, dtype=np.float64)
-    tie_order = np.lexsort((np.arange(num_items), -prior))
-    tie_order = tie_order[tie_order >= FIRST_ITEM]  # the catalogue, by prior then index
     k = min(k, len(tie_order))
     scores = scores.tocsr()
     if scores.nnz > q * num_items // 16:
@@ -141,6 +147,7 @@ class Baseline:
                                         shape=(data.vocab["num_users"], self.num_items))
         self.user_items.data[:] = 1.0  # binary: repeats count once
         self.popularity = np.bincount(self.items, minlength=self.num_items).astype(np.float64)
+        self.by_popularity = _by_prior(self.popularity)  # how equal scores are ordered
         return self
 
     def rank(self, users: np.ndarray, seeds: np.ndarray, history: np.ndarray, k: int) -> np.ndarray:
@@ -193,7 +200,6 @@ class MostPop(Popularity):
 
 class DecayPop(Popularity):
     name = "DecayPop"
-    RANK_PARAMS = ("exclude_seen",)
 
     def __init__(self, half_life_days: float = 1.0, exclude_seen: bool = False):
         super().__init__(exclude_seen)
@@ -263,7 +269,7 @@ class Transitions(Baseline):
         query = sp.csr_matrix((weight.ravel(), (np.repeat(np.arange(len(last)), last.shape[1]), last.ravel())),
                               shape=(len(last), self.num_items))
         share = self.popularity / self.popularity.sum()
-        return _top_scored(query @ self.counts, share, (weight * self.backoff).sum(axis=1), k)
+        return _top_scored(query @ self.counts, share, (weight * self.backoff).sum(axis=1), k, self.by_popularity)
 
 
 class ItemKNN(Baseline):
@@ -291,28 +297,28 @@ class ItemKNN(Baseline):
         self.cooccurrence.setdiag(0)
         self.cooccurrence.eliminate_zeros()
         self.item_users = np.asarray(self.user_items.sum(axis=0)).ravel()
-        self._similarities: dict[tuple, sp.csr_matrix] = {}
+        self._similarity_key, self._similarity = None, None
         return self
 
     def item_similarity(self) -> sp.csr_matrix:
         """[I, I] s(i, j) for this instance's similarity, shrink and neighbours (kept per setting)."""
         key = (self.similarity, self.shrink, self.neighbours)
-        if key not in self._similarities:
+        if key != self._similarity_key:  # one setting held at a time: tune() visits each setting once
             c = self.cooccurrence.tocoo()
             n = self.item_users
             denominator = np.sqrt(n[c.row] * n[c.col]) if self.similarity == "cosine" else n[c.row]
             s = sp.csr_matrix((c.data / (denominator + self.shrink), (c.row, c.col)), shape=c.shape)
             if self.neighbours is not None:
                 s = _keep_largest_per_row(s, self.neighbours)
-            self._similarities = {key: s}  # one setting at a time: tune() visits them in order
-        return self._similarities[key]
+            self._similarity_key, self._similarity = key, s
+        return self._similarity
 
     def rank(self, users, seeds, history, k):
         window = np.asarray(history)[:, -self.history:] if self.history else np.asarray(history)
         rows = np.repeat(np.arange(len(window)), window.shape[1])
         query = sp.csr_matrix(((window >= FIRST_ITEM).ravel().astype(np.float64), (rows, window.ravel())),
                               shape=(len(window), self.num_items))
-        return _top_scored(query @ self.item_similarity(), self.popularity, None, k)
+        return _top_scored(query @ self.item_similarity(), self.popularity, None, k, self.by_popularity)
 
 
 def _keep_largest_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
@@ -517,12 +523,11 @@ def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = Non
         points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
         best, best_value = points[0], -np.inf
         bar = tqdm(total=len(points), desc=f"tune {cls.name}", disable=not progress, leave=False)
-        fitted: dict[tuple, Baseline] = {}
+        fitted_key, baseline = None, None  # one fitted model held at a time
         for point in points:
             fit_key = tuple((name, value) for name, value in point.items() if name not in cls.RANK_PARAMS)
-            if fit_key not in fitted:
-                fitted = {fit_key: cls(**dict(fit_key)).fit(data)}  # one fitted model held at a time
-            baseline = fitted[fit_key]
+            if fit_key != fitted_key:
+                fitted_key, baseline = fit_key, cls(**dict(fit_key)).fit(data)
             for name, value in point.items():
                 setattr(baseline, name, value)
             value = val.score(baseline, [k], (protocol,))[metric]

@@ -13,6 +13,7 @@ from lightning_tt.baselines import (
     MostPop,
     Random,
     Transitions,
+    _by_prior,
     _top_scored,
     evaluate,
     tune,
@@ -79,7 +80,7 @@ def test_scored_ranking_matches_a_full_sort():
     for density in (0.05, 0.5):  # the sparse and the dense path
         scores = sp.random(30, 50, density=density, random_state=1, format="csr")
         weight = rng.random(30) * (rng.random(30) < 0.5)
-        found = _top_scored(scores, prior, weight, 12)
+        found = _top_scored(scores, prior, weight, 12, _by_prior(prior))
         key = scores.toarray() + weight[:, None] * prior
         expected = [[i for i in np.lexsort((np.arange(50), -prior, -row)) if i >= 2][:12] for row in key]
         assert found.tolist() == expected
