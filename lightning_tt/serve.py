@@ -189,8 +189,10 @@ def recommend_batch(index_dir: str | Path, ckpt_path: str | Path, requests: str 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    output = Output(out, "file", option="--out", overwrite=overwrite,
-                    inputs={"--index": index_dir, "--ckpt_path": ckpt_path, "--batch": requests})
+    model, data, index, rows = _opened(index_dir, ckpt_path, k)
+    output = Output(out, "file", option="--out", overwrite=overwrite,  # checked before any request is read
+                    inputs={"--index": index_dir, "--ckpt_path": ckpt_path, "--batch": requests,
+                            "the checkpoint's data_dir": data.path})
     path = Path(requests)
     try:
         if path.suffix == ".csv":
@@ -212,7 +214,6 @@ def recommend_batch(index_dir: str | Path, ckpt_path: str | Path, requests: str 
     except (pa.ArrowInvalid, TypeError, ValueError) as err:
         raise ServingError(f"--batch {path}: user and seed_item must be integer raw ids without nulls "
                            f"({one_line(err)})") from err
-    model, data, index, rows = _opened(index_dir, ckpt_path, k)
     user_index, seed_index = _indices_of(data["user_ids"], users), _indices_of(data["item_ids"], seeds)
     lists, values, seconds = [], [], 0.0
     for start in range(0, len(users), REQUEST_CHUNK):

@@ -90,6 +90,19 @@ def base_flags(sweep: dict) -> list[str]:
     return [part for part in tail if part not in MACROS and not part.startswith("${args")]
 
 
+def flag_inputs(flags: list[str]) -> dict[str, str]:
+    """{option: path} of the files and directories that ``fit`` flags read (``--config``, ``--ckpt_path``,
+    ``--data.data_dir``), so that no sweep output can overwrite them."""
+    found, names = {}, ("--config", "--ckpt_path", "--data.data_dir")
+    for i, flag in enumerate(flags):
+        name, _, value = flag.partition("=")
+        if name in names:
+            value = value or (flags[i + 1] if i + 1 < len(flags) else "")
+            if value:
+                found[f"{name} {value}"] = value
+    return found
+
+
 def distribution(name: str, spec: dict, path: Path | str = "sweep"):
     """The Optuna distribution of one W&B parameter spec (see the module docstring)."""
     import optuna.distributions as d
@@ -221,8 +234,11 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
     sweep = read_sweep(sweep_file)
     name = study_name or Path(sweep_file).stem
     out_dir = Path(out or Path("runs") / "sweeps" / name)
-    for file in ("leaderboard.csv", "best.yaml", "metric_vs_params.png"):  # checked before any trial
-        Output(out_dir / file, "file", option="--out", inputs={"sweep file": sweep_file}, overwrite=True)
+    # Checked before any trial: no output may be, or lie in, the sweep file or what fit reads (a --config
+    # best.yaml of an earlier sweep, given after --, would otherwise be rewritten under its trials).
+    inputs = {"sweep file": sweep_file, **flag_inputs([*base_flags(sweep), *(fit_flags or [])])}
+    for file in ("leaderboard.csv", "best.yaml", "metric_vs_params.png", "study.db"):
+        Output(out_dir / file, "file", option="--out", inputs=inputs, overwrite=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{out_dir / 'study.db'}"
     try:

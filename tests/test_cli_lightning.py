@@ -185,6 +185,11 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
             main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--batch", str(requests),
                   *args])
         assert says in capsys.readouterr().err
+    inside = prepared / "top.parquet"  # the checkpoint's data is an input too
+    with pytest.raises(SystemExit):
+        main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--batch", str(requests),
+              "--out", str(inside)])
+    assert "lies inside the input" in capsys.readouterr().err and not inside.exists()
     (tmp_path / "bad.csv").write_text("uid,seed_item\n1,2\n")
     with pytest.raises(SystemExit):
         main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--batch",

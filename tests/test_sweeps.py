@@ -154,3 +154,18 @@ def test_a_fit_flag_that_fit_refuses_stops_the_sweep_in_one_line(tmp_path, capsy
     assert "Traceback" not in err
     rows = list(csv.DictReader((tmp_path / "out" / "leaderboard.csv").open()))
     assert [row["state"] for row in rows] == ["fail"]
+
+
+def test_no_sweep_output_can_overwrite_what_fit_reads(tmp_path, capsys):
+    """Starting a second sweep from the first one's best.yaml, in the same --out, would rewrite that
+    config under its own trials: refused before any trial, naming the option."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "best.yaml").write_text("model:\n  temperature: 0.1\n")
+    before = (out / "best.yaml").read_bytes()
+    for flags in (["--config", str(out / "best.yaml")], [f"--data.data_dir={out}"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sweep", str(SWEEPS[0]), "--trials", "1", "--out", str(out), "--", *flags])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and ("is the input" in err or "lies inside the input" in err), err
+    assert (out / "best.yaml").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["best.yaml"]
