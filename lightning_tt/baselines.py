@@ -360,7 +360,7 @@ class Factorization(Baseline):
 class IALS(Factorization):
     name = "iALS"
 
-    def __init__(self, factors: int = 64, regularization: float = 10.0, alpha: float = 10.0, iterations: int = 15,
+    def __init__(self, factors: int = 64, regularization: float = 0.01, alpha: float = 1.0, iterations: int = 15,
                  exclude_seen: bool = False):
         super().__init__(exclude_seen)
         self.factors, self.regularization, self.alpha, self.iterations = factors, regularization, alpha, iterations

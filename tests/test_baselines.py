@@ -89,7 +89,7 @@ def test_scored_ranking_matches_a_full_sort():
 def test_params_are_reported(data):
     out = evaluate(str(data.path), "test", ks=[1, 2], names=["DecayPop", "iALS"], params={"DecayPop": {"half_life_days": 3.0}})
     assert out["DecayPop"]["params"] == {"half_life_days": 3.0, "exclude_seen": False}
-    assert out["iALS"]["params"] == {"factors": 64, "regularization": 10.0, "alpha": 10.0, "iterations": 15,
+    assert out["iALS"]["params"] == {"factors": 64, "regularization": 0.01, "alpha": 1.0, "iterations": 15,
                                      "exclude_seen": False}
 
 
