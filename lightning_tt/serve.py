@@ -23,6 +23,8 @@ import faiss
 import numpy as np
 import torch
 
+from lightning_tt.data.batches import FeatureGatherer, to_tensors
+from lightning_tt.data.feedback import NEVER
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.errors import InputError, one_line
 from lightning_tt.eval.index import IndexConfig, build_index
@@ -117,25 +119,22 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
     return index, rows
 
 
-def _query_batch(data: PreparedData, user_index: np.ndarray, seed_index: np.ndarray, history: int
-                 ) -> dict[str, torch.Tensor]:
-    """A lean batch of R requests: each user's last ``history`` listens (everything in the stream is the
-    past at serving time; right-aligned, 0-padded), the given seed, example age 0. Indices are [R]."""
-    offsets = np.asarray(data["user_offsets"])
+def _query_gatherer(data: PreparedData, model, history: int | None) -> FeatureGatherer:
+    """The batch gatherer training used for this model: its history window (``history`` overrides it)
+    and its number of recent likes and dislikes; lean (the model holds the item features)."""
+    return FeatureGatherer(data, history or model.hparams.history, lean=True, feedback=model.hparams.feedback)
+
+
+def _query_batch(gather: FeatureGatherer, user_index: np.ndarray, seed_index: np.ndarray) -> dict[str, torch.Tensor]:
+    """A lean batch of R requests, asked now: each user's state after their last listen in the stream
+    (the last N listens with their play ratios; every like and dislike counts), the given seed, example
+    age 0: the same features as training's (FeatureGatherer.query). Indices are [R]."""
+    offsets = np.asarray(gather.data["user_offsets"])
     user_index, seed_index = np.atleast_1d(user_index).astype(np.int64), np.atleast_1d(seed_index).astype(np.int64)
-    end = offsets[user_index + 1]
-    length = np.minimum(end - offsets[user_index], history)
-    position = end[:, None] - history + np.arange(history)[None, :]  # [R, N], the last N stream positions
-    real = np.arange(history)[None, :] >= (history - length)[:, None]
-    stream = np.asarray(data["stream_item"])
-    items = np.where(real, stream[np.where(real, position, 0)], 0).astype(np.int64)
-    return {
-        "user": torch.from_numpy(user_index),
-        "history_item": torch.from_numpy(items),
-        "history_mask": torch.from_numpy(items > 0),
-        "seed_item": torch.from_numpy(seed_index),
-        "example_age": torch.zeros(len(user_index)),
-    }
+    arrays = gather.query(offsets[user_index + 1], user_index, np.full(len(user_index), NEVER, dtype=np.int64))
+    arrays["seed_item"] = seed_index
+    arrays["example_age"] = np.zeros(len(user_index), np.float32)
+    return to_tensors(arrays)
 
 
 def _indices_of(raw_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -170,7 +169,7 @@ def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item
     if seed_index[0] == 1:
         notes.append(f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
     with torch.no_grad():
-        query = model(_query_batch(data, user_index, seed_index, history or data.default_history)).float().numpy()
+        query = model(_query_batch(_query_gatherer(data, model, history), user_index, seed_index)).float().numpy()
     scores, found = index.search(query, k)
     return [(int(rows[r]), float(s)) for r, s in zip(found[0], scores[0]) if r >= 0], notes
 
@@ -215,10 +214,11 @@ def recommend_batch(index_dir: str | Path, ckpt_path: str | Path, requests: str 
         raise ServingError(f"--batch {path}: user and seed_item must be integer raw ids without nulls "
                            f"({one_line(err)})") from err
     user_index, seed_index = _indices_of(data["user_ids"], users), _indices_of(data["item_ids"], seeds)
+    gather = _query_gatherer(data, model, history)
     lists, values, seconds = [], [], 0.0
     for start in range(0, len(users), REQUEST_CHUNK):
         chunk = slice(start, start + REQUEST_CHUNK)
-        batch = _query_batch(data, user_index[chunk], seed_index[chunk], history or data.default_history)
+        batch = _query_batch(gather, user_index[chunk], seed_index[chunk])
         tick = time.perf_counter()
         with torch.no_grad():
             query = model(batch).float().numpy()

@@ -129,7 +129,7 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     import numpy as np
 
     from lightning_tt.data.prepared import PreparedData
-    from lightning_tt.serve import _query_batch, load_model, recommend
+    from lightning_tt.serve import _query_batch, _query_gatherer, load_model, recommend
 
     run = fit(prepared, tmp_path)
     ckpt = str(run / "checkpoints" / "last.ckpt")
@@ -148,7 +148,7 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     # A flat index must return exactly the model's own best items, mapped back to raw ids.
     model, _ = load_model(ckpt)
     embeddings = model.item_embeddings()[2:]
-    query = model(_query_batch(data, 2, 5, data.default_history))
+    query = model(_query_batch(_query_gatherer(data, model, None), 2, 5))
     best = (embeddings @ query[0]).topk(5).indices.numpy() + 2
     assert [i for i, _ in items] == np.asarray(data["item_ids"])[best].tolist()
 

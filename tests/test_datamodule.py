@@ -36,7 +36,7 @@ def test_batch_shapes_and_dtypes(prepared):
     B, N, D = 3, 5, 4
     shapes = {
         "user": (B,), "history_item": (B, N), "history_artist": (B, N), "history_album": (B, N),
-        "history_mask": (B, N), "history_length": (B,), "history_track_length_mean": (B,),
+        "history_mask": (B, N), "history_length": (B,), "history_track_length_mean": (B,), "history_ratio": (B, N),
         "seed_item": (B,), "seed_artist": (B,), "seed_album": (B,), "seed_audio": (B, D),
         "seed_has_audio": (B,), "seed_track_length": (B,), "example_age": (B,), "target_item": (B,),
         "target_artist": (B,), "target_album": (B,), "target_audio": (B, D), "target_has_audio": (B,),
@@ -46,7 +46,7 @@ def test_batch_shapes_and_dtypes(prepared):
     for key, value in b.items():
         if key.endswith(("_mask", "has_audio")):
             assert value.dtype == torch.bool, key
-        elif key.endswith(("_audio", "_mean", "_track_length", "age", "weight")):
+        elif key.endswith(("_audio", "_mean", "_track_length", "age", "weight", "_ratio")):
             assert value.dtype == torch.float32, key
         else:
             assert value.dtype == torch.int64, key
@@ -86,8 +86,8 @@ def test_sampler_shards_across_ranks():
 def test_lean_batches_hold_the_same_indices(prepared):
     full = YambdaDataModule(str(prepared), batch_size=4, history=3).dataset("train")[np.arange(4)]
     lean = YambdaDataModule(str(prepared), batch_size=4, history=3, lean=True).dataset("train")[np.arange(4)]
-    assert set(lean) == {"user", "history_item", "history_mask", "history_length", "seed_item", "example_age",
-                         "target_item", "weight"}
+    assert set(lean) == {"user", "history_item", "history_mask", "history_length", "history_ratio", "seed_item",
+                         "example_age", "target_item", "weight"}
     assert all(torch.equal(lean[k], full[k]) for k in lean)
 
 

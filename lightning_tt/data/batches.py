@@ -12,6 +12,11 @@ album indices use 0 for padding and 1 for unknown)::
     history_item, history_artist,
     history_album                          [B, N]  int64   right-aligned: the most recent is last
     history_mask                           [B, N]  bool    True on real entries
+    history_ratio                          [B, N]  float32 play_weight of each listen (0 on padding)
+    liked_item, disliked_item              [B, K]  int64   the user's last K likes (dislikes) set
+                                                           strictly before the query time and not
+                                                           cancelled by then (data/feedback.py),
+                                                           right-aligned; only with ``feedback`` K > 0
     history_length                         [B]     int64   number of real entries (<= N)
     history_track_length_mean              [B]     float32 seconds, 0 when the history is empty
     seed_item, seed_artist, seed_album     [B]     int64   0 when the user has no previous listen
@@ -25,8 +30,17 @@ album indices use 0 for padding and 1 for unknown)::
     target_has_audio, target_track_length          as for the seed
     weight                                 [B]     float32 play-ratio weight, see play_weight
 
+The query time is the target listen's timestamp for a next-track example, the window start for a
+paper-protocol list, and "now" when serving: feedback is read as of that time.
+
+With ``target_horizon`` H > 0 (training only) a training example's target is not its own listen but
+one drawn uniformly from the same user's Listen+ training examples in ``[t, t + H]`` (its own listen
+included), where ``t`` is its time; the query stays the state before the example's own listen. This
+teaches the query the day-ahead (paper) protocol's question rather than only the next track.
+
 A *lean* batch (``lean=True``) holds only the indices (``user``, ``history_item``, ``history_mask``,
-``history_length``, ``seed_item``, ``target_item``) and ``example_age`` and ``weight``: a model that
+``history_length``, ``history_ratio``, ``liked_item``, ``disliked_item``, ``seed_item``,
+``target_item``) and ``example_age`` and ``weight``: a model that
 holds the item table (as TwoTowerModule does) looks every other item feature up on its device, and the
 loader moves a third of the bytes.
 
@@ -44,6 +58,7 @@ import numpy as np
 import torch
 
 from lightning_tt.data.arrays import bfloat16_to_float32
+from lightning_tt.data.feedback import RecentFeedback
 from lightning_tt.data.prepared import PreparedData
 
 
@@ -54,14 +69,18 @@ def play_weight(played_ratio_pct: np.ndarray) -> np.ndarray:
 
 
 class FeatureGatherer:
-    """Gathers query and item features from one prepared dataset (small item tables held in memory)."""
+    """Gathers query and item features from one prepared dataset (small item tables held in memory).
+    ``feedback`` K > 0 adds the user's last K likes and dislikes to every query."""
 
-    def __init__(self, data: PreparedData, history: int, lean: bool = False):
+    def __init__(self, data: PreparedData, history: int, lean: bool = False, feedback: int = 0):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
+        if feedback < 0:
+            raise ValueError(f"feedback must be >= 0, got {feedback}")
         self.data = data
         self.history = history
         self.lean = lean
+        self.feedback = feedback
         self.stream_item = data["stream_item"]
         self.stream_ts = data["stream_ts"]
         self.stream_ratio = data["stream_ratio"]
@@ -71,14 +90,15 @@ class FeatureGatherer:
         self.item_length = np.asarray(data["item_length"])
         self.item_has_audio = np.asarray(data["item_has_audio"])
         self.item_audio = data["item_audio"]  # bfloat16 bits, uint16 memmap [num_items, D]
+        self.signals = {kind: RecentFeedback(data, kind) for kind in ("liked", "disliked")} if feedback else {}
         self._window = np.arange(-history, 0, dtype=np.int64)
 
     def __getstate__(self):
         """Pickle (for spawned DataLoader workers) the directory, not the memory-mapped arrays."""
-        return {"data": self.data, "history": self.history, "lean": self.lean}
+        return {"data": self.data, "history": self.history, "lean": self.lean, "feedback": self.feedback}
 
     def __setstate__(self, state):
-        self.__init__(state["data"], state["history"], state["lean"])
+        self.__init__(state["data"], state["history"], state["lean"], state["feedback"])
 
     def user_of(self, pos: np.ndarray) -> np.ndarray:
         """User index owning each stream position (the last user whose range starts at or before it)."""
@@ -98,14 +118,20 @@ class FeatureGatherer:
             f"{prefix}_track_length": self.item_length[items],
         }
 
-    def query(self, pos: np.ndarray, user: np.ndarray) -> dict[str, np.ndarray]:
-        """Query features for targets at stream positions ``pos`` [B] of users ``user`` [B]."""
+    def query(self, pos: np.ndarray, user: np.ndarray, time: np.ndarray) -> dict[str, np.ndarray]:
+        """Query features for targets at stream positions ``pos`` [B] of users ``user`` [B] asked at
+        ``time`` [B] (seconds; feedback must be older). ``pos`` may be one past the user's last listen
+        (serving: the whole stream is the past)."""
         start = self.user_offsets[user]
         window = pos[:, None] + self._window  # [B, N]
         mask = window >= start[:, None]
-        history = np.where(mask, self.stream_item[np.maximum(window, 0)], 0).astype(np.int64)
+        safe = np.where(mask, window, 0)
+        history = np.where(mask, self.stream_item[safe], 0).astype(np.int64)
         count = mask.sum(axis=1)
-        out = {"user": user.astype(np.int64), "history_item": history, "history_mask": mask, "history_length": count}
+        out = {"user": user.astype(np.int64), "history_item": history, "history_mask": mask, "history_length": count,
+               "history_ratio": np.where(mask, play_weight(self.stream_ratio[safe]), 0).astype(np.float32)}
+        for kind, signals in self.signals.items():
+            out[f"{kind}_item"] = signals.recent(user, time, self.feedback)
         if not self.lean:
             out["history_artist"] = np.where(mask, self.item_artist[history], 0)
             out["history_album"] = np.where(mask, self.item_album[history], 0)
@@ -132,14 +158,23 @@ class NextTrackDataset(torch.utils.data.Dataset):
     """Next-track examples of one split, indexed by *arrays* of example indices (one batch per item).
 
     ``split="train"`` gives training examples (``example_age`` = train_max_timestamp - timestamp);
-    ``"val"``/``"test"`` give evaluation cases (age 0). Use with :class:`BatchIndexSampler` and
-    ``DataLoader(batch_size=None)``.
+    ``"val"``/``"test"`` give evaluation cases (age 0). ``target_horizon`` (seconds, training only)
+    draws each target from the user's Listen+ examples within that horizon (see the module docstring).
+    Use with :class:`BatchIndexSampler` and ``DataLoader(batch_size=None)``.
     """
 
-    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False):
-        self.gather = FeatureGatherer(data, history, lean)
+    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False, feedback: int = 0,
+                 target_horizon: int = 0):
+        if target_horizon < 0 or (target_horizon and split != "train"):
+            raise ValueError(f"target_horizon must be >= 0 and only for training, got {target_horizon} for {split}")
+        self.gather = FeatureGatherer(data, history, lean, feedback)
         self.split = split
+        self.target_horizon = target_horizon
         self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
+        self._horizon_end: np.ndarray | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_horizon_end": None}  # rebuilt lazily in a worker
 
     @property
     def pos(self) -> np.ndarray:
@@ -148,18 +183,39 @@ class NextTrackDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pos)
 
+    def horizon_end(self) -> np.ndarray:
+        """[E] int64: one past the last example of the same user within ``target_horizon`` seconds of
+        each example (examples are sorted by user, then time)."""
+        if self._horizon_end is None:
+            g, pos = self.gather, np.asarray(self.pos, dtype=np.int64)
+            key = (g.user_of(pos).astype(np.int64) << 32) | g.stream_ts[pos].astype(np.int64)
+            limit = np.minimum((key & 0xFFFFFFFF) + self.target_horizon, (1 << 32) - 1)
+            self._horizon_end = np.searchsorted(key, (key >> 32 << 32) | limit, side="right")
+        return self._horizon_end
+
+    def targets(self, index: np.ndarray) -> np.ndarray:
+        """Example indices [B] whose listens are the targets of examples ``index`` [B]: the examples
+        themselves, or with a horizon one drawn uniformly from each one's horizon (torch's generator,
+        so ``seed_everything`` and DataLoader workers' seeds apply)."""
+        if not self.target_horizon:
+            return index
+        span = self.horizon_end()[index] - index  # >= 1: the example itself is inside
+        draw = torch.rand(len(index), dtype=torch.float64).numpy()
+        return index + np.minimum((draw * span).astype(np.int64), span - 1)
+
     def arrays(self, index: np.ndarray) -> dict[str, np.ndarray]:
         """The batch for example indices ``index`` [B] as numpy arrays."""
         index = np.asarray(index, dtype=np.int64)
         g = self.gather
         pos = np.asarray(self.pos[index], dtype=np.int64)
-        out = g.query(pos, g.user_of(pos))
+        out = g.query(pos, g.user_of(pos), g.stream_ts[pos].astype(np.int64))
         if self.age_reference is None:
             out["example_age"] = np.zeros(len(pos), np.float32)
         else:
             out["example_age"] = (self.age_reference - g.stream_ts[pos].astype(np.int64)).astype(np.float32)
-        out.update(g.items(g.stream_item[pos].astype(np.int64), "target"))
-        out["weight"] = play_weight(g.stream_ratio[pos])
+        target = np.asarray(self.pos[self.targets(index)], dtype=np.int64)
+        out.update(g.items(g.stream_item[target].astype(np.int64), "target"))
+        out["weight"] = play_weight(g.stream_ratio[target])
         return out
 
     def __getitem__(self, index) -> dict[str, torch.Tensor]:
@@ -170,8 +226,8 @@ class PaperListDataset(torch.utils.data.Dataset):
     """Paper-protocol lists of an evaluation split: one query per user, from the state at the window
     start, with that user's Listen+ targets in the window (repeats kept)."""
 
-    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False):
-        self.gather = FeatureGatherer(data, history, lean)
+    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False, feedback: int = 0):
+        self.gather = FeatureGatherer(data, history, lean, feedback)
         self.split = split
 
     def __len__(self) -> int:
@@ -180,8 +236,9 @@ class PaperListDataset(torch.utils.data.Dataset):
     def arrays(self, index: np.ndarray) -> dict[str, np.ndarray]:
         index = np.asarray(index, dtype=np.int64)
         g, d, split = self.gather, self.gather.data, self.split
+        time = np.full(len(index), d.boundaries[f"{split}_start"], dtype=np.int64)  # the state at the window start
         out = g.query(np.asarray(d[f"paper_{split}_pos"][index], dtype=np.int64),
-                      np.asarray(d[f"paper_{split}_user"][index]))
+                      np.asarray(d[f"paper_{split}_user"][index]), time)
         out["example_age"] = np.zeros(len(index), np.float32)
         offsets = d[f"paper_{split}_offsets"]
         first, count = np.asarray(offsets[index]), np.asarray(offsets[index + 1] - offsets[index])

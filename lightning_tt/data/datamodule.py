@@ -31,11 +31,16 @@ class YambdaDataModule(L.LightningDataModule):
         lean: batches of indices only (see :mod:`lightning_tt.data.batches`); the model looks the
             item features up itself, and the loader does a third of the work.
         pin_memory: page-locked batches, for fast copies to a GPU.
+        feedback: K, the number of the user's most recent likes and of their most recent dislikes
+            every query carries (``liked_item``, ``disliked_item``; 0 = none). Linked into the model.
+        target_horizon: seconds; > 0 draws each training target from the user's Listen+ listens
+            within this horizon after the example's time (the day-ahead protocol's question), 0
+            trains on the next track only. Evaluation cases are unchanged.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 4096, eval_batch_size: int | None = None,
                  history: int | None = None, num_workers: int = 0, seed: int = 0, lean: bool = False,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, feedback: int = 0, target_horizon: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.data = PreparedData(data_dir)
@@ -45,8 +50,10 @@ class YambdaDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or batch_size)):
             if value < 1:
                 raise InputError(f"data.{name} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise InputError(f"data.num_workers must be >= 0, got {num_workers}")
+        for name, value in (("num_workers", num_workers), ("feedback", feedback), ("target_horizon", target_horizon)):
+            if value < 0:
+                raise InputError(f"data.{name} must be >= 0, got {value}")
+        self.feedback = feedback
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
 
@@ -119,7 +126,8 @@ class YambdaDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> NextTrackDataset:
         """Next-track examples of ``split`` in {train, val, test}."""
-        return NextTrackDataset(self.data, split, self.history, self.hparams.lean)
+        horizon = self.hparams.target_horizon if split == "train" else 0
+        return NextTrackDataset(self.data, split, self.history, self.hparams.lean, self.feedback, horizon)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), self.batch_size, train=True)
@@ -139,5 +147,5 @@ class YambdaDataModule(L.LightningDataModule):
     def paper_dataloader(self, split: str) -> DataLoader:
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets; batches of
         ``eval_batch_size // 16`` users, since each carries all its targets)."""
-        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean)
+        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean, self.feedback)
         return self._loader(dataset, max(1, self.eval_batch_size // 16), train=False)

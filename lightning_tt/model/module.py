@@ -87,6 +87,14 @@ class TwoTowerModule(L.LightningModule):
         compile: bool = False,
         compile_mode: str = "default",
         sparse_embeddings: bool = False,
+        history_encoder: str = "mean",
+        history: int = 50,
+        attention_blocks: int = 1,
+        attention_heads: int = 2,
+        use_play_ratio: bool = False,
+        feedback: int = 0,
+        seed_dropout: float = 0.0,
+        paper_seed: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -104,6 +112,12 @@ class TwoTowerModule(L.LightningModule):
                             ("estimator_hashes", estimator_hashes), ("estimator_buckets", estimator_buckets)):
             if value < 1:
                 raise InputError(f"model.{name} must be >= 1, got {value}")
+        if not 0 <= seed_dropout <= 1:
+            raise InputError(f"model.seed_dropout must be in [0, 1], got {seed_dropout}")
+        for name, value in (("history", history), ("attention_blocks", attention_blocks),
+                            ("attention_heads", attention_heads)):
+            if value < 1:
+                raise InputError(f"model.{name} must be >= 1, got {value}")
         if mixed_negatives < 0 or not 0 <= dropout < 1 or not learning_rate > 0 or not 0 < estimator_alpha <= 1:
             raise InputError(f"need model.mixed_negatives >= 0, 0 <= model.dropout < 1, model.learning_rate > 0 and "
                              f"0 < model.estimator_alpha <= 1; got {mixed_negatives}, {dropout}, {learning_rate}, "
@@ -117,7 +131,10 @@ class TwoTowerModule(L.LightningModule):
                         use_audio=use_audio)
         self.item_tower = ItemTower(self.table, item_ids, output_dim, hidden_dims, dropout, **features)
         self.query_tower = QueryTower(self.table, query_ids, num_users, output_dim, hidden_dims, dropout,
-                                      use_user, use_history, use_seed, use_age, **features)
+                                      use_user, use_history, use_seed, use_age, **features,
+                                      history_encoder=history_encoder, history=history,
+                                      attention_blocks=attention_blocks, attention_heads=attention_heads,
+                                      use_play_ratio=use_play_ratio, feedback=feedback)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
         self.metrics = torch.nn.ModuleDict()
         for stage in ("val", "test"):
@@ -161,6 +178,9 @@ class TwoTowerModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hp = self.hparams
         targets = batch["target_item"]
+        if hp.seed_dropout > 0:  # on the device: a draw per example, no host read
+            hidden = torch.rand(targets.shape, device=targets.device) < hp.seed_dropout
+            batch = {**batch, "seed_item": batch["seed_item"].masked_fill(hidden, 0)}
         query = self.query_tower(batch)
         candidates, columns = self.item_tower(targets), targets
         if hp.mixed_negatives > 0:
@@ -211,6 +231,8 @@ class TwoTowerModule(L.LightningModule):
         return scores.topk(min(k, scores.shape[1] - FIRST_ITEM), dim=1)
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
+        if dataloader_idx == 1 and not self.hparams.paper_seed:
+            batch = {**batch, "seed_item": torch.zeros_like(batch["seed_item"])}
         queries = self.query_tower(batch)
         _, top = self._top_k(queries, max(self.hparams.recall_k))
         if dataloader_idx == 0:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_tt.errors import InputError
+from lightning_tt.model.history import ENCODERS, HistoryAttention, HistoryPooling
 
 
 def log_length(seconds: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,29 @@ class Embeddings(nn.Module):
             table.weight.data[0] = 0
 
 
+def track_features(table: ItemTable, ids: Embeddings, use: dict[str, bool], items: torch.Tensor) -> torch.Tensor:
+    """items [...] -> [..., k]: the concatenated features of each track, as switched on in ``use``:
+    item, artist, album embeddings [d each], log length [1], audio [D] (artist and album come from the
+    item table). Both towers describe a track this way (the item tower, the seed, history steps)."""
+    parts = []
+    if use["item"]:
+        parts.append(ids.item(items))
+    if use["artist"]:
+        parts.append(ids.artist(table.artist[items]))
+    if use["album"]:
+        parts.append(ids.album(table.album[items]))
+    if use["length"]:
+        parts.append(log_length(table.track_length[items])[..., None])
+    if use["audio"]:
+        parts.append(table.audio_of(items))
+    return torch.cat(parts, dim=-1)
+
+
+def track_width(ids: Embeddings, audio_dim: int, use: dict[str, bool]) -> int:
+    """k, the width of track_features under ``use``."""
+    return ids.item.embedding_dim * (use["item"] + use["artist"] + use["album"]) + use["length"] + audio_dim * use["audio"]
+
+
 class ItemTower(nn.Module):
     """items [n] -> [n, o]: MLP(item, artist, album embeddings, log length, audio), L2-normalised."""
 
@@ -98,72 +122,64 @@ class ItemTower(nn.Module):
         self.table, self.ids = table, ids
         self.use = {"item": use_item_id, "artist": use_artist, "album": use_album, "length": use_length,
                     "audio": use_audio}
-        dim, audio_dim = ids.item.embedding_dim, table.audio.shape[1]
-        width = dim * (use_item_id + use_artist + use_album) + use_length + audio_dim * use_audio
+        width = track_width(ids, table.audio.shape[1], self.use)
         if width == 0:
             raise InputError("the item tower needs at least one feature: turn one of model.use_item_id, use_artist, use_album, use_length, use_audio on")
         self.mlp = mlp(width, hidden, output_dim, dropout)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        t, parts = self.table, []
-        if self.use["item"]:
-            parts.append(self.ids.item(items))
-        if self.use["artist"]:
-            parts.append(self.ids.artist(t.artist[items]))
-        if self.use["album"]:
-            parts.append(self.ids.album(t.album[items]))
-        if self.use["length"]:
-            parts.append(log_length(t.track_length[items])[:, None])
-        if self.use["audio"]:
-            parts.append(t.audio_of(items))
-        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+        return F.normalize(self.mlp(track_features(self.table, self.ids, self.use, items)), dim=-1)
 
 
 class QueryTower(nn.Module):
     """batch -> [B, o]: MLP over the feature groups below, L2-normalised. It reads only ``user``,
-    ``history_item``, ``history_mask``, ``seed_item`` and ``example_age`` from the batch; every other
-    item feature comes from the item table, exactly as in the item tower.
+    ``history_item``, ``history_mask``, ``history_ratio``, ``liked_item``, ``disliked_item``,
+    ``seed_item`` and ``example_age`` from the batch; every other item feature comes from the item
+    table, exactly as in the item tower (``track_features``, k wide).
 
-    user: user embedding [d]. history: masked means of the last N listens' item, artist and album
-    embeddings [3d], of their log lengths [1] and of their audio [D]. seed: the previous track's item,
-    artist, album embeddings [3d], audio [D] and log length [1]. age: log example age [1].
+    user: user embedding [d]. history: the history encoder's output (``mean``: masked means of the last
+    N listens' track features [k], computed as bags without a [B, N, d] tensor; ``recency`` [k] and
+    ``attention`` [d]: see lightning_tt.model.history). feedback (``feedback`` K > 0): the means of the
+    track features of the user's recent likes [k] and of their recent dislikes [k]. seed: the previous
+    track's features [k]. age: log example age [1].
     """
 
     def __init__(self, table: ItemTable, ids: Embeddings, num_users: int, output_dim: int, hidden: list[int],
                  dropout: float, use_user: bool, use_history: bool, use_seed: bool, use_age: bool,
-                 use_item_id: bool, use_artist: bool, use_album: bool, use_length: bool, use_audio: bool):
+                 use_item_id: bool, use_artist: bool, use_album: bool, use_length: bool, use_audio: bool,
+                 history_encoder: str = "mean", history: int = 50, attention_blocks: int = 1,
+                 attention_heads: int = 2, use_play_ratio: bool = False, feedback: int = 0):
         super().__init__()
+        if history_encoder not in ENCODERS:
+            raise InputError(f"model.history_encoder must be one of {', '.join(ENCODERS)}, got {history_encoder!r}")
         self.table, self.ids = table, ids
         dim, audio_dim = ids.item.embedding_dim, table.audio.shape[1]
         self.user = nn.Embedding(num_users, dim, padding_idx=0, sparse=ids.item.sparse) if use_user else None
         if self.user is not None:
             nn.init.normal_(self.user.weight, std=0.05)
         self.use = {"history": use_history, "seed": use_seed, "age": use_age, "item": use_item_id,
-                    "artist": use_artist, "album": use_album, "length": use_length, "audio": use_audio}
-        per_track = dim * (use_item_id + use_artist + use_album) + use_length + audio_dim * use_audio
-        width = dim * use_user + per_track * (use_history + use_seed) + use_age
+                    "artist": use_artist, "album": use_album, "length": use_length, "audio": use_audio,
+                    "feedback": feedback > 0}
+        per_track = track_width(ids, audio_dim, self.use)
+        self.encoder: nn.Module | None = None  # None: the mean as bags (the fast path)
+        history_width = per_track
+        if history_encoder == "attention":
+            self.encoder = HistoryAttention(per_track, dim, history, attention_blocks, attention_heads, dropout,
+                                            use_play_ratio)
+            history_width = dim
+        elif history_encoder == "recency" or use_play_ratio:
+            self.encoder = HistoryPooling(history_encoder == "recency", history, use_play_ratio)
+        width = (dim * use_user + history_width * use_history + per_track * (use_seed + 2 * (feedback > 0))
+                 + use_age)
         if width == 0:
             raise InputError("the query tower needs at least one feature: turn one of model.use_user, use_history, use_seed, use_age (or an item feature) on")
         self.mlp = mlp(width, hidden, output_dim, dropout)
 
-    def _seed(self, items: torch.Tensor) -> list[torch.Tensor]:
-        """Seed-track features [B, k] of item indices [B] (artist and album come from the item table)."""
-        u, parts = self.use, []
-        if u["item"]:
-            parts.append(self.ids.item(items))
-        if u["artist"]:
-            parts.append(self.ids.artist(self.table.artist[items]))
-        if u["album"]:
-            parts.append(self.ids.album(self.table.album[items]))
-        if u["length"]:
-            parts.append(log_length(self.table.track_length[items])[..., None])
-        if u["audio"]:
-            parts.append(self.table.audio_of(items))
-        return parts
-
-    def _history(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Masked means over the history window, as bags (no [B, N, d] tensor is materialised)."""
-        u, t, items, mask = self.use, self.table, batch["history_item"], batch["history_mask"]
+    def _mean_bags(self, items: torch.Tensor) -> list[torch.Tensor]:
+        """Means of the track features of the non-padding entries of ``items`` [B, N] (each [B, ...],
+        0 when a row is all padding), as bags: no [B, N, d] tensor is materialised."""
+        u, t = self.use, self.table
+        mask = items > 0
         count = mask.sum(1, keepdim=True).clamp(min=1)
         parts = []
         for key, table, ids in (("item", self.ids.item, items), ("artist", self.ids.artist, t.artist[items]),
@@ -178,14 +194,23 @@ class QueryTower(nn.Module):
             parts.append((audio_sum + missing * t.missing_audio) / count)
         return parts
 
+    def _history(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        if self.encoder is None:
+            return self._mean_bags(batch["history_item"])
+        x = track_features(self.table, self.ids, self.use, batch["history_item"])  # [B, N, k]
+        return [self.encoder(x, batch["history_mask"], batch["history_ratio"])]
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         if self.user is not None:
             parts.append(self.user(batch["user"]))
         if self.use["history"]:
             parts.extend(self._history(batch))
+        if self.use["feedback"]:
+            parts.extend(self._mean_bags(batch["liked_item"]))
+            parts.extend(self._mean_bags(batch["disliked_item"]))
         if self.use["seed"]:
-            parts.extend(self._seed(batch["seed_item"]))
+            parts.append(track_features(self.table, self.ids, self.use, batch["seed_item"]))
         if self.use["age"]:
             parts.append(log_age(batch["example_age"])[:, None])
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
