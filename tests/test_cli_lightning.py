@@ -226,6 +226,45 @@ def _cli(cwd, *args) -> subprocess.CompletedProcess:
     return result
 
 
+NEW_INPUTS = ["--model.history_encoder", "attention", "--model.use_play_ratio", "true", "--data.feedback", "3",
+              "--model.paper_seed", "false"]
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_path, capsys):
+    """Attention over the history with play ratios, recent likes and dislikes, horizon targets and seed
+    dropout: fit, resume, weights_only loading, test, export and recommend all read them back."""
+    import numpy as np
+
+    from lightning_tt.data.prepared import PreparedData
+    from lightning_tt.serve import _query_batch, _query_gatherer, load_model
+
+    run = fit(prepared, tmp_path, *NEW_INPUTS, "--data.target_horizon", "86400", "--model.seed_dropout", "0.3")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert (hparams["history"], hparams["feedback"], hparams["history_encoder"]) == (5, 3, "attention")  # linked
+    resumed = fit(prepared, tmp_path, *NEW_INPUTS, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "2")
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    main(["test", "--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
+          "--trainer.logger.init_args.save_dir", str(tmp_path / "test"), *NEW_INPUTS, "--ckpt_path", str(ckpt)])
+    assert "metrics written to" in capsys.readouterr().out
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "export"), "--kind", "flat"])
+    model, data = load_model(ckpt)
+    gather = _query_gatherer(data, model, None)
+    assert (gather.history, gather.feedback) == (5, 3)  # what training used
+    requests = tmp_path / "requests.csv"
+    users = [int(u) for u in np.asarray(PreparedData(prepared)["user_ids"])[2:6]]
+    requests.write_text("user,seed_item\n" + "".join(f"{u},{int(data['item_ids'][5])}\n" for u in users))
+    main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", str(ckpt), "--batch", str(requests),
+          "--out", str(tmp_path / "top.parquet"), "--k", "5"])
+    import pyarrow.parquet as pq
+
+    top = pq.read_table(tmp_path / "top.parquet").column("item_ids").to_pylist()
+    query = model(_query_batch(gather, np.arange(2, 6), np.full(4, 5)))
+    best = (model.item_embeddings()[2:] @ query.T).topk(5, dim=0).indices.T.numpy() + 2
+    assert top == np.asarray(data["item_ids"])[best].tolist()  # the exact index returns the model's own lists
+
+
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
     """fit, test and predict under 2-process DDP (gloo on the CPU), with the Faiss callback on. With
@@ -235,11 +274,12 @@ def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
               "--trainer.strategy", "ddp", "--data.eval_batch_size", "1024"]
     _cli(tmp_path, "fit", *common, "--trainer.devices", "2", "--trainer.logger.init_args.save_dir", "fit",
          "--trainer.callbacks.monitor", "val/next/recall@100",  # an ANN value, logged on every rank
-         "--model.sparse_embeddings", "true")  # DDP reduces the tables' sparse gradients too
+         "--model.sparse_embeddings", "true",  # DDP reduces the tables' sparse gradients too
+         *NEW_INPUTS)
     ckpt = str(next((tmp_path / "fit" / "tiny").glob("*/checkpoints/last.ckpt")))
     metrics = {}
     for devices in (1, 2):
-        out = _cli(tmp_path, "test", *common, "--trainer.devices", str(devices), "--ckpt_path", ckpt,
+        out = _cli(tmp_path, "test", *common, *NEW_INPUTS, "--trainer.devices", str(devices), "--ckpt_path", ckpt,
                    "--retrieval.kind", "flat", "--trainer.logger.init_args.save_dir", f"test{devices}").stdout
         metrics[devices] = json.loads((tmp_path / out.split("metrics written to ")[1].split()[0]).read_text())
     assert metrics[1].keys() == metrics[2].keys()
@@ -249,7 +289,7 @@ def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
             assert metrics[2][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
     assert metrics[2]["test/next/ann_exact_ratio@100"] == pytest.approx(1.0)  # a flat index is exact
 
-    _cli(tmp_path, "predict", *common, "--trainer.devices", "2", "--ckpt_path", ckpt,
+    _cli(tmp_path, "predict", *common, *NEW_INPUTS, "--trainer.devices", "2", "--ckpt_path", ckpt,
          "--trainer.logger.init_args.save_dir", "predict", "--predictions.output", str(tmp_path / "top.parquet"))
     import pyarrow.parquet as pq
 

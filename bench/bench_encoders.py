@@ -1,0 +1,88 @@
+"""Training cost of each history encoder and query input, next to the masked mean, in one run.
+
+    python bench/bench_encoders.py [--data DIR] [--preset demo] [--accelerator cpu] [--rounds 3]
+
+Every variant runs the bare training loop of bench_train.py (training_step + backward + Adam on
+batches built beforehand, history 50, the preset's model and batch size) on the same batches; the
+rounds are interleaved and the best of each variant is kept, so the ratios to the mean are what a
+shared machine's drift leaves alone. Written to docs/benchmarks.md, section ``bench_encoders``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import machine, write_section  # noqa: E402
+from bench_train import PRESETS, bare_loop, build_model, prepared_twin  # noqa: E402
+
+from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
+
+#: name -> model options (``feedback`` also sets the DataModule's K).
+VARIANTS = {
+    "mean (bags)": {},
+    "mean, play-ratio weights": dict(use_play_ratio=True),
+    "recency + play ratio": dict(history_encoder="recency", use_play_ratio=True),
+    "attention, 1 block + play ratio": dict(history_encoder="attention", use_play_ratio=True),
+    "attention, 2 blocks + play ratio": dict(history_encoder="attention", use_play_ratio=True, attention_blocks=2),
+    "mean + 20 likes and 20 dislikes": dict(feedback=20),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="a prepared directory (default: synthesise the demo's twin into --workdir)")
+    p.add_argument("--workdir", default="/tmp/lightning-tt-bench-train")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+    preset = PRESETS[args.preset]
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    data = prepared_twin(Path(args.data) if args.data else Path(args.workdir) / "prepared",
+                         Path(args.workdir) / "raw", 300_000, 2_000, 20_000)
+    batches = {}
+    for feedback in sorted({v.get("feedback", 0) for v in VARIANTS.values()}):
+        dm = YambdaDataModule(str(data), batch_size=preset["batch_size"], history=50, lean=True, feedback=feedback)
+        loader = iter(dm.train_dataloader())
+        batches[feedback] = (dm, [next(loader) for _ in range(args.warmup + args.steps)])
+    best = dict.fromkeys(VARIANTS, 0.0)
+    for _ in range(args.rounds):
+        for name, options in VARIANTS.items():
+            dm, built = batches[options.get("feedback", 0)]
+            model_preset = {**preset, "model": {**preset["model"], **options, "history": 50}}
+            rate, _ = bare_loop(build_model(dm, model_preset), built, device, preset["precision"].startswith("bf16"),
+                                args.warmup)
+            best[name] = max(best[name], rate)
+            print(f"{name}: {rate:,.0f} examples/s", flush=True)
+    base = best["mean (bags)"]
+    rows = "\n".join(f"| {name} | {rate:,.0f} | {rate / base:.2f} |" for name, rate in best.items())
+    name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
+    text = f"""## History encoders: training cost ({args.accelerator})
+
+Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
+`python bench/bench_encoders.py --preset {args.preset} --accelerator {args.accelerator} --rounds {args.rounds}`:
+the bare training step (forward, backward, Adam) of the `{args.preset}` preset (batch {preset['batch_size']},
+history 50, 256 mixed negatives off) on the demo's twin, {args.steps} timed steps after {args.warmup} warm-up
+steps, best of {args.rounds} interleaved rounds.
+
+| query tower | examples/s | × mean |
+|---|---|---|
+{rows}
+"""
+    write_section(Path(args.out), text, marker="bench_encoders")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
