@@ -33,7 +33,16 @@ from lightning_tt.cli import CONFIGS, DEMO_SYNTH, lightning_cli  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-#: name -> the fit flags that flip one switch of configs/demo.yaml (temperature 0.05, no mixed negatives).
+#: The part-1 design every row starts from, whatever configs/demo.yaml ships today: temperature 0.05, no
+#: mixed negatives, the masked-mean history, no feedback, next-track targets, the seed always shown.
+BASE = ["--model.temperature", "0.05", "--model.mixed_negatives", "0", "--model.history_encoder", "mean",
+        "--model.use_play_ratio", "false", "--data.feedback", "0", "--data.target_horizon", "0",
+        "--model.seed_dropout", "0", "--model.paper_seed", "true", "--model.embedding_dim", "64",
+        "--model.dropout", "0", "--model.weight_decay", "0"]
+#: Part 2's starting point: the two cheapest gains of part 1 together.
+NT = ["--model.mixed_negatives", "256", "--model.temperature", "0.1"]
+ATTENTION = ["--model.history_encoder", "attention", "--model.use_play_ratio", "true"]
+#: name -> the fit flags on top of BASE (None: configs/demo.yaml exactly as shipped).
 VARIANTS = {
     "default": [],
     "logQ correction off": ["--model.logq_correction", "false"],
@@ -48,6 +57,16 @@ VARIANTS = {
     "mixed negatives 256": ["--model.mixed_negatives", "256"],
     "temperature 0.1": ["--model.temperature", "0.1"],
     "temperature 0.2": ["--model.temperature", "0.2"],
+    # Part 2: each on top of NT.
+    "NT: negatives 256 + temperature 0.1": NT,
+    "NT + play-ratio weights (mean)": [*NT, "--model.use_play_ratio", "true"],
+    "NT + recency pooling + play ratio": [*NT, "--model.history_encoder", "recency", "--model.use_play_ratio", "true"],
+    "NT + attention": [*NT, "--model.history_encoder", "attention"],
+    "NT + attention + play ratio": [*NT, *ATTENTION],
+    "NT + 20 likes and dislikes": [*NT, "--data.feedback", "20"],
+    "NT + 1-day horizon targets": [*NT, "--data.target_horizon", "86400"],
+    "NT + seed dropout 0.5, seedless paper query": [*NT, "--model.seed_dropout", "0.5", "--model.paper_seed", "false"],
+    "configs/demo.yaml as shipped": None,
 }
 #: The development set's split (its README) and each dataset's epoch budget.
 DEV_SPLIT = SplitConfig(test_days=730, val_days=365)
@@ -73,6 +92,7 @@ def datasets(workdir: Path, dev: Path) -> dict[str, Path]:
 def run(data: Path, flags: list[str], seed: int, epochs: int, run_dir: Path) -> dict:
     """Fit one variant, then validate and test its best checkpoint: {metric: value, ...}."""
     start = time.perf_counter()
+    flags = BASE + flags if flags is not None else []
     cli = lightning_cli(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.data_dir", str(data),
                          "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs),
                          "--trainer.logger", "false", "--trainer.default_root_dir", str(run_dir),

@@ -127,12 +127,13 @@ def _query_gatherer(data: PreparedData, model, history: int | None) -> FeatureGa
 
 def _query_batch(gather: FeatureGatherer, user_index: np.ndarray, seed_index: np.ndarray) -> dict[str, torch.Tensor]:
     """A lean batch of R requests, asked now: each user's state after their last listen in the stream
-    (the last N listens with their play ratios; every like and dislike counts), the given seed, example
-    age 0: the same features as training's (FeatureGatherer.query). Indices are [R]."""
+    (the last N listens with their play ratios; every like and dislike counts), the given seed (organic:
+    the user's own play), example age 0: the same features as training's (FeatureGatherer.query). Indices are [R]."""
     offsets = np.asarray(gather.data["user_offsets"])
     user_index, seed_index = np.atleast_1d(user_index).astype(np.int64), np.atleast_1d(seed_index).astype(np.int64)
     arrays = gather.query(offsets[user_index + 1], user_index, np.full(len(user_index), NEVER, dtype=np.int64))
     arrays["seed_item"] = seed_index
+    arrays["seed_organic"] = np.ones(len(user_index), dtype=np.int64)  # a request is the user's own play
     arrays["example_age"] = np.zeros(len(user_index), np.float32)
     return to_tensors(arrays)
 

@@ -92,6 +92,14 @@ def test_out_of_range_played_ratio(tmp_path, capsys):
     assert "column 'played_ratio_pct' has out-of-range value 5000 at row 0" in err
 
 
+def test_is_organic_other_than_0_or_1(tmp_path, capsys):
+    rows = hand_rows()
+    rows[2]["is_organic"] = 7
+    raw = write_raw(tmp_path / "raw", rows)
+    err = run_prepare(raw, tmp_path, capsys)
+    assert "column 'is_organic' has value 7 at row 2 (allowed 0 or 1)" in err
+
+
 def test_negative_ids_in_wider_integer_columns(hand_raw, tmp_path, capsys):
     def negative_item(t):
         items = pc.cast(t.column("item_id"), pa.int64()).to_pylist()

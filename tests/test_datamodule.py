@@ -37,6 +37,7 @@ def test_batch_shapes_and_dtypes(prepared):
     shapes = {
         "user": (B,), "history_item": (B, N), "history_artist": (B, N), "history_album": (B, N),
         "history_mask": (B, N), "history_length": (B,), "history_track_length_mean": (B,), "history_ratio": (B, N),
+        "seed_organic": (B,),
         "seed_item": (B,), "seed_artist": (B,), "seed_album": (B,), "seed_audio": (B, D),
         "seed_has_audio": (B,), "seed_track_length": (B,), "example_age": (B,), "target_item": (B,),
         "target_artist": (B,), "target_album": (B,), "target_audio": (B, D), "target_has_audio": (B,),
@@ -87,7 +88,7 @@ def test_lean_batches_hold_the_same_indices(prepared):
     full = YambdaDataModule(str(prepared), batch_size=4, history=3).dataset("train")[np.arange(4)]
     lean = YambdaDataModule(str(prepared), batch_size=4, history=3, lean=True).dataset("train")[np.arange(4)]
     assert set(lean) == {"user", "history_item", "history_mask", "history_length", "history_ratio", "seed_item",
-                         "example_age", "target_item", "weight"}
+                         "seed_organic", "example_age", "target_item", "weight"}
     assert all(torch.equal(lean[k], full[k]) for k in lean)
 
 

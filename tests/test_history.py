@@ -79,7 +79,7 @@ def build(dm, **overrides):
 
 VARIANTS = [dict(history_encoder="recency", use_play_ratio=True), dict(history_encoder="attention", use_play_ratio=True),
             dict(history_encoder="attention", attention_blocks=2), dict(use_play_ratio=True),
-            dict(seed_dropout=0.5)]
+            dict(seed_dropout=0.5, use_organic=True)]
 
 
 @pytest.mark.parametrize("options", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
@@ -103,6 +103,15 @@ def test_the_feedback_bags_enter_the_query(data):
     other = {**batch, "liked_item": torch.zeros_like(batch["liked_item"])}
     changed = (with_bags.query_tower(batch) - with_bags.query_tower(other)).abs().sum(1) > 0
     assert torch.equal(changed, liked)  # exactly the rows with likes change
+
+
+def test_use_organic_reads_the_seed_listens_flag(data):
+    dm, batch = data
+    model = build(dm, use_organic=True)
+    assert model.query_tower.mlp[0].in_features == build(dm).query_tower.mlp[0].in_features + 1
+    assert set(batch["seed_organic"].tolist()) == {0, 1}  # the twin draws it per listen
+    flipped = {**batch, "seed_organic": 1 - batch["seed_organic"]}
+    assert ((model.query_tower(batch) - model.query_tower(flipped)).abs().sum(1) > 0).all()
 
 
 def test_seed_dropout_hides_the_seed_and_paper_seed_false_asks_without_it(data):

@@ -38,16 +38,17 @@ def synthetic(tmp_path_factory):
 
 def reference(events):
     """uid -> list of (raw item, ts, ratio) of its listens in file order; uid -> first event ts; uid -> list
-    of (raw item, ts, event type) of its other events."""
-    listens, first, signals = defaultdict(list), {}, defaultdict(list)
-    for uid, item, ts, kind, ratio in zip(events["uid"], events["item_id"], events["timestamp"],
-                                          events["event_type"], events["played_ratio_pct"]):
+    of (raw item, ts, event type) of its other events; uid -> is_organic of each listen."""
+    listens, first, signals, organic = defaultdict(list), {}, defaultdict(list), defaultdict(list)
+    for uid, item, ts, kind, ratio, own in zip(events["uid"], events["item_id"], events["timestamp"],
+                                               events["event_type"], events["played_ratio_pct"], events["is_organic"]):
         first.setdefault(uid, ts)
         if kind == "listen":
             listens[uid].append((item, ts, ratio))
+            organic[uid].append(own)
         else:
             signals[uid].append((item, ts, kind))
-    return listens, first, signals
+    return listens, first, signals, organic
 
 
 def feedback(signals, to_index, time, on, off):
@@ -85,7 +86,7 @@ def windows(b):
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_every_next_track_example(synthetic, split):
     data, events = synthetic
-    listens, first, signals = reference(events)
+    listens, first, signals, organic = reference(events)
     b = data.boundaries
     inside = windows(b)[split]
     item_raw = np.asarray(data["item_ids"])
@@ -112,6 +113,7 @@ def test_every_next_track_example(synthetic, split):
         assert all(t <= ts for _, t, _ in before)  # and never later in time
         check_query(batch, k, before, signals[uid], to_index, ts)  # feedback strictly before the target
         assert batch["seed_item"][k] == (to_index(before[-1][0]) if before else 0)
+        assert batch["seed_organic"][k] == (organic[uid][j - 1] if before else 0)
         expected_age = b["train_max_timestamp"] - ts if split == "train" else 0
         assert batch["example_age"][k] == expected_age and expected_age >= 0
 
@@ -123,7 +125,7 @@ def test_every_next_track_example(synthetic, split):
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_every_paper_list(synthetic, split):
     data, events = synthetic
-    listens, first, signals = reference(events)
+    listens, first, signals, organic = reference(events)
     start = data.boundaries[f"{split}_start"]
     inside = windows(data.boundaries)[split]
     index_of = {int(raw): i for i, raw in enumerate(np.asarray(data["item_ids"])) if i >= 2}
@@ -150,7 +152,7 @@ def test_serving_queries_are_the_state_after_the_last_listen(synthetic):
     from lightning_tt.serve import _query_batch
 
     data, events = synthetic
-    listens, _, signals = reference(events)
+    listens, _, signals, _ = reference(events)
     index_of = {int(raw): i for i, raw in enumerate(np.asarray(data["item_ids"])) if i >= 2}
     to_index = lambda raw: index_of.get(raw, 1)  # noqa: E731
     user_raw = np.asarray(data["user_ids"])

@@ -20,6 +20,7 @@ album indices use 0 for padding and 1 for unknown)::
     history_length                         [B]     int64   number of real entries (<= N)
     history_track_length_mean              [B]     float32 seconds, 0 when the history is empty
     seed_item, seed_artist, seed_album     [B]     int64   0 when the user has no previous listen
+    seed_organic                           [B]     int64   is_organic of the seed listen (0 without one)
     seed_audio                             [B, D]  float32 zeros when the item has no embedding
     seed_has_audio                         [B]     bool
     seed_track_length                      [B]     float32 seconds
@@ -40,7 +41,7 @@ teaches the query the day-ahead (paper) protocol's question rather than only the
 
 A *lean* batch (``lean=True``) holds only the indices (``user``, ``history_item``, ``history_mask``,
 ``history_length``, ``history_ratio``, ``liked_item``, ``disliked_item``, ``seed_item``,
-``target_item``) and ``example_age`` and ``weight``: a model that
+``seed_organic``, ``target_item``) and ``example_age`` and ``weight``: a model that
 holds the item table (as TwoTowerModule does) looks every other item feature up on its device, and the
 loader moves a third of the bytes.
 
@@ -84,6 +85,7 @@ class FeatureGatherer:
         self.stream_item = data["stream_item"]
         self.stream_ts = data["stream_ts"]
         self.stream_ratio = data["stream_ratio"]
+        self.stream_organic = data["stream_organic"]
         self.user_offsets = np.asarray(data["user_offsets"])
         self.item_artist = np.asarray(data["item_artist"]).astype(np.int64)
         self.item_album = np.asarray(data["item_album"]).astype(np.int64)
@@ -137,6 +139,7 @@ class FeatureGatherer:
             out["history_album"] = np.where(mask, self.item_album[history], 0)
             out["history_track_length_mean"] = (self.item_length[history] * mask).sum(axis=1) / np.maximum(count, 1)
         out.update(self.items(history[:, -1], "seed"))
+        out["seed_organic"] = np.where(mask[:, -1], self.stream_organic[safe[:, -1]], 0)
         return out
 
 

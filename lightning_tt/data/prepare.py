@@ -23,7 +23,8 @@ padding and index 1 unknown in every vocabulary):
 
 - the event stream, stored once: every *listen* of the kept users, grouped by user in time (file)
   order: ``stream_item`` int32 [N] (item index), ``stream_ts`` uint32 [N], ``stream_ratio`` uint16 [N]
-  (played_ratio_pct), and ``user_offsets`` int64 [Vu + 1]: user ``u`` owns ``[off[u], off[u+1])``.
+  (played_ratio_pct), ``stream_organic`` uint8 [N] (is_organic: 1 when the user chose the track, 0 when
+  a recommender played it), and ``user_offsets`` int64 [Vu + 1]: user ``u`` owns ``[off[u], off[u+1])``.
   History windows are slices of this stream computed at batch time (no N-long window per example).
 - examples per split: ``{split}_pos`` int32 (int64 past 2^31 rows): the stream position of every
   listen with ``played_ratio_pct >= min_played_pct`` in the split's window, sorted by user then time.
@@ -64,7 +65,7 @@ from lightning_tt.errors import InputError
 from lightning_tt.outputs import Output
 
 #: 2: exact duplicate events dropped; ``fingerprint`` and ``counts.duplicate_events_dropped`` in meta.json.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DAY = 86_400
 PAD, UNKNOWN = 0, 1
 #: Raw ids index dense lookup tables, so they must stay below this bound.
@@ -73,7 +74,7 @@ MAX_RAW_ID = 1 << 30
 MAX_PLAYED_RATIO_PCT = 1000
 SPLITS = ("train", "val", "test")
 EVAL_SPLITS = ("val", "test")
-EVENT_COLUMNS = ["uid", "item_id", "timestamp", "event_type", "played_ratio_pct", "track_length_seconds"]
+EVENT_COLUMNS = ["uid", "item_id", "timestamp", "event_type", "played_ratio_pct", "track_length_seconds", "is_organic"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class _RowGroup:
     is_listen: np.ndarray
     ratio: np.ndarray
     length: np.ndarray
+    organic: np.ndarray
     run_start: np.ndarray
     run_len: np.ndarray
     duplicates: int = 0
@@ -199,7 +201,8 @@ class _RowGroup:
         keep[rows] = False
         uid = self.uid[keep]
         return _RowGroup(self.first_row, uid, self.item[keep], self.ts[keep], self.code[keep], self.is_listen[keep],
-                         self.ratio[keep], self.length[keep], *_runs(uid[1:] == uid[:-1], len(uid)),
+                         self.ratio[keep], self.length[keep], self.organic[keep],
+                         *_runs(uid[1:] == uid[:-1], len(uid)),
                          self.duplicates + len(rows))
 
 
@@ -270,7 +273,13 @@ def _decode(table: pa.Table, path: Path, first_row: int, item_limit: int) -> _Ro
         i = int(np.argmax(bad))
         raise RawDataError(f"{path}: column 'track_length_seconds' has out-of-range value {length[i]} at row "
                            f"{first_row + i} (allowed >= 0)")
-    group = _RowGroup(first_row, uid, item, ts, code, is_listen, ratio, length, *_runs(same, len(uid)))
+    organic = pc.fill_null(table.column("is_organic"), 0).to_numpy()
+    bad = is_listen & (organic != 0) & (organic != 1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RawDataError(f"{path}: column 'is_organic' has value {organic[i]} at row {first_row + i} (allowed 0 or 1)")
+    group = _RowGroup(first_row, uid, item, ts, code, is_listen, ratio, length, organic.astype(np.uint8),
+                      *_runs(same, len(uid)))
     duplicates = _duplicate_rows(same, ts, item, code)
     return group.without(duplicates) if len(duplicates) else group
 
@@ -297,6 +306,7 @@ class _EventPass:
             "item": ArrayWriter(tmp, "stream_item", np.int32),  # raw ids until remapped
             "ts": ArrayWriter(tmp, "stream_ts", np.uint32),
             "ratio": ArrayWriter(tmp, "stream_ratio", np.uint16),
+            "organic": ArrayWriter(tmp, "stream_organic", np.uint8),
         }
         self.examples = {s: ArrayWriter(tmp, f"{s}_pos", pos_dtype) for s in SPLITS}
         self.state_pos = {s: [] for s in EVAL_SPLITS}  # stream positions of the state at window start
@@ -379,6 +389,7 @@ class _EventPass:
         self.stream["item"].append(s_item)
         self.stream["ts"].append(s_ts)
         self.stream["ratio"].append(s_ratio)
+        self.stream["organic"].append(g.organic[in_stream])
 
         # Training examples; the training vocabulary; track lengths of items not seen before.
         in_train = s_ts < b["train_end"]

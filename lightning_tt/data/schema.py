@@ -136,6 +136,7 @@ _CHECKS = {
         "event_type": (_is_string_like, "a string or dictionary<string>"),
         "played_ratio_pct": (_is_integer, "an integer"),
         "track_length_seconds": (_is_integer, "an integer"),
+        "is_organic": (_is_integer, "an integer"),
     },
     "embeddings": {
         "item_id": (_is_integer, "an integer"),

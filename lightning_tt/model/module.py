@@ -49,6 +49,21 @@ class TwoTowerModule(L.LightningModule):
     each step. The two differ in what they do to rows a batch did not touch (dense Adam keeps moving
     them with their momentum, SparseAdam leaves them alone). Weight decay is not available for the
     tables then, and ``compile`` compiles only the MLPs (Inductor cannot compile sparse gradients).
+
+    The query's inputs (lightning_tt.model.towers.QueryTower): ``history_encoder`` is ``mean``,
+    ``recency`` (learned position weights) or ``attention`` (``attention_blocks`` causal Transformer
+    layers of ``attention_heads`` heads, SASRec-style) over ``history`` learned positions (linked from
+    ``data.history``); ``use_play_ratio`` feeds each listen's play ratio in (an input of attention, a
+    pooling weight otherwise); see lightning_tt.model.history. ``feedback`` (linked from
+    ``data.feedback``) > 0 adds the bags of the user's recent likes and of their recent dislikes.
+    ``use_organic`` adds whether the seed listen was the user's own choice (is_organic; serving takes
+    1, a request being the user's own play).
+
+    The day-ahead (paper) protocol: ``seed_dropout`` hides the seed track (it becomes the padding item)
+    from that share of training examples, so the query also learns to answer without it; with
+    ``paper_seed`` false the paper protocol's queries are asked without the seed (its question is the
+    next day, not the next track). They go with ``data.target_horizon``, which draws the training
+    targets from a horizon after the query time.
     """
 
     def __init__(
@@ -95,6 +110,7 @@ class TwoTowerModule(L.LightningModule):
         feedback: int = 0,
         seed_dropout: float = 0.0,
         paper_seed: bool = True,
+        use_organic: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -134,7 +150,7 @@ class TwoTowerModule(L.LightningModule):
                                       use_user, use_history, use_seed, use_age, **features,
                                       history_encoder=history_encoder, history=history,
                                       attention_blocks=attention_blocks, attention_heads=attention_heads,
-                                      use_play_ratio=use_play_ratio, feedback=feedback)
+                                      use_play_ratio=use_play_ratio, feedback=feedback, use_organic=use_organic)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
         self.metrics = torch.nn.ModuleDict()
         for stage in ("val", "test"):
@@ -180,7 +196,8 @@ class TwoTowerModule(L.LightningModule):
         targets = batch["target_item"]
         if hp.seed_dropout > 0:  # on the device: a draw per example, no host read
             hidden = torch.rand(targets.shape, device=targets.device) < hp.seed_dropout
-            batch = {**batch, "seed_item": batch["seed_item"].masked_fill(hidden, 0)}
+            batch = {**batch, "seed_item": batch["seed_item"].masked_fill(hidden, 0),
+                     "seed_organic": batch["seed_organic"].masked_fill(hidden, 0)}
         query = self.query_tower(batch)
         candidates, columns = self.item_tower(targets), targets
         if hp.mixed_negatives > 0:
@@ -232,7 +249,8 @@ class TwoTowerModule(L.LightningModule):
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
         if dataloader_idx == 1 and not self.hparams.paper_seed:
-            batch = {**batch, "seed_item": torch.zeros_like(batch["seed_item"])}
+            batch = {**batch, "seed_item": torch.zeros_like(batch["seed_item"]),
+                     "seed_organic": torch.zeros_like(batch["seed_organic"])}
         queries = self.query_tower(batch)
         _, top = self._top_k(queries, max(self.hparams.recall_k))
         if dataloader_idx == 0:

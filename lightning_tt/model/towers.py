@@ -134,21 +134,23 @@ class ItemTower(nn.Module):
 class QueryTower(nn.Module):
     """batch -> [B, o]: MLP over the feature groups below, L2-normalised. It reads only ``user``,
     ``history_item``, ``history_mask``, ``history_ratio``, ``liked_item``, ``disliked_item``,
-    ``seed_item`` and ``example_age`` from the batch; every other item feature comes from the item
+    ``seed_item``, ``seed_organic`` and ``example_age`` from the batch; every other item feature comes from the item
     table, exactly as in the item tower (``track_features``, k wide).
 
     user: user embedding [d]. history: the history encoder's output (``mean``: masked means of the last
     N listens' track features [k], computed as bags without a [B, N, d] tensor; ``recency`` [k] and
     ``attention`` [d]: see lightning_tt.model.history). feedback (``feedback`` K > 0): the means of the
     track features of the user's recent likes [k] and of their recent dislikes [k]. seed: the previous
-    track's features [k]. age: log example age [1].
+    track's features [k]; with ``use_organic`` also whether the user chose it (is_organic) [1]. age: log
+    example age [1].
     """
 
     def __init__(self, table: ItemTable, ids: Embeddings, num_users: int, output_dim: int, hidden: list[int],
                  dropout: float, use_user: bool, use_history: bool, use_seed: bool, use_age: bool,
                  use_item_id: bool, use_artist: bool, use_album: bool, use_length: bool, use_audio: bool,
                  history_encoder: str = "mean", history: int = 50, attention_blocks: int = 1,
-                 attention_heads: int = 2, use_play_ratio: bool = False, feedback: int = 0):
+                 attention_heads: int = 2, use_play_ratio: bool = False, feedback: int = 0,
+                 use_organic: bool = False):
         super().__init__()
         if history_encoder not in ENCODERS:
             raise InputError(f"model.history_encoder must be one of {', '.join(ENCODERS)}, got {history_encoder!r}")
@@ -159,7 +161,7 @@ class QueryTower(nn.Module):
             nn.init.normal_(self.user.weight, std=0.05)
         self.use = {"history": use_history, "seed": use_seed, "age": use_age, "item": use_item_id,
                     "artist": use_artist, "album": use_album, "length": use_length, "audio": use_audio,
-                    "feedback": feedback > 0}
+                    "feedback": feedback > 0, "organic": use_seed and use_organic}
         per_track = track_width(ids, audio_dim, self.use)
         self.encoder: nn.Module | None = None  # None: the mean as bags (the fast path)
         history_width = per_track
@@ -170,7 +172,7 @@ class QueryTower(nn.Module):
         elif history_encoder == "recency" or use_play_ratio:
             self.encoder = HistoryPooling(history_encoder == "recency", history, use_play_ratio)
         width = (dim * use_user + history_width * use_history + per_track * (use_seed + 2 * (feedback > 0))
-                 + use_age)
+                 + self.use["organic"] + use_age)
         if width == 0:
             raise InputError("the query tower needs at least one feature: turn one of model.use_user, use_history, use_seed, use_age (or an item feature) on")
         self.mlp = mlp(width, hidden, output_dim, dropout)
@@ -211,6 +213,8 @@ class QueryTower(nn.Module):
             parts.extend(self._mean_bags(batch["disliked_item"]))
         if self.use["seed"]:
             parts.append(track_features(self.table, self.ids, self.use, batch["seed_item"]))
+        if self.use["organic"]:
+            parts.append(batch["seed_organic"].to(parts[-1].dtype)[:, None])
         if self.use["age"]:
             parts.append(log_age(batch["example_age"])[:, None])
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
