@@ -131,3 +131,13 @@ def test_seed_dropout_hides_the_seed_and_paper_seed_false_asks_without_it(data):
         build(dm, seed_dropout=1.5)
     with pytest.raises(InputError, match="history_encoder must be one of mean, recency, attention"):
         build(dm, history_encoder="lstm")
+
+
+def test_attention_and_feedback_train_under_bf16_autocast(data):
+    # The GPU configs train with bf16-mixed precision; the CPU has the same autocast rules for these ops.
+    dm, batch = data
+    model = build(dm, history_encoder="attention", use_play_ratio=True, use_organic=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and model.query_tower.encoder.project.weight.grad.abs().sum() > 0
