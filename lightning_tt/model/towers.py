@@ -134,8 +134,8 @@ class ItemTower(nn.Module):
 class QueryTower(nn.Module):
     """batch -> [B, o]: MLP over the feature groups below, L2-normalised. It reads only ``user``,
     ``history_item``, ``history_mask``, ``history_ratio``, ``liked_item``, ``disliked_item``,
-    ``seed_item``, ``seed_organic`` and ``example_age`` from the batch; every other item feature comes from the item
-    table, exactly as in the item tower (``track_features``, k wide).
+    ``seed_item``, ``seed_organic`` and ``example_age`` from the batch; every other item feature comes
+    from the item table, exactly as in the item tower (``track_features``, k wide).
 
     user: user embedding [d]. history: the history encoder's output (``mean``: masked means of the last
     N listens' track features [k], computed as bags without a [B, N, d] tensor; ``recency`` [k] and
@@ -165,11 +165,11 @@ class QueryTower(nn.Module):
         per_track = track_width(ids, audio_dim, self.use)
         self.encoder: nn.Module | None = None  # None: the mean as bags (the fast path)
         history_width = per_track
-        if history_encoder == "attention":
+        if use_history and history_encoder == "attention":
             self.encoder = HistoryAttention(per_track, dim, history, attention_blocks, attention_heads, dropout,
                                             use_play_ratio)
             history_width = dim
-        elif history_encoder == "recency" or use_play_ratio:
+        elif use_history and (history_encoder == "recency" or use_play_ratio):
             self.encoder = HistoryPooling(history_encoder == "recency", history, use_play_ratio)
         width = (dim * use_user + history_width * use_history + per_track * (use_seed + 2 * (feedback > 0))
                  + self.use["organic"] + use_age)
