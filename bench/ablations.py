@@ -4,8 +4,9 @@ budget, over several seeds, on the embedded default (the synthetic twin) and the
 
     python bench/ablations.py [--dev ../shared/data/movielens-small] [--seeds 0 1 2] [--workdir DIR]
 
-Each run is ``lightning-tt fit --config configs/demo.yaml`` with the variant's flags, the dataset's
-epoch budget and ``--seed_everything S``; the checkpoint with the best ``val/next/exact_recall@100``
+Each run is ``lightning-tt fit --config configs/demo.yaml`` with ``BASE`` (the part-1 design, set
+explicitly so that the rows keep their meaning when the shipped config changes), the variant's flags,
+the dataset's epoch budget and ``--seed_everything S``; the checkpoint with the best ``val/next/exact_recall@100``
 is then validated and tested. Exact (brute-force) rankings, so the index plays no part. Results are
 appended to ``WORKDIR/results.jsonl`` as each run ends: an interrupted report resumes where it stopped.
 The report, ``docs/ablations.md`` and ``docs/figures/ablations.png``, gives mean ± std over the seeds.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import machine  # noqa: E402
-from bench_train import prepared_twin  # noqa: E402
+from bench_train import is_current, prepared_twin  # noqa: E402
 
 from lightning_tt.cli import CONFIGS, DEMO_SYNTH, lightning_cli  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
@@ -81,7 +82,7 @@ def datasets(workdir: Path, dev: Path) -> dict[str, Path]:
         k: DEMO_SYNTH[k] for k in ("rows", "users", "items")})}
     if any(dev.glob("flat/*/multi_event.parquet")):
         prepared = workdir / "dev-prepared"
-        if not (prepared / "meta.json").is_file():
+        if not is_current(prepared):
             prepare(dev, prepared, config=DEV_SPLIT, progress=False, overwrite=True)
         found["movielens-small"] = prepared
     else:
@@ -158,8 +159,11 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
     lines = [
         "# Ablations", "",
         f"Written by `python bench/ablations.py` on {dt.date.today()} ({machine()}).", "",
-        "Each row flips one switch of `configs/demo.yaml` (temperature 0.05, no mixed negatives, logQ "
-        "correction on, every feature group on) and trains with the same budget: "
+        "Each row starts from `configs/demo.yaml` with the part-1 design set explicitly (`BASE` in the script: "
+        "temperature 0.05, no mixed negatives, logQ correction on, every feature group on, the masked-mean "
+        "history, no likes or dislikes, next-track targets, the seed always shown) and flips one switch. "
+        "The rows marked NT start from mixed negatives 256 and temperature 0.1 instead (part 2's starting "
+        "point); the last row is `configs/demo.yaml` exactly as shipped. Every run trains with the same budget: "
         + ", ".join(f"{n}: {e} epochs" for n, e in EPOCHS.items()) + ". The checkpoint with the best "
         "`val/next/exact_recall@100` is validated and tested; values are exact (brute-force) rankings, as "
         f"mean ± std over seeds {', '.join(map(str, seeds))}. `Δ` is the change of test next-track Recall@100 "

@@ -26,6 +26,7 @@ from bench_data import machine, write_section  # noqa: E402
 
 from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
+from lightning_tt.data.prepared import PreparedData, PreparedDataError  # noqa: E402
 from lightning_tt.data.synth import synthesize  # noqa: E402
 from lightning_tt.model.module import TwoTowerModule  # noqa: E402
 
@@ -45,9 +46,19 @@ def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False, spars
                           compile=compile, compile_mode=compile_mode, sparse_embeddings=sparse, **preset["model"])
 
 
+def is_current(data: Path) -> bool:
+    """Whether ``data`` is a prepared directory this code reads (not missing, damaged or older)."""
+    try:
+        PreparedData(data)
+    except PreparedDataError:
+        return False
+    return True
+
+
 def prepared_twin(data: Path, raw: Path, rows: int, users: int, items: int) -> Path:
-    """``data``, a prepared synthetic twin; synthesised into ``raw`` and prepared first if missing."""
-    if not (data / "meta.json").is_file():
+    """``data``, a prepared synthetic twin; synthesised into ``raw`` and prepared first if missing or
+    prepared by an older schema version."""
+    if not is_current(data):
         if not any(raw.glob("flat/*/multi_event.parquet")):
             synthesize(raw, rows=rows, users=users, items=items, days=30, seed=0, progress=False)
         prepare(raw, data, config=SplitConfig(), progress=False, overwrite=True)
