@@ -70,7 +70,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
     text = f"""## History encoders: training cost ({args.accelerator})
 
-Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
+Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__}, {torch.get_num_threads()} thread(s);
 `python bench/bench_encoders.py --preset {args.preset} --accelerator {args.accelerator} --rounds {args.rounds}`:
 the bare training step (forward, backward, Adam) of the `{args.preset}` preset (batch {preset['batch_size']},
 history 50, 256 mixed negatives off) on the demo's twin, {args.steps} timed steps after {args.warmup} warm-up
