@@ -58,7 +58,8 @@ def test_sweep_file_runs_offline(path, tiny_prepared, tmp_path, monkeypatch):
 
     cli = lightning_cli(["--config", "configs/demo.yaml", "--config", str(out / "best.yaml"),
                          f"--data.data_dir={tiny_prepared}"], run=False)
-    assert cli.model.hparams.learning_rate == pytest.approx(best["model"]["learning_rate"])
+    for name, value in best["model"].items():  # every model value of the best trial reaches the model
+        assert cli.model.hparams[name] == pytest.approx(value), name
 
 
 def test_wandb_specs_map_to_optuna_distributions():
