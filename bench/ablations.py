@@ -214,7 +214,7 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
     lines += [f"![test next-track Recall@100 per variant]({figure.relative_to(out.parent).as_posix()})", ""]
     # What a person wrote under the findings marker of the previous report is kept.
     previous = out.read_text() if out.exists() else ""
-    lines += [FINDINGS + previous.split(FINDINGS, 1)[1].lstrip("\n")] if FINDINGS in previous else [FINDINGS, ""]
+    lines += [FINDINGS, previous.split(FINDINGS, 1)[1].lstrip("\n")] if FINDINGS in previous else [FINDINGS, ""]
     out.write_text("\n".join(lines))
     print(f"wrote {out} and {figure}")
 
