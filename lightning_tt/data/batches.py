@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from lightning_tt.data.arrays import bfloat16_to_float32
-from lightning_tt.data.feedback import RecentFeedback
+from lightning_tt.data.feedback import recent_feedback
 from lightning_tt.data.prepared import PreparedData
 
 
@@ -92,7 +92,7 @@ class FeatureGatherer:
         self.item_length = np.asarray(data["item_length"])
         self.item_has_audio = np.asarray(data["item_has_audio"])
         self.item_audio = data["item_audio"]  # bfloat16 bits, uint16 memmap [num_items, D]
-        self.signals = {kind: RecentFeedback(data, kind) for kind in ("liked", "disliked")} if feedback else {}
+        self.signals = {kind: recent_feedback(data, kind) for kind in ("liked", "disliked")} if feedback else {}
         self._window = np.arange(-history, 0, dtype=np.int64)
 
     def __getstate__(self):

@@ -18,6 +18,8 @@ gather of ``LOOKBACK * k`` slots, vectorised over the batch.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from lightning_tt.data.prepared import PreparedData
@@ -79,3 +81,14 @@ class RecentFeedback:
         rows = np.broadcast_to(np.arange(len(user))[:, None], slot.shape)
         out[rows[keep], place[keep]] = self.item[slot[keep]]
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _built(path: str, fingerprint: str, kind: str) -> RecentFeedback:
+    return RecentFeedback(PreparedData(path), kind)
+
+
+def recent_feedback(data: PreparedData, kind: str) -> RecentFeedback:
+    """The RecentFeedback of ``data``, built once per process and prepared directory (the DataModule's
+    five datasets and serving share it; the fingerprint keys out a directory prepared again)."""
+    return _built(str(data.path), data.fingerprint, kind)
