@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.seen import positives
 from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
@@ -54,13 +55,6 @@ FIRST_ITEM = 2
 DAY = 86_400
 #: Ranked lists are built for at most this many (query, candidate) pairs at a time.
 CHUNK_ENTRIES = 1 << 24
-
-
-def _training_positives(data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user, item, timestamp) of every training positive."""
-    pos = np.asarray(data["train_pos"], dtype=np.int64)
-    user = np.searchsorted(np.asarray(data["user_offsets"]), pos, side="right") - 1
-    return user, np.asarray(data["stream_item"])[pos].astype(np.int64), np.asarray(data["stream_ts"])[pos]
 
 
 def _by_prior(prior: np.ndarray) -> np.ndarray:
@@ -141,7 +135,7 @@ class Baseline:
 
     def fit(self, data: PreparedData) -> "Baseline":
         self.num_items = data.vocab["num_items"]
-        self.users, self.items, self.ts = _training_positives(data)
+        self.users, self.items, self.ts = positives(data)
         self.train_max = data.boundaries["train_max_timestamp"]
         self.user_items = sp.csr_matrix((np.ones(len(self.items), dtype=np.float32), (self.users, self.items)),
                                         shape=(data.vocab["num_users"], self.num_items))

@@ -97,8 +97,10 @@ def lightning_cli(args: list[str], run: bool = True, callbacks: list | None = No
             parser.add_lightning_class_args(ParquetPredictionWriter, "predictions")  # --predictions.output
             parser.add_lightning_class_args(RunReport, "report")  # --report.baselines_file
             parser.link_arguments("data.data_dir", "model.data_dir")
-            # The window length sizes the history encoder's positions; K sizes the feedback bags.
-            for name in ("num_users", "num_items", "num_artists", "num_albums", "audio_dim", "history", "feedback"):
+            # The window length sizes the history encoder's positions; K sizes the feedback bags; serving
+            # leaves the past out as evaluation did.
+            for name in ("num_users", "num_items", "num_artists", "num_albums", "audio_dim", "history", "feedback",
+                         "exclude_seen"):
                 parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
             # The checkpoint records which prepared data it was trained on (lightning_tt.provenance).
             parser.link_arguments("data.fingerprint", "model.data_fingerprint", apply_on="instantiate")

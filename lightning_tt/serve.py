@@ -2,13 +2,16 @@
 
 ``export`` writes, into a directory (atomically, through lightning_tt.outputs)::
 
-    item_embeddings.npy   float32 [V - 2, o]   item tower output of every catalogue item (row r = item index r + 2)
+    item_embeddings.npy   float32 [V - 2, o']  retrieval vector of every catalogue item (row r = item index r + 2):
+                                               the item tower's output, and the popularity column with
+                                               model.popularity_weight (TwoTowerModule.retrieval_items)
     item_ids.npy          uint32  [V - 2]      the raw Yambda item_id of each row
     index.faiss           the Faiss index over those rows (inner product)
     export.json           checkpoint, data directory and its fingerprint, index factory string, sizes
 
 ``recommend`` embeds the query from the user's current state in the prepared stream (the last N
-listens, example age 0), with the given seed track, and searches the exported index, after checking
+listens, example age 0), with the given seed track, and searches the exported index (leaving the user's
+past positives out when the model was trained with ``exclude_seen``), after checking
 that the export, the checkpoint and the prepared data belong together (``open_export``).
 ``recommend_batch`` does the same for every row of a requests file, a chunk of requests at a time.
 """
@@ -27,7 +30,7 @@ from lightning_tt.data.batches import FeatureGatherer, to_tensors
 from lightning_tt.data.feedback import NEVER
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.errors import InputError, one_line
-from lightning_tt.eval.index import IndexConfig, build_index
+from lightning_tt.eval.index import IndexConfig, build_index, search_unseen
 from lightning_tt.model.module import FIRST_ITEM, TwoTowerModule
 from lightning_tt.outputs import Output
 from lightning_tt.provenance import check_same_data, read_checkpoint
@@ -63,7 +66,7 @@ def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexCo
     model, data = load_model(ckpt_path)
     output = Output(out, "dir", option="--out", inputs={"--ckpt_path": ckpt_path, "the checkpoint's data_dir": data.path},
                     overwrite=overwrite)
-    embeddings = model.item_embeddings()[FIRST_ITEM:].float().numpy()
+    embeddings = model.retrieval_items()[FIRST_ITEM:].float().numpy()
     built = build_index(embeddings, config)
     with output.writing() as tmp:
         np.save(tmp / "item_embeddings.npy", embeddings)
@@ -100,7 +103,7 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
     if meta.get("data_fingerprint") != data.fingerprint:
         raise ServingError(f"--index {index_dir}: exported from a model of other prepared data ({exported_from}), not "
                            f"the data of --ckpt_path ({data.path}); export this checkpoint")
-    dim = model.hparams.output_dim
+    dim = model.retrieval_dim
     if index.d != dim or stored.ndim != 2 or stored.shape[1] != dim:
         raise ServingError(f"--index {index_dir}: vectors of dimension {index.d}, but --ckpt_path embeds in {dim} "
                            f"dimensions; export this checkpoint")
@@ -112,7 +115,7 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
                            f"{data.vocab['num_items'] - FIRST_ITEM:,}; export this checkpoint")
     checked = np.unique(np.linspace(0, len(rows) - 1, CHECKED_ROWS).astype(np.int64))
     with torch.no_grad():
-        now = model.item_tower(torch.from_numpy(checked + FIRST_ITEM)).float().numpy()
+        now = model.retrieval_items(torch.from_numpy(checked + FIRST_ITEM)).float().numpy()
     if not np.allclose(now, stored[checked], atol=1e-3):
         raise ServingError(f"--index {index_dir}: exported from another checkpoint ({exported_from}); its item "
                            f"embeddings are not those of --ckpt_path; export this checkpoint")
@@ -121,8 +124,20 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
 
 def _query_gatherer(data: PreparedData, model, history: int | None) -> FeatureGatherer:
     """The batch gatherer training used for this model: its history window (``history`` overrides it)
-    and its number of recent likes and dislikes; lean (the model holds the item features)."""
-    return FeatureGatherer(data, history or model.hparams.history, lean=True, feedback=model.hparams.feedback)
+    and its number of recent likes and dislikes; lean (the model holds the item features). With the
+    model's ``exclude_seen``, queries carry the user's positives of every split (all are past now)."""
+    seen = ("train", "val", "test") if model.hparams.get("exclude_seen") else ()
+    return FeatureGatherer(data, history or model.hparams.history, lean=True, feedback=model.hparams.feedback,
+                           seen=seen)
+
+
+def _search(index: faiss.Index, model, batch: dict[str, torch.Tensor], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [R, k], index rows [R, k]; -1 where none) of a request batch: its retrieval queries,
+    leaving out its ``seen_items`` when it carries them."""
+    with torch.no_grad():
+        query = model(batch).float().numpy()
+    seen = batch.get("seen_items")
+    return search_unseen(index, query, k, seen.numpy() - FIRST_ITEM if seen is not None else None)
 
 
 def _query_batch(gather: FeatureGatherer, user_index: np.ndarray, seed_index: np.ndarray) -> dict[str, torch.Tensor]:
@@ -169,9 +184,7 @@ def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item
         notes.append(f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
     if seed_index[0] == 1:
         notes.append(f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
-    with torch.no_grad():
-        query = model(_query_batch(_query_gatherer(data, model, history), user_index, seed_index)).float().numpy()
-    scores, found = index.search(query, k)
+    scores, found = _search(index, model, _query_batch(_query_gatherer(data, model, history), user_index, seed_index), k)
     return [(int(rows[r]), float(s)) for r, s in zip(found[0], scores[0]) if r >= 0], notes
 
 
@@ -221,9 +234,7 @@ def recommend_batch(index_dir: str | Path, ckpt_path: str | Path, requests: str 
         chunk = slice(start, start + REQUEST_CHUNK)
         batch = _query_batch(gather, user_index[chunk], seed_index[chunk])
         tick = time.perf_counter()
-        with torch.no_grad():
-            query = model(batch).float().numpy()
-        scores, found = index.search(query, k)
+        scores, found = _search(index, model, batch, k)
         seconds += time.perf_counter() - tick
         lists.append(np.where(found >= 0, np.asarray(rows, dtype=np.int64)[np.maximum(found, 0)], -1))
         values.append(scores.astype(np.float32))

@@ -147,7 +147,7 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     assert not notes and len(items) == 5
     # A flat index must return exactly the model's own best items, mapped back to raw ids.
     model, _ = load_model(ckpt)
-    embeddings = model.item_embeddings()[2:]
+    embeddings = model.retrieval_items()[2:]
     query = model(_query_batch(_query_gatherer(data, model, None), 2, 5))
     best = (embeddings @ query[0]).topk(5).indices.numpy() + 2
     assert [i for i, _ in items] == np.asarray(data["item_ids"])[best].tolist()
@@ -227,13 +227,14 @@ def _cli(cwd, *args) -> subprocess.CompletedProcess:
 
 
 NEW_INPUTS = ["--model.history_encoder", "attention", "--model.use_play_ratio", "true", "--data.feedback", "3",
-              "--model.paper_seed", "false"]
+              "--model.paper_seed", "false", "--data.exclude_seen", "true", "--model.popularity_weight", "1"]
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_path, capsys):
-    """Attention over the history with play ratios, recent likes and dislikes, horizon targets and seed
-    dropout: fit, resume, weights_only loading, test, export and recommend all read them back."""
+    """Attention over the history with play ratios, recent likes and dislikes, horizon targets, seed
+    dropout, the popularity term and lists without the user's past: fit, resume, weights_only loading,
+    test, export and recommend all read them back."""
     import numpy as np
 
     from lightning_tt.data.prepared import PreparedData
@@ -243,6 +244,7 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
     ckpt = run / "checkpoints" / "last.ckpt"
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["history"], hparams["feedback"], hparams["history_encoder"]) == (5, 3, "attention")  # linked
+    assert hparams["exclude_seen"] is True and hparams["popularity_weight"] == 1
     resumed = fit(prepared, tmp_path, *NEW_INPUTS, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "2")
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     main(["test", "--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
@@ -260,8 +262,12 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
     import pyarrow.parquet as pq
 
     top = pq.read_table(tmp_path / "top.parquet").column("item_ids").to_pylist()
-    query = model(_query_batch(gather, np.arange(2, 6), np.full(4, 5)))
-    best = (model.item_embeddings()[2:] @ query.T).topk(5, dim=0).indices.T.numpy() + 2
+    batch = _query_batch(gather, np.arange(2, 6), np.full(4, 5))
+    scores = model(batch) @ model.retrieval_items().T
+    assert model.retrieval_dim == 9 and (batch["seen_items"] > 0).any()  # output_dim 8 and the popularity column
+    scores[:, :2] = -torch.inf
+    scores.scatter_(1, batch["seen_items"], -torch.inf)  # the user's positives of every split: all past now
+    best = scores.topk(5, dim=1).indices.numpy()
     assert top == np.asarray(data["item_ids"])[best].tolist()  # the exact index returns the model's own lists
 
 

@@ -18,6 +18,10 @@ album indices use 0 for padding and 1 for unknown)::
                                                            cancelled by then (data/feedback.py),
                                                            right-aligned; only with ``feedback`` K > 0
     history_length                         [B]     int64   number of real entries (<= N)
+    seen_items                             [B, S]  int64   the user's distinct positives, 0-padded
+                                                           (data/seen.py): the training ones for
+                                                           evaluation with exclude_seen, every split's
+                                                           when serving; the lists leave them out
     history_track_length_mean              [B]     float32 seconds, 0 when the history is empty
     seed_item, seed_artist, seed_album     [B]     int64   0 when the user has no previous listen
     seed_organic                           [B]     int64   is_organic of the seed listen (0 without one)
@@ -41,7 +45,7 @@ teaches the query the day-ahead (paper) protocol's question rather than only the
 
 A *lean* batch (``lean=True``) holds only the indices (``user``, ``history_item``, ``history_mask``,
 ``history_length``, ``history_ratio``, ``liked_item``, ``disliked_item``, ``seed_item``,
-``seed_organic``, ``target_item``) and ``example_age`` and ``weight``: a model that
+``seed_organic``, ``seen_items``, ``target_item``) and ``example_age`` and ``weight``: a model that
 holds the item table (as TwoTowerModule does) looks every other item feature up on its device, and the
 loader moves a third of the bytes.
 
@@ -61,6 +65,7 @@ import torch
 from lightning_tt.data.arrays import bfloat16_to_float32
 from lightning_tt.data.feedback import recent_feedback
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.seen import seen_items
 
 
 def play_weight(played_ratio_pct: np.ndarray) -> np.ndarray:
@@ -71,9 +76,11 @@ def play_weight(played_ratio_pct: np.ndarray) -> np.ndarray:
 
 class FeatureGatherer:
     """Gathers query and item features from one prepared dataset (small item tables held in memory).
-    ``feedback`` K > 0 adds the user's last K likes and dislikes to every query."""
+    ``feedback`` K > 0 adds the user's last K likes and dislikes to every query; ``seen`` (split names)
+    adds the user's distinct positives of those splits as ``seen_items``."""
 
-    def __init__(self, data: PreparedData, history: int, lean: bool = False, feedback: int = 0):
+    def __init__(self, data: PreparedData, history: int, lean: bool = False, feedback: int = 0,
+                 seen: tuple[str, ...] = ()):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         if feedback < 0:
@@ -82,6 +89,7 @@ class FeatureGatherer:
         self.history = history
         self.lean = lean
         self.feedback = feedback
+        self.seen = tuple(seen)
         self.stream_item = data["stream_item"]
         self.stream_ts = data["stream_ts"]
         self.stream_ratio = data["stream_ratio"]
@@ -93,14 +101,16 @@ class FeatureGatherer:
         self.item_has_audio = np.asarray(data["item_has_audio"])
         self.item_audio = data["item_audio"]  # bfloat16 bits, uint16 memmap [num_items, D]
         self.signals = {kind: recent_feedback(data, kind) for kind in ("liked", "disliked")} if feedback else {}
+        self.seen_items = seen_items(data, self.seen) if self.seen else None
         self._window = np.arange(-history, 0, dtype=np.int64)
 
     def __getstate__(self):
         """Pickle (for spawned DataLoader workers) the directory, not the memory-mapped arrays."""
-        return {"data": self.data, "history": self.history, "lean": self.lean, "feedback": self.feedback}
+        return {"data": self.data, "history": self.history, "lean": self.lean, "feedback": self.feedback,
+                "seen": self.seen}
 
     def __setstate__(self, state):
-        self.__init__(state["data"], state["history"], state["lean"], state["feedback"])
+        self.__init__(state["data"], state["history"], state["lean"], state["feedback"], state["seen"])
 
     def user_of(self, pos: np.ndarray) -> np.ndarray:
         """User index owning each stream position (the last user whose range starts at or before it)."""
@@ -134,6 +144,8 @@ class FeatureGatherer:
                "history_ratio": np.where(mask, play_weight(self.stream_ratio[safe]), 0).astype(np.float32)}
         for kind, signals in self.signals.items():
             out[f"{kind}_item"] = signals.recent(user, time, self.feedback)
+        if self.seen_items is not None:
+            out["seen_items"] = self.seen_items.padded(user)
         if not self.lean:
             out["history_artist"] = np.where(mask, self.item_artist[history], 0)
             out["history_album"] = np.where(mask, self.item_album[history], 0)
@@ -163,14 +175,17 @@ class NextTrackDataset(torch.utils.data.Dataset):
     ``split="train"`` gives training examples (``example_age`` = train_max_timestamp - timestamp);
     ``"val"``/``"test"`` give evaluation cases (age 0). ``target_horizon`` (seconds, training only)
     draws each target from the user's Listen+ examples within that horizon (see the module docstring).
+    ``exclude_seen`` (evaluation only) adds each case's ``seen_items``, its user's training positives.
     Use with :class:`BatchIndexSampler` and ``DataLoader(batch_size=None)``.
     """
 
     def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False, feedback: int = 0,
-                 target_horizon: int = 0):
+                 target_horizon: int = 0, exclude_seen: bool = False):
         if target_horizon < 0 or (target_horizon and split != "train"):
             raise ValueError(f"target_horizon must be >= 0 and only for training, got {target_horizon} for {split}")
-        self.gather = FeatureGatherer(data, history, lean, feedback)
+        if exclude_seen and split == "train":
+            raise ValueError("exclude_seen is for evaluation cases, not training examples")
+        self.gather = FeatureGatherer(data, history, lean, feedback, ("train",) if exclude_seen else ())
         self.split = split
         self.target_horizon = target_horizon
         self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
@@ -227,10 +242,12 @@ class NextTrackDataset(torch.utils.data.Dataset):
 
 class PaperListDataset(torch.utils.data.Dataset):
     """Paper-protocol lists of an evaluation split: one query per user, from the state at the window
-    start, with that user's Listen+ targets in the window (repeats kept)."""
+    start, with that user's Listen+ targets in the window (repeats kept); ``exclude_seen`` adds
+    ``seen_items`` as for NextTrackDataset."""
 
-    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False, feedback: int = 0):
-        self.gather = FeatureGatherer(data, history, lean, feedback)
+    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False, feedback: int = 0,
+                 exclude_seen: bool = False):
+        self.gather = FeatureGatherer(data, history, lean, feedback, ("train",) if exclude_seen else ())
         self.split = split
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from lightning_tt.data.arrays import bfloat16_to_float32
 from lightning_tt.data.batches import BatchIndexSampler, NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.seen import resolve_exclude_seen
 from lightning_tt.errors import InputError
 
 
@@ -36,14 +37,22 @@ class YambdaDataModule(L.LightningDataModule):
         target_horizon: seconds; > 0 draws each training target from the user's Listen+ listens
             within this horizon after the example's time (the day-ahead protocol's question), 0
             trains on the next track only. Evaluation cases are unchanged.
+        exclude_seen: leave each user's training positives out of the model's evaluation lists (the
+            batches carry them as ``seen_items``), as the baselines' ``exclude_seen`` does; None (auto):
+            when fewer than 1% of the training positives repeat one of their user's earlier positives
+            (data consumed once, such as films; lightning_tt.data.seen). Linked into the model, which
+            then also leaves the past out when serving.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 4096, eval_batch_size: int | None = None,
                  history: int | None = None, num_workers: int = 0, seed: int = 0, lean: bool = False,
-                 pin_memory: bool = False, feedback: int = 0, target_horizon: int = 0):
+                 pin_memory: bool = False, feedback: int = 0, target_horizon: int = 0,
+                 exclude_seen: bool | None = None):
         super().__init__()
-        self.save_hyperparameters()
         self.data = PreparedData(data_dir)
+        # The model holds the resolved value (linked); loggers refuse a key the two hold with different values.
+        self.exclude_seen = resolve_exclude_seen(self.data, exclude_seen)
+        self.save_hyperparameters(ignore=["exclude_seen"])
         self.history = int(history if history is not None else self.data.default_history)
         if self.history < 1:
             raise InputError(f"data.history must be >= 1, got {self.history}")
@@ -127,7 +136,8 @@ class YambdaDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> NextTrackDataset:
         """Next-track examples of ``split`` in {train, val, test}."""
         horizon = self.hparams.target_horizon if split == "train" else 0
-        return NextTrackDataset(self.data, split, self.history, self.hparams.lean, self.feedback, horizon)
+        return NextTrackDataset(self.data, split, self.history, self.hparams.lean, self.feedback, horizon,
+                                exclude_seen=self.exclude_seen and split != "train")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), self.batch_size, train=True)
@@ -147,5 +157,5 @@ class YambdaDataModule(L.LightningDataModule):
     def paper_dataloader(self, split: str) -> DataLoader:
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets; batches of
         ``eval_batch_size // 16`` users, since each carries all its targets)."""
-        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean, self.feedback)
+        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean, self.feedback, self.exclude_seen)
         return self._loader(dataset, max(1, self.eval_batch_size // 16), train=False)

@@ -1,6 +1,7 @@
 """FaissRetrieval: at the end of every validation epoch (not the sanity check) and of ``test``, embed the
 whole catalogue with the item tower, build a Faiss index (lightning_tt.eval.index), search the top K
-for every evaluation query the model embedded during the epoch, and log the ANN metrics:
+for every evaluation query the model embedded during the epoch (leaving out the items the model's
+exact lists left out, ``seen_items``), and log the ANN metrics:
 
     {stage}/next/recall@k, {stage}/paper/{recall,ndcg,coverage}@k         ANN results
     {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes
@@ -76,15 +77,15 @@ class FaissRetrieval(L.Callback):
         qps = []
         # The cases of all processes are here already: no synchronisation on compute.
         if gathered["next"]:
-            queries, targets = gathered["next"]
-            top, speed = self._search(built, queries, max(ks))
+            queries, targets, seen = gathered["next"]
+            top, speed = self._search(built, queries, max(ks), seen)
             qps.append(speed)
             metric = NextTrackRecall(ks, sync_on_compute=False)
             metric.update(top, targets)
             values.update({f"{stage}/next/recall@{k}": float(v) for k, v in metric.compute().items()})
         if gathered["paper"]:
-            queries, target_items, target_count = gathered["paper"]
-            top, speed = self._search(built, queries, max(ks))
+            queries, target_items, target_count, seen = gathered["paper"]
+            top, speed = self._search(built, queries, max(ks), seen)
             qps.append(speed)
             metric = PaperMetrics(ks, module.hparams.num_items, FIRST_ITEM, sync_on_compute=False)
             metric.update(top, target_items, target_count)
@@ -97,7 +98,8 @@ class FaissRetrieval(L.Callback):
             module.ann_tradeoff = (built.factory, self._nprobe_tradeoff(built, *gathered["next"], max(ks)))
         return values
 
-    def _nprobe_tradeoff(self, built, queries: torch.Tensor, targets: torch.Tensor, k: int) -> list[tuple]:
+    def _nprobe_tradeoff(self, built, queries: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor,
+                         k: int) -> list[tuple]:
         """(nprobe, queries/s, Recall@k) for nprobe = 1, 2, 4, ... up to the configured value."""
         import faiss
 
@@ -106,15 +108,17 @@ class FaissRetrieval(L.Callback):
         tried = sorted({2**i for i in range(12) if 2**i < nprobe} | {nprobe})
         for nprobe in tried:
             params.set_index_parameter(built.index, "nprobe", nprobe)
-            top, qps = self._search(built, queries, k)
+            top, qps = self._search(built, queries, k, seen)
             points.append((nprobe, qps, float((top == targets[:, None]).any(dim=1).double().mean())))
         params.set_index_parameter(built.index, "nprobe", nprobe)
         return points
 
     @staticmethod
-    def _search(built, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
-        """Top-k item indices [Q, k] (index rows shifted past padding and unknown; misses -> 0)."""
-        _, rows, qps = built.search(queries.numpy(), k)
+    def _search(built, queries: torch.Tensor, k: int, seen: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Top-k item indices [Q, k] (index rows shifted past padding and unknown; misses -> 0),
+        leaving out each query's ``seen`` [Q, S] item indices (0 = padding)."""
+        seen_rows = seen.numpy() - FIRST_ITEM if seen.any() else None  # padding -> negative: ignored
+        _, rows, qps = built.search(queries.numpy(), k, seen_rows)
         return torch.from_numpy(np.where(rows >= 0, rows + FIRST_ITEM, 0)), qps
 
 

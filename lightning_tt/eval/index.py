@@ -144,11 +144,31 @@ class BuiltIndex:
     bytes: int
     config: IndexConfig  # resolved: no option unset
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """(scores [Q, k], item rows [Q, k], queries per second); rows are -1 past the catalogue."""
+    def search(self, queries: np.ndarray, k: int, seen: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(scores [Q, k], item rows [Q, k], queries per second) of search_unseen."""
         start = time.perf_counter()
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        scores, ids = search_unseen(self.index, queries, k, seen)
         return scores, ids, len(queries) / max(time.perf_counter() - start, 1e-9)
+
+
+def search_unseen(index: faiss.Index, queries: np.ndarray, k: int, seen: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [Q, k], rows [Q, k]) of the k best rows of ``index`` for each of ``queries`` [Q, d];
+    rows are -1 (score -inf) where fewer than k are found. ``seen`` [Q, S] (rows; negative = padding)
+    are left out of each query's list: the search goes k + S deep, then drops them, keeping the order."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    depth = min(k + (seen.shape[1] if seen is not None else 0), index.ntotal)
+    scores, rows = index.search(queries, max(depth, k))
+    if seen is None:
+        return scores, rows
+    stride = index.ntotal + 1
+    at = np.arange(len(queries), dtype=np.int64)[:, None] * stride
+    dropped = np.isin(at + rows, (at + seen)[seen >= 0]) | (rows < 0)
+    order = np.argsort(dropped, axis=1, kind="stable")[:, :k]  # kept rows first, in their order
+    kept = ~np.take_along_axis(dropped, order, axis=1)
+    return (np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf).astype(np.float32),
+            np.where(kept, np.take_along_axis(rows, order, axis=1), -1))
 
 
 def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> BuiltIndex:

@@ -3,8 +3,9 @@
 training_step:  u = query_tower(batch) [B, o], v = item_tower(target_item) [B, o] (+ M uniform
                 negatives), log q from the estimator (updated with the batch first), loss.py's loss.
 validation/test: exact metrics of both protocols by brute force: the whole catalogue is embedded once
-                per epoch ([V, o]), every query scores all items (padding and unknown excluded) and
-                its top k goes to lightning_tt.eval.metrics. Dataloader 0 holds next-track cases,
+                per epoch (retrieval_items, [V, o']), every query (retrieval_query, [B, o']) scores all
+                items (padding and unknown excluded, and the user's training positives when the batch
+                carries ``seen_items``) and its top k goes to lightning_tt.eval.metrics. Dataloader 0 holds next-track cases,
                 dataloader 1 paper-protocol lists. Logged as ``{stage}/next/exact_recall@{k}`` and
                 ``{stage}/paper/exact_{recall,ndcg,coverage}@{k}``; ``test`` also writes them all to
                 ``metrics.json`` in the run directory.
@@ -64,6 +65,16 @@ class TwoTowerModule(L.LightningModule):
     ``paper_seed`` false the paper protocol's queries are asked without the seed (its question is the
     next day, not the next track). They go with ``data.target_horizon``, which draws the training
     targets from a horizon after the query time.
+
+    Retrieval ranks items by ``s(u, i) = u . v_i + beta * tau * log q(i)``, i.e. by
+    ``(u . v_i) / tau + beta * log q(i)`` (the same order), with ``beta = popularity_weight`` and
+    ``q(i)`` the frequency estimator's per-step probability of the item at the end of training. The
+    logQ correction takes ``log q`` out of the training logits so that in-batch negatives do not
+    punish popular items; ``beta`` says how much of it retrieval puts back: 0 ranks by ``u . v``, 1 by
+    the logits as the in-batch softmax saw them before the correction. The term is one more column of
+    both vectors (retrieval_items, retrieval_query), so exact search, the Faiss index and serving all
+    rank by it. ``exclude_seen`` (linked from ``data.exclude_seen``) leaves the user's past positives
+    out of the lists: evaluation batches carry them as ``seen_items``, and serving does the same.
     """
 
     def __init__(
@@ -111,6 +122,8 @@ class TwoTowerModule(L.LightningModule):
         seed_dropout: float = 0.0,
         paper_seed: bool = True,
         use_organic: bool = False,
+        popularity_weight: float = 0.0,
+        exclude_seen: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -188,8 +201,20 @@ class TwoTowerModule(L.LightningModule):
             module.compile(mode=mode)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Query embeddings [B, o]."""
-        return self.query_tower(batch)
+        """Retrieval queries [B, o'] (retrieval_query)."""
+        return self.retrieval_query(batch)
+
+    @property
+    def retrieval_dim(self) -> int:
+        """o' = output_dim, and one more with a popularity weight (the log q column)."""
+        return self.hparams.output_dim + (self.hparams.popularity_weight != 0)
+
+    def retrieval_query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, o'] the query tower's [B, o], with a column of ones when popularity_weight != 0."""
+        query = self.query_tower(batch)
+        if self.hparams.popularity_weight == 0:
+            return query
+        return torch.cat([query, query.new_ones(len(query), 1)], dim=1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hp = self.hparams
@@ -204,8 +229,9 @@ class TwoTowerModule(L.LightningModule):
             negatives = torch.randint(FIRST_ITEM, hp.num_items, (hp.mixed_negatives,), device=targets.device)
             candidates = torch.cat([candidates, self.item_tower(negatives)])
             columns = torch.cat([targets, negatives])
-        if hp.logq_correction:
+        if hp.logq_correction or hp.popularity_weight:  # retrieval's popularity term reads the estimator too
             self.estimator.update(targets)
+        if hp.logq_correction:
             log_q = torch.log(self.estimator.probability(targets))
             if hp.mixed_negatives > 0:
                 uniform = math.log(hp.mixed_negatives / (hp.num_items - FIRST_ITEM))
@@ -229,39 +255,52 @@ class TwoTowerModule(L.LightningModule):
         return loss
 
     @torch.no_grad()
-    def item_embeddings(self) -> torch.Tensor:
-        """[num_items, o] embeddings of the whole catalogue (rows 0 and 1 are never retrieved)."""
-        items = torch.arange(self.hparams.num_items, device=self.device)
-        return torch.cat([self.item_tower(chunk) for chunk in items.split(self.hparams.eval_chunk)])
+    def retrieval_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, o'] the vectors of item indices ``items`` [n] (default: the whole catalogue) that
+        retrieval searches: the item tower's [n, o], with the column ``beta * tau * log q(i)`` when
+        ``beta = popularity_weight`` != 0 (see the class docstring)."""
+        hp = self.hparams
+        if items is None:
+            return self.retrieval_items(torch.arange(hp.num_items, device=self.device))
+        vectors = torch.cat([self.item_tower(chunk) for chunk in items.split(hp.eval_chunk)])
+        if hp.popularity_weight == 0:
+            return vectors
+        prior = hp.popularity_weight * hp.temperature * torch.log(self.estimator.probability(items))
+        return torch.cat([vectors, prior[:, None].to(vectors.dtype)], dim=1)
 
     def catalogue(self) -> torch.Tensor:
-        """item_embeddings(), computed once per evaluation or predict epoch (the towers do not change
+        """retrieval_items(), computed once per evaluation or predict epoch (the towers do not change
         within one) and shared by the exact metrics and FaissRetrieval."""
         if self._catalogue is None:
-            self._catalogue = self.item_embeddings()
+            self._catalogue = self.retrieval_items()
         return self._catalogue
 
-    def _top_k(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k (scores, item indices) [B, k] of query embeddings [B, o] over the catalogue."""
+    def _top_k(self, queries: torch.Tensor, k: int, seen: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k (scores, item indices) [B, k] of retrieval queries [B, o'] over the catalogue;
+        ``seen`` [B, S] (0-padded item indices) are left out of each row's list."""
         scores = queries @ self.catalogue().T
         scores[:, :FIRST_ITEM] = float("-inf")
+        if seen is not None:
+            scores.scatter_(1, seen, float("-inf"))
         return scores.topk(min(k, scores.shape[1] - FIRST_ITEM), dim=1)
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
         if dataloader_idx == 1 and not self.hparams.paper_seed:
             batch = {**batch, "seed_item": torch.zeros_like(batch["seed_item"]),
                      "seed_organic": torch.zeros_like(batch["seed_organic"])}
-        queries = self.query_tower(batch)
-        _, top = self._top_k(queries, max(self.hparams.recall_k))
+        queries, seen = self.retrieval_query(batch), batch.get("seen_items")
+        _, top = self._top_k(queries, max(self.hparams.recall_k), seen)
         if dataloader_idx == 0:
             self.metrics[f"{stage}_next"].update(top, batch["target_item"])
             targets = (batch["target_item"].cpu(),)
         else:
             self.metrics[f"{stage}_paper"].update(top, batch["target_items"], batch["target_count"])
             targets = (batch["target_items"].cpu(), batch["target_count"].cpu())
-        if self.retrieval_queries is not None:
+        if self.retrieval_queries is not None:  # seen items last ([B, 1] of padding without exclude_seen)
             protocol = "next" if dataloader_idx == 0 else "paper"
-            self.retrieval_queries[protocol].append((queries.float().cpu(), *targets))
+            seen = seen.cpu() if seen is not None else torch.zeros(len(queries), 1, dtype=torch.int64)
+            self.retrieval_queries[protocol].append((queries.float().cpu(), *targets, seen))
         if stage == "test" and dataloader_idx == 0 and self.test_samples is None:  # a few cases for the report
             n = min(20, len(top))
             self.test_samples = {"user": batch["user"][:n].cpu(), "seed": batch["seed_item"][:n].cpu(),
@@ -352,7 +391,7 @@ class TwoTowerModule(L.LightningModule):
         self._catalogue = None
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        scores, items = self._top_k(self.query_tower(batch), max(self.hparams.recall_k))
+        scores, items = self._top_k(self.retrieval_query(batch), max(self.hparams.recall_k), batch.get("seen_items"))
         return {"items": items, "scores": scores, "target_item": batch["target_item"], "user": batch["user"]}
 
     def setup(self, stage: str) -> None:

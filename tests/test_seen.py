@@ -1,0 +1,138 @@
+"""Leaving the user's past out of the lists (exclude_seen) and the popularity term of retrieval."""
+
+import math
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from rawdata import event, write_raw
+
+from conftest import hand_rows
+from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
+from lightning_tt.data.datamodule import YambdaDataModule
+from lightning_tt.data.prepare import prepare
+from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.seen import SeenItems, repeat_share, resolve_exclude_seen
+from lightning_tt.eval.callback import FaissRetrieval
+from lightning_tt.eval.index import IndexConfig, build_index, search_unseen
+from lightning_tt.model.module import TwoTowerModule
+
+
+def prepared(tmp_path, rows) -> PreparedData:
+    out = tmp_path / "prepared"
+    prepare(write_raw(tmp_path / "raw", rows), out, audio_dim=4, progress=False)
+    return PreparedData(out)
+
+
+def test_seen_items_and_repeat_share_by_hand(tmp_path):
+    # The hand data's training positives (test_prepare.py): user index 2 has items 2, 4, 5 (raw 10, 12,
+    # 13), user 3 has item 3 (raw 11); no user repeats one, so auto leaves the past out.
+    data = prepared(tmp_path / "a", hand_rows())
+    seen = SeenItems(data)
+    assert seen.padded(np.array([2, 3, 0])).tolist() == [[2, 4, 5], [3, 0, 0], [0, 0, 0]]
+    assert repeat_share(data) == 0.0 and resolve_exclude_seen(data, None) is True
+    assert resolve_exclude_seen(data, False) is False
+    # Every split's positives (serving): user 2 adds the val window's raw 15 and the test window's raw 99,
+    # both outside the training vocabulary (item 1, unknown).
+    assert SeenItems(data, ("train", "val", "test")).padded(np.array([2])).tolist() == [[1, 2, 4, 5]]
+
+    # User 5 plays raw item 10 again at t=500 (90%): 5 training positives, 4 distinct pairs.
+    rows = hand_rows()
+    data = prepared(tmp_path / "b", rows[:4] + [event(5, 10, 500, ratio=90, length=110)] + rows[4:])
+    assert repeat_share(data) == pytest.approx(1 - 4 / 5)
+    assert resolve_exclude_seen(data, None) is False and resolve_exclude_seen(data, True) is True
+    # With a cap, whole users only: the first 4 positives are all user 2's (10, 12, 10, 13): 1 - 3/4.
+    assert repeat_share(data, limit=4) == pytest.approx(1 - 3 / 4)
+    assert SeenItems(data).padded(np.array([2])).tolist() == [[2, 4, 5]]  # distinct
+
+
+def test_evaluation_batches_carry_only_training_positives(tiny_prepared):
+    data = PreparedData(tiny_prepared)
+    train_end = data.boundaries["train_max_timestamp"]
+    users, items, ts = (np.asarray(a) for a in (data["user_offsets"], data["stream_item"], data["stream_ts"]))
+    train = set(np.asarray(data["train_pos"]).tolist())
+    for dataset in (NextTrackDataset(data, "test", 5, lean=True, exclude_seen=True),
+                    PaperListDataset(data, "val", 5, lean=True, exclude_seen=True)):
+        batch = dataset.arrays(np.arange(len(dataset)))
+        for user, row in zip(batch["user"], batch["seen_items"]):
+            expected = {int(items[p]) for p in range(users[user], users[user + 1]) if p in train}
+            assert set(row[row > 0].tolist()) == expected
+            assert all(ts[p] <= train_end for p in range(users[user], users[user + 1]) if p in train)
+    assert "seen_items" not in NextTrackDataset(data, "test", 5, lean=True).arrays(np.arange(3))
+    with pytest.raises(ValueError, match="evaluation"):
+        NextTrackDataset(data, "train", 5, exclude_seen=True)
+
+
+def test_the_datamodule_resolves_auto_from_the_data(tiny_prepared):
+    assert repeat_share(PreparedData(tiny_prepared)) > 0.01  # people replay tracks in the twin
+    assert YambdaDataModule(str(tiny_prepared)).exclude_seen is False
+    module = YambdaDataModule(str(tiny_prepared), exclude_seen=True, eval_batch_size=64)
+    assert module.exclude_seen is True and "seen_items" in next(iter(module.val_dataloader()[0]))
+
+
+def test_search_unseen_drops_seen_rows_and_keeps_the_order():
+    # Five items on a line: the score of row r for query (1, 0) is r; query (-1, 0) ranks them backwards.
+    index = faiss.IndexFlatIP(2)
+    index.add(np.array([[r, 0.0] for r in range(5)], dtype=np.float32))
+    queries = np.array([[1.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+    scores, rows = search_unseen(index, queries, 3, np.array([[4, 2, -1], [0, -2, -2]]))
+    assert rows.tolist() == [[3, 1, 0], [1, 2, 3]]
+    assert scores.tolist() == [[3.0, 1.0, 0.0], [-1.0, -2.0, -3.0]]
+    # Fewer than k left: -1 rows with score -inf; without seen rows the plain search.
+    scores, rows = search_unseen(index, queries[:1], 4, np.array([[4, 3, 2]]))
+    assert rows.tolist() == [[1, 0, -1, -1]] and scores[0, 2] == -np.inf
+    assert search_unseen(index, queries, 2)[1].tolist() == [[4, 3], [0, 1]]
+
+
+def tiny_model(tiny_prepared, **options) -> TwoTowerModule:
+    data = PreparedData(tiny_prepared)
+    vocab = data.vocab
+    return TwoTowerModule(str(tiny_prepared), num_users=vocab["num_users"], num_items=vocab["num_items"],
+                          num_artists=vocab["num_artists"], num_albums=vocab["num_albums"],
+                          audio_dim=vocab["audio_dim"], embedding_dim=8, hidden_dims=[16], output_dim=8,
+                          history=5, temperature=0.1, estimator_buckets=4096, **options).eval()
+
+
+def test_popularity_weight_adds_beta_tau_log_q(tiny_prepared):
+    torch.manual_seed(0)
+    model = tiny_model(tiny_prepared, popularity_weight=0.5)
+    plain = tiny_model(tiny_prepared)
+    plain.load_state_dict(model.state_dict())
+    # Step 1 starts every gap at g = num_items / 4 and moves items 5, 6, 7 to 0.99 g + 0.01 (1 step since 0);
+    # step 2 moves item 5 again, to 0.99 (0.99 g + 0.01) + 0.01. Item 8 is never seen: g.
+    model.estimator.update(torch.tensor([5, 5, 6, 7]))
+    model.estimator.update(torch.tensor([5, 9, 10, 11]))
+    data = PreparedData(tiny_prepared)
+    batch = {k: torch.from_numpy(np.asarray(v)) for k, v in
+             NextTrackDataset(data, "val", 5).arrays(np.arange(4)).items()}
+    items = torch.tensor([5, 6, 8])
+    with torch.no_grad():
+        score = model.retrieval_query(batch) @ model.retrieval_items(items).T
+        dot = plain.query_tower(batch) @ plain.item_tower(items).T
+    gap = data.vocab["num_items"] / 4
+    once = 0.99 * gap + 0.01
+    log_q = torch.tensor([-math.log(0.99 * once + 0.01), -math.log(once), -math.log(gap)])
+    assert model.retrieval_dim == 9 and plain.retrieval_dim == 8
+    assert torch.allclose(score, dot + 0.5 * 0.1 * log_q, atol=1e-5)
+    assert plain.retrieval_items(items).shape == (3, 8)
+
+
+def test_exact_and_ann_lists_leave_the_same_items_out(tiny_prepared):
+    torch.manual_seed(0)
+    model = tiny_model(tiny_prepared, popularity_weight=1.0)
+    data = PreparedData(tiny_prepared)
+    batch = {k: torch.from_numpy(np.asarray(v)) for k, v in
+             NextTrackDataset(data, "test", 5, lean=True, exclude_seen=True).arrays(np.arange(64)).items()}
+    with torch.no_grad():
+        queries = model.retrieval_query(batch)
+        _, top = model._top_k(queries, 20, batch["seen_items"])
+        scores = queries @ model.catalogue().T
+    for row, seen, ranked in zip(scores, batch["seen_items"], top):
+        row[:2] = -math.inf
+        row[seen] = -math.inf
+        assert ranked.tolist() == row.topk(20).indices.tolist()  # the best unseen items, in order
+        assert not set(ranked.tolist()) & set(seen.tolist())
+    built = build_index(model.catalogue()[2:].numpy(), IndexConfig("flat"))
+    ann, _ = FaissRetrieval._search(built, queries, 20, batch["seen_items"])
+    assert torch.equal(ann, top)
