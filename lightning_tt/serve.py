@@ -104,7 +104,7 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
         raise ServingError(f"--index {index_dir}: exported from a model of other prepared data ({exported_from}), not "
                            f"the data of --ckpt_path ({data.path}); export this checkpoint")
     dim = model.retrieval_dim
-    if index.d != dim or stored.ndim != 2 or stored.shape[1] != dim:
+    if index.d < dim or stored.ndim != 2 or stored.shape[1] != dim:  # (an index may add zero columns)
         raise ServingError(f"--index {index_dir}: vectors of dimension {index.d}, but --ckpt_path embeds in {dim} "
                            f"dimensions; export this checkpoint")
     if not len(rows) == index.ntotal == len(stored):

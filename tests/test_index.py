@@ -28,7 +28,7 @@ def test_factory_strings():
 
 
 def test_fast_scan_parameters_follow_the_catalogue_unless_set():
-    # nlist = the power of two nearest 4 sqrt(n), m = d / 4, nprobe = max(4, nlist / 512), k_factor 4,
+    # nlist = the power of two nearest 4 sqrt(n), m = ceil(d / 4), nprobe = max(4, nlist / 512), k_factor 4,
     # an HNSW coarse quantizer from 4,096 lists.
     fs = IndexConfig(kind="ivfpqfs")
     assert factory_string(fs, 3_000_000, 128) == ("IVF8192_HNSW32,PQ32x4fs,RFlat", [])  # 4 x 1732 = 6928
@@ -61,12 +61,24 @@ def test_small_catalogues_fall_back():
     # 5,000 vectors: nlist 1024 -> 128 lists; 2^8 centroids need 9,984 points -> nbits 7.
     factory, notes = factory_string(IndexConfig(), 5_000, 64)
     assert factory == "IVF128,PQ32x7,RFlat" and len(notes) == 2
-    assert factory_string(IndexConfig(), 5_000, 60)[0] == "IVF128,PQ30x7,RFlat"  # 60 % 32 != 0 -> m 30
     assert factory_string(IndexConfig(), 400, 64)[0] == "IVF10,Flat"  # too few to train PQ
     assert factory_string(IndexConfig(), 50, 64)[0] == "Flat"  # too few for IVF
     with pytest.warns(UserWarning, match="does not fit this catalogue"):
         built = build_index(unit(50, 8))
     assert built.factory == "Flat"
+
+
+def test_dimensions_not_divisible_by_m_get_zero_columns():
+    # 65 = 64 + a popularity column: PQ32 needs a multiple of 32, so the index holds 96 columns, the
+    # queries get the same zeros, and the re-ranked inner products are the exact ones.
+    items, queries = unit(10_000, 65, clusters=100), unit(100, 65, seed=1, clusters=100)
+    exact_scores, exact = build_index(items, IndexConfig(kind="flat")).search(queries, 10)[:2]
+    built = build_index(items, IndexConfig(nlist=16, nprobe=16))
+    assert built.factory == "IVF16,PQ32x8,RFlat" and built.index.d == 96
+    scores, ids, _ = built.search(queries, 10)
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ids, exact)]) > 0.9
+    assert np.allclose(scores[:, 0], exact_scores[:, 0], atol=1e-5)
+    assert resolved(IndexConfig(kind="ivfpqfs"), 100_000, 65).m == 17  # ceil(65 / 4)
 
 
 def test_inner_product_not_l2():

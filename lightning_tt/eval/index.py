@@ -24,14 +24,16 @@ always win:
   before). These kept
   0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4
   kept only 0.77 there (docs/benchmarks.md).
-- ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = d / 4,
+- ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = ceil(d / 4),
   nprobe = max(4, nlist / 512), k_factor 4, coarse hnsw from 4,096 lists, quantizer_ef_search 64,
   train_sample 64 x nlist. Measured on 1M clustered 64-d vectors only (docs/benchmarks.md); not yet
   the measurement the 500m config needs (other query distributions, skew, trained embeddings).
 
-Training wants >= 39 points per IVF list and per PQ centroid (2^nbits; 16 for fast-scan) and d
-divisible by m: a catalogue too small for the requested kind gets a smaller nlist, nbits or m, or an
-exact Flat index, with a warning that says what changed.
+Training wants >= 39 points per IVF list and per PQ centroid (2^nbits; 16 for fast-scan): a catalogue
+too small for the requested kind gets a smaller nlist or nbits, or an exact Flat index, with a warning
+that says what changed. PQ needs d divisible by m: other vectors (and their queries) get zero columns up
+to the next multiple of m, which change no inner product (a model with a popularity weight retrieves
+in o + 1 dimensions).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def resolved(config: IndexConfig, n: int, dim: int) -> IndexConfig:
     docstring); the options the user set are kept as they are."""
     if config.kind == "ivfpqfs":
         nlist = config.nlist or 2 ** max(1, round(np.log2(4 * np.sqrt(max(n, 1)))))
-        auto = {"nlist": nlist, "m": max(1, dim // 4), "nprobe": max(4, nlist // 512), "k_factor": 4,
+        auto = {"nlist": nlist, "m": max(1, -(-dim // 4)), "nprobe": max(4, nlist // 512), "k_factor": 4,
                 "coarse": "hnsw" if nlist >= 4096 else "flat", "quantizer_ef_search": 64}
     else:
         nlist = config.nlist or 1024
@@ -112,10 +114,6 @@ def factory_string(config: IndexConfig, n: int, dim: int) -> tuple[str, list[str
             notes.append(f"{kind} -> flat ({n} vectors are too few for IVF)")
             kind = "flat"
     if kind in ("ivfpq", "ivfpqfs"):
-        if dim % m:
-            divisor = max(d for d in range(1, m + 1) if dim % d == 0)
-            notes.append(f"m {m} -> {divisor} (dim {dim} is not divisible by {m})")
-            m = divisor
         fit_bits = int(np.floor(np.log2(max(n // POINTS_PER_CENTROID, 1))))
         if nbits > fit_bits:
             if fit_bits >= 4 and kind == "ivfpq":
@@ -156,8 +154,11 @@ def search_unseen(index: faiss.Index, queries: np.ndarray, k: int, seen: np.ndar
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(scores [Q, k], rows [Q, k]) of the k best rows of ``index`` for each of ``queries`` [Q, d];
     rows are -1 (score -inf) where fewer than k are found. ``seen`` [Q, S] (rows; negative = padding)
-    are left out of each query's list: the search goes k + S deep, then drops them, keeping the order."""
+    are left out of each query's list: the search goes k + S deep, then drops them, keeping the order.
+    Queries narrower than the index get its zero columns."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.shape[1] < index.d:  # the index's vectors were padded with zero columns (build_index)
+        queries = np.pad(queries, ((0, 0), (0, index.d - queries.shape[1])))
     depth = min(k + (seen.shape[1] if seen is not None else 0), index.ntotal)
     scores, rows = index.search(queries, max(depth, k))
     if seen is None:
@@ -176,6 +177,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> Bui
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     config = resolved(config, n, dim)
+    if config.kind in ("ivfpq", "ivfpqfs") and dim % config.m:  # zero columns up to a multiple of m
+        vectors = np.pad(vectors, ((0, 0), (0, -dim % config.m)))
+        dim = vectors.shape[1]
     factory, notes = factory_string(config, n, dim)
     if notes:
         warnings.warn(f"faiss index {config.kind!r} does not fit this catalogue: {'; '.join(notes)}; using {factory}",
