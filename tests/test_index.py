@@ -69,12 +69,12 @@ def test_small_catalogues_fall_back():
 
 
 def test_dimensions_not_divisible_by_m_get_zero_columns():
-    # 65 = 64 + a popularity column: PQ32 needs a multiple of 32, so the index holds 96 columns, the
+    # 65 = 64 + a popularity column: PQ8 needs a multiple of 8, so the index holds 72 columns, the
     # queries get the same zeros, and the re-ranked inner products are the exact ones.
-    items, queries = unit(10_000, 65, clusters=100), unit(100, 65, seed=1, clusters=100)
+    items, queries = unit(5_000, 65, clusters=100), unit(100, 65, seed=1, clusters=100)
     exact_scores, exact = build_index(items, IndexConfig(kind="flat")).search(queries, 10)[:2]
-    built = build_index(items, IndexConfig(nlist=16, nprobe=16))
-    assert built.factory == "IVF16,PQ32x8,RFlat" and built.index.d == 96
+    built = build_index(items, IndexConfig(nlist=16, m=8, nbits=6, nprobe=16))
+    assert built.factory == "IVF16,PQ8x6,RFlat" and built.index.d == 72
     scores, ids, _ = built.search(queries, 10)
     assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ids, exact)]) > 0.9
     assert np.allclose(scores[:, 0], exact_scores[:, 0], atol=1e-5)
