@@ -87,6 +87,7 @@ VARIANTS = {
                                                                         "--model.popularity_weight", "1"],
     "NT + likes + seed dropout, past out (auto), popularity weight 2": [*NT, *PART2, *AUTO_SEEN,
                                                                         "--model.popularity_weight", "2"],
+    "shipped + attention + play ratio": [*NT, *PART2, *AUTO_SEEN, "--model.popularity_weight", "0.5", *ATTENTION],
     "configs/demo.yaml as shipped": None,
 }
 #: The development set's split (its README) and each dataset's epoch budget.

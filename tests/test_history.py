@@ -79,7 +79,7 @@ def build(dm, **overrides):
 
 VARIANTS = [dict(history_encoder="recency", use_play_ratio=True), dict(history_encoder="attention", use_play_ratio=True),
             dict(history_encoder="attention", attention_blocks=2), dict(use_play_ratio=True),
-            dict(seed_dropout=0.5, use_organic=True)]
+            dict(seed_dropout=0.5, use_organic=True), dict(popularity_weight=0.5, logq_correction=False)]
 
 
 @pytest.mark.parametrize("options", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
@@ -136,8 +136,12 @@ def test_seed_dropout_hides_the_seed_and_paper_seed_false_asks_without_it(data):
 def test_attention_and_feedback_train_under_bf16_autocast(data):
     # The GPU configs train with bf16-mixed precision; the CPU has the same autocast rules for these ops.
     dm, batch = data
-    model = build(dm, history_encoder="attention", use_play_ratio=True, use_organic=True)
+    model = build(dm, history_encoder="attention", use_play_ratio=True, use_organic=True, popularity_weight=0.5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss) and model.query_tower.encoder.project.weight.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # retrieval, as validation runs it
+        model.eval()
+        scores, top = model._top_k(model.retrieval_query(batch), 10)
+    assert torch.isfinite(scores).all() and (top >= 2).all()

@@ -6,9 +6,9 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from conftest import hand_rows
 from rawdata import event, write_raw
 
-from conftest import hand_rows
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.datamodule import YambdaDataModule
 from lightning_tt.data.prepare import prepare

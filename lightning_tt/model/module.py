@@ -5,8 +5,8 @@ training_step:  u = query_tower(batch) [B, o], v = item_tower(target_item) [B, o
 validation/test: exact metrics of both protocols by brute force: the whole catalogue is embedded once
                 per epoch (retrieval_items, [V, o']), every query (retrieval_query, [B, o']) scores all
                 items (padding and unknown excluded, and the user's training positives when the batch
-                carries ``seen_items``) and its top k goes to lightning_tt.eval.metrics. Dataloader 0 holds next-track cases,
-                dataloader 1 paper-protocol lists. Logged as ``{stage}/next/exact_recall@{k}`` and
+                carries ``seen_items``) and its top k goes to lightning_tt.eval.metrics. Dataloader 0
+                holds next-track cases, dataloader 1 paper-protocol lists. Logged as ``{stage}/next/exact_recall@{k}`` and
                 ``{stage}/paper/exact_{recall,ndcg,coverage}@{k}``; ``test`` also writes them all to
                 ``metrics.json`` in the run directory.
 predict_step:   top-k item indices and scores per case.
