@@ -28,19 +28,21 @@ def test_factory_strings():
 
 
 def test_fast_scan_parameters_follow_the_catalogue_unless_set():
-    # nlist = the power of two nearest 4 sqrt(n), m = ceil(d / 4), nprobe = max(4, nlist / 512), k_factor 4,
-    # an HNSW coarse quantizer from 4,096 lists.
+    # nlist = the power of two nearest 4 sqrt(n), m = ceil(d / 2), nprobe = max(8, nlist / 1024),
+    # k_factor 4 up to 1.5M vectors and 8 above, a flat coarse quantizer.
     fs = IndexConfig(kind="ivfpqfs")
-    assert factory_string(fs, 3_000_000, 128) == ("IVF8192_HNSW32,PQ32x4fs,RFlat", [])  # 4 x 1732 = 6928
-    assert factory_string(fs, 1_000_000, 64) == ("IVF4096_HNSW32,PQ16x4fs,RFlat", [])  # 4 x 1000 = 4000
-    assert factory_string(fs, 100_000, 64) == ("IVF1024,PQ16x4fs,RFlat", [])  # 4 x 316 = 1265
+    assert factory_string(fs, 3_000_000, 128) == ("IVF8192,PQ64x4fs,RFlat", [])  # 4 x 1732 = 6928
+    assert factory_string(fs, 1_000_000, 64) == ("IVF4096,PQ32x4fs,RFlat", [])  # 4 x 1000 = 4000
+    assert factory_string(fs, 100_000, 64) == ("IVF1024,PQ32x4fs,RFlat", [])  # 4 x 316 = 1265
     chosen = resolved(fs, 3_000_000, 128)
-    assert (chosen.nlist, chosen.m, chosen.nprobe, chosen.k_factor, chosen.coarse) == (8192, 32, 16, 4, "hnsw")
+    assert (chosen.nlist, chosen.m, chosen.nprobe, chosen.k_factor, chosen.coarse) == (8192, 64, 8, 8, "flat")
     assert (chosen.quantizer_ef_search, chosen.train_sample) == (64, 64 * 8192)
+    assert (resolved(fs, 1_000_000, 64).k_factor, resolved(fs, 20_000_000, 64).nprobe) == (4, 16)  # 16,384 lists
+    assert resolved(fs, 100_000, 129).m == 65  # ceil(129 / 2): a popularity column pads to 130
     # What the user sets wins, the rest is still chosen.
-    mine = resolved(IndexConfig(kind="ivfpqfs", nlist=2048, k_factor=8, coarse="flat"), 3_000_000, 128)
-    assert (mine.nlist, mine.m, mine.nprobe, mine.k_factor, mine.coarse) == (2048, 32, 4, 8, "flat")
-    assert factory_string(mine, 3_000_000, 128)[0] == "IVF2048,PQ32x4fs,RFlat"
+    mine = resolved(IndexConfig(kind="ivfpqfs", nlist=2048, k_factor=16, coarse="hnsw"), 3_000_000, 128)
+    assert (mine.nlist, mine.m, mine.nprobe, mine.k_factor, mine.coarse) == (2048, 64, 8, 16, "hnsw")
+    assert factory_string(mine, 3_000_000, 128)[0] == "IVF2048_HNSW32,PQ64x4fs,RFlat"
     assert factory_string(IndexConfig(kind="ivfpqfs", m=8, rerank=False), 100_000, 64)[0] == "IVF1024,PQ8x4fs"
     # The other kinds keep the values measured at 3M, and an HNSW coarse quantizer is an option.
     old = resolved(IndexConfig(), 3_000_000, 128)
@@ -54,8 +56,8 @@ def test_fast_scan_parameters_follow_the_catalogue_unless_set():
 def test_small_catalogues_fall_back():
     # Fast-scan at 5,000 vectors: 4 sqrt(n) = 283 -> 256 lists -> 128 (39 points each); 16 centroids of
     # 4 bits train on 624 points, so PQ stays. 400 vectors are too few for PQ, 50 for IVF.
-    assert factory_string(IndexConfig(kind="ivfpqfs"), 5_000, 64)[0] == "IVF128,PQ16x4fs,RFlat"
-    assert factory_string(IndexConfig(kind="ivfpqfs"), 5_000, 60)[0] == "IVF128,PQ15x4fs,RFlat"  # 60 / 4
+    assert factory_string(IndexConfig(kind="ivfpqfs"), 5_000, 64)[0] == "IVF128,PQ32x4fs,RFlat"
+    assert factory_string(IndexConfig(kind="ivfpqfs"), 5_000, 60)[0] == "IVF128,PQ30x4fs,RFlat"  # 60 / 2
     assert factory_string(IndexConfig(kind="ivfpqfs"), 400, 64)[0] == "IVF10,Flat"  # 64 lists -> 400 // 39
     assert factory_string(IndexConfig(kind="ivfpqfs"), 50, 64)[0] == "Flat"
     # 5,000 vectors: nlist 1024 -> 128 lists; 2^8 centroids need 9,984 points -> nbits 7.
@@ -78,7 +80,7 @@ def test_dimensions_not_divisible_by_m_get_zero_columns():
     scores, ids, _ = built.search(queries, 10)
     assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ids, exact)]) > 0.9
     assert np.allclose(scores[:, 0], exact_scores[:, 0], atol=1e-5)
-    assert resolved(IndexConfig(kind="ivfpqfs"), 100_000, 65).m == 17  # ceil(65 / 4)
+    assert resolved(IndexConfig(kind="ivfpqfs"), 100_000, 65).m == 33  # ceil(65 / 2)
 
 
 def test_inner_product_not_l2():
@@ -111,3 +113,60 @@ def test_ann_recall_close_to_exact(kind):
     assert overlap > 0.9, (kind, built.factory, overlap)
     assert built.config.nprobe == 16 and built.config.k_factor is not None
     assert built.bytes > 0 and built.build_seconds > 0
+
+
+@pytest.mark.parametrize("kind, parameter, values", [("ivfflat", "nprobe", [1, 2, 4, 8]),
+                                                     ("hnsw", "efSearch", [16, 32, 64, 128])])
+def test_the_tradeoff_sweeps_the_search_parameter_and_restores_it(kind, parameter, values):
+    import faiss
+    import torch
+
+    from lightning_tt.eval.callback import FaissRetrieval
+
+    items, queries = unit(4_000, 16, clusters=50), unit(100, 16, seed=1, clusters=50)
+    built = build_index(items, IndexConfig(kind=kind, nlist=16, nprobe=8, ef_search=128))
+    targets = torch.from_numpy(build_index(items, IndexConfig(kind="flat")).search(queries, 1)[1][:, 0] + 2)
+    name, points = FaissRetrieval()._tradeoff(built, torch.from_numpy(queries), targets,
+                                              torch.zeros(100, 1, dtype=torch.int64), 10)
+    assert name == parameter and [p[0] for p in points] == values
+    assert points[-1][2] == 1.0 and all(0 < p[2] <= 1 for p in points)  # the exact best item is found at the end
+    index = built.index if kind == "hnsw" else faiss.extract_index_ivf(built.index)
+    assert (index.hnsw.efSearch if kind == "hnsw" else index.nprobe) == values[-1]  # set back
+
+
+def test_a_warm_start_reuses_the_trained_quantizer_and_skips_training():
+    items, queries = unit(5_000, 16, clusters=50), unit(100, 16, seed=1, clusters=50)
+    config = IndexConfig(kind="ivfpqfs", nlist=32, m=8, nprobe=8, k_factor=16)
+    first = build_index(items, config)
+    assert first.trained is not None and first.trained.ntotal == 0 and not first.warm
+    moved = items + 0.01 * unit(5_000, 16, seed=3)
+    warm = build_index(moved, config, warm_from=first)
+    assert warm.warm and warm.trained is first.trained and warm.index.ntotal == 5_000
+    import faiss
+
+    centroids = [faiss.extract_index_ivf(b.index).quantizer.reconstruct_n(0, 32) for b in (first, warm)]
+    assert np.array_equal(*centroids)  # the same coarse quantizer, not retrained
+    exact = build_index(moved, IndexConfig(kind="flat")).search(queries, 10)[1]
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(warm.search(queries, 10)[1], exact)]) > 0.95
+    # Another factory string (here another nlist) cannot reuse it: trained afresh.
+    assert not build_index(moved, IndexConfig(kind="ivfpqfs", nlist=16, m=8, k_factor=16), warm_from=first).warm
+    assert build_index(items, IndexConfig(kind="hnsw")).trained is None  # nothing to train
+
+
+def test_the_callback_warm_starts_while_the_vectors_stay_close():
+    from lightning_tt.errors import InputError
+    from lightning_tt.eval.callback import FaissRetrieval
+
+    items = unit(3_000, 16, clusters=30)
+    callback = FaissRetrieval(kind="ivfpqfs", nlist=16, m=8, nprobe=4, warm_start=0.9)
+    built, drift = callback._build(items)
+    assert not built.warm and drift is None  # nothing trained before
+    built, drift = callback._build(items + 0.01 * unit(3_000, 16, seed=4))
+    assert built.warm and drift > 0.99
+    built, drift = callback._build(unit(3_000, 16, seed=5))  # unrelated vectors: cosine about 0
+    assert not built.warm and drift < 0.5
+    built, drift = callback._build(unit(3_000, 16, seed=5))  # measured from the last training
+    assert built.warm and drift == pytest.approx(1.0)
+    assert FaissRetrieval(kind="ivfpqfs")._build(items)[1] is None  # warm_start unset: always trained
+    with pytest.raises(InputError, match="warm_start"):
+        FaissRetrieval(warm_start=2.0)

@@ -5,6 +5,8 @@ exact lists left out, ``seen_items``), and log the ANN metrics:
 
     {stage}/next/recall@k, {stage}/paper/{recall,ndcg,coverage}@k         ANN results
     {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes
+    {stage}/index/warm_start (1 when the build reused the trained quantizer), {stage}/index/drift (with
+    ``warm_start``: the mean cosine of the items' vectors to those the quantizer was trained on)
 
 The model logs the exact (brute-force) values as ``.../exact_*@k`` and, from the ANN values this
 callback hands it, ``{stage}/next/ann_exact_ratio@k``. Under DDP the queries of all processes are
@@ -18,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from lightning_tt.errors import InputError
 from lightning_tt.eval.index import IndexConfig, build_index
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
@@ -25,15 +28,26 @@ FIRST_ITEM = 2
 
 
 class FaissRetrieval(L.Callback):
-    """Index settings as primitives (configs and sweeps set them); see IndexConfig."""
+    """Index settings as primitives (configs and sweeps set them); see IndexConfig.
+
+    ``warm_start`` (a cosine, e.g. 0.95): rebuild from the trained quantizer and codebooks of the last
+    index that trained them (build_index's ``warm_from``) while the items' vectors keep a mean cosine of
+    at least this to the vectors of that training (measured on a sample of ``DRIFT_SAMPLE`` items);
+    train afresh otherwise. None trains at every build."""
+
+    DRIFT_SAMPLE = 10_000
 
     def __init__(self, kind: str = "ivfpq", nlist: int | None = None, m: int | None = None, nbits: int = 8,
                  rerank: bool = True, hnsw_m: int = 32, nprobe: int | None = None, ef_search: int = 128,
                  k_factor: int | None = None, coarse: str | None = None, quantizer_ef_search: int | None = None,
-                 train_sample: int | None = None):
+                 train_sample: int | None = None, warm_start: float | None = None):
         """Unset (None) options are chosen from the catalogue's size and dim (lightning_tt.eval.index)."""
         self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor, coarse,
                                   quantizer_ef_search, train_sample)
+        if warm_start is not None and not -1 <= warm_start <= 1:
+            raise InputError(f"retrieval.warm_start is a cosine in [-1, 1] (or null), got {warm_start}")
+        self.warm_start = warm_start
+        self._trained: tuple | None = None  # (BuiltIndex that trained, its sample rows, their vectors)
 
     def _start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -71,7 +85,7 @@ class FaissRetrieval(L.Callback):
                     gathered: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """Build the index and search every gathered query (rank zero only); the ANN values by name."""
         items = module.catalogue()[FIRST_ITEM:].float().cpu().numpy()  # the exact metrics' embeddings
-        built = build_index(items, self.config)
+        built, drift = self._build(items)
         ks = list(module.hparams.recall_k)
         values: dict[str, float] = {}
         qps = []
@@ -94,24 +108,47 @@ class FaissRetrieval(L.Callback):
         values[f"{stage}/index/build_seconds"] = built.build_seconds
         values[f"{stage}/index/queries_per_second"] = float(np.mean(qps)) if qps else 0.0
         values[f"{stage}/index/bytes"] = float(built.bytes)
-        if stage == "test" and gathered["next"] and "IVF" in built.factory:
-            module.ann_tradeoff = (built.factory, self._nprobe_tradeoff(built, *gathered["next"], max(ks)))
+        values[f"{stage}/index/warm_start"] = float(built.warm)
+        if drift is not None:
+            values[f"{stage}/index/drift"] = drift
+        if stage == "test" and gathered["next"] and ("IVF" in built.factory or built.factory.startswith("HNSW")):
+            module.ann_tradeoff = (built.factory, *self._tradeoff(built, *gathered["next"], max(ks)))
         return values
 
-    def _nprobe_tradeoff(self, built, queries: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor,
-                         k: int) -> list[tuple]:
-        """(nprobe, queries/s, Recall@k) for nprobe = 1, 2, 4, ... up to the configured value."""
+    def _build(self, items: np.ndarray):
+        """(the index over ``items``, the mean cosine to the vectors its quantizer was trained on or
+        None): warm from the last trained index while that cosine is >= warm_start."""
+        if self.warm_start is None:
+            return build_index(items, self.config), None
+        drift = None
+        if self._trained is not None and self._trained[2].shape[1] == items.shape[1] and len(items) > self._trained[1].max():
+            drift = _mean_cosine(items[self._trained[1]], self._trained[2])
+        warm = self._trained[0] if drift is not None and drift >= self.warm_start else None
+        built = build_index(items, self.config, warm_from=warm)
+        if not built.warm and built.trained is not None:  # trained now: later builds measure drift from here
+            rows = np.random.default_rng(0).choice(len(items), min(len(items), self.DRIFT_SAMPLE), replace=False)
+            self._trained = (built, rows, items[rows].copy())
+        return built, drift
+
+    def _tradeoff(self, built, queries: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor,
+                  k: int) -> tuple[str, list[tuple]]:
+        """(parameter, [(value, queries/s, Recall@k)]): the speed/recall trade-off of the search
+        parameter, ``nprobe`` (IVF: 1, 2, 4, ... up to the configured value) or ``efSearch`` (HNSW: 16,
+        32, ... up to it); the configured value is set again afterwards."""
         import faiss
 
         params, points = faiss.ParameterSpace(), []
-        nprobe = built.config.nprobe
-        tried = sorted({2**i for i in range(12) if 2**i < nprobe} | {nprobe})
-        for nprobe in tried:
-            params.set_index_parameter(built.index, "nprobe", nprobe)
+        if built.factory.startswith("HNSW"):
+            name, configured, first = "efSearch", built.config.ef_search, 16
+        else:
+            name, configured, first = "nprobe", built.config.nprobe, 1
+        tried = sorted({first * 2**i for i in range(12) if first * 2**i < configured} | {configured})
+        for value in tried:
+            params.set_index_parameter(built.index, name, value)
             top, qps = self._search(built, queries, k, seen)
-            points.append((nprobe, qps, float((top == targets[:, None]).any(dim=1).double().mean())))
-        params.set_index_parameter(built.index, "nprobe", nprobe)
-        return points
+            points.append((value, qps, float((top == targets[:, None]).any(dim=1).double().mean())))
+        params.set_index_parameter(built.index, name, configured)
+        return name, points
 
     @staticmethod
     def _search(built, queries: torch.Tensor, k: int, seen: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -120,6 +157,12 @@ class FaissRetrieval(L.Callback):
         seen_rows = seen.numpy() - FIRST_ITEM if seen.any() else None  # padding -> negative: ignored
         _, rows, qps = built.search(queries.numpy(), k, seen_rows)
         return torch.from_numpy(np.where(rows >= 0, rows + FIRST_ITEM, 0)), qps
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine between matching rows of ``a`` and ``b`` [n, d]."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean((a * b).sum(axis=1) / np.maximum(norms, 1e-12)))
 
 
 def _cat_padded(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:

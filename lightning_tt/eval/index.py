@@ -24,10 +24,13 @@ always win:
   before). These kept
   0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4
   kept only 0.77 there (docs/benchmarks.md).
-- ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = ceil(d / 4),
-  nprobe = max(4, nlist / 512), k_factor 4, coarse hnsw from 4,096 lists, quantizer_ef_search 64,
-  train_sample 64 x nlist. Measured on 1M clustered 64-d vectors only (docs/benchmarks.md); not yet
-  the measurement the 500m config needs (other query distributions, skew, trained embeddings).
+- ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = ceil(d / 2),
+  nprobe = max(8, nlist / 1024), k_factor 4 up to 1.5M vectors and 8 above, coarse flat,
+  quantizer_ef_search 64, train_sample 64 x nlist. Chosen on 1M x 64 and 3M x 128 clustered vectors
+  with queries that are not the items' own (docs/benchmarks.md): there they ran 24x and 44x faster
+  than exact search at 0.98 and 0.998 of its top 100. m = d / 4 or k_factor 4 at 3M lost a tenth of
+  the top 100 for such queries; a flat coarse quantizer was faster and more exact than HNSW up to
+  8,192 lists (HNSW stays an option for more).
 
 Training wants >= 39 points per IVF list and per PQ centroid (2^nbits; 16 for fast-scan): a catalogue
 too small for the requested kind gets a smaller nlist or nbits, or an exact Flat index, with a warning
@@ -90,8 +93,8 @@ def resolved(config: IndexConfig, n: int, dim: int) -> IndexConfig:
     docstring); the options the user set are kept as they are."""
     if config.kind == "ivfpqfs":
         nlist = config.nlist or 2 ** max(1, round(np.log2(4 * np.sqrt(max(n, 1)))))
-        auto = {"nlist": nlist, "m": max(1, -(-dim // 4)), "nprobe": max(4, nlist // 512), "k_factor": 4,
-                "coarse": "hnsw" if nlist >= 4096 else "flat", "quantizer_ef_search": 64}
+        auto = {"nlist": nlist, "m": max(1, -(-dim // 2)), "nprobe": max(8, nlist // 1024),
+                "k_factor": 4 if n <= 1_500_000 else 8, "coarse": "flat", "quantizer_ef_search": 64}
     else:
         nlist = config.nlist or 1024
         auto = {"nlist": 1024, "m": 32, "nprobe": 128, "k_factor": 16,
@@ -141,6 +144,8 @@ class BuiltIndex:
     build_seconds: float
     bytes: int
     config: IndexConfig  # resolved: no option unset
+    trained: faiss.Index | None = None  # the trained index before any vector was added (None: nothing to train)
+    warm: bool = False  # built from an earlier build's ``trained``, without training
 
     def search(self, queries: np.ndarray, k: int, seen: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -172,8 +177,13 @@ def search_unseen(index: faiss.Index, queries: np.ndarray, k: int, seen: np.ndar
             np.where(kept, np.take_along_axis(rows, order, axis=1), -1))
 
 
-def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> BuiltIndex:
-    """Train (when the kind needs it) and fill an index over ``vectors`` [n, d] (row = id)."""
+def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig(), warm_from: BuiltIndex | None = None
+                ) -> BuiltIndex:
+    """Train (when the kind needs it) and fill an index over ``vectors`` [n, d] (row = id).
+
+    ``warm_from``, an earlier build of the same factory string and width, is a warm start: its trained
+    coarse quantizer and codebooks are reused and only the vectors are added, which skips the k-means
+    (most of an IVF-PQ build). Use it when the vectors moved little since that build."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     config = resolved(config, n, dim)
@@ -185,12 +195,20 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> Bui
         warnings.warn(f"faiss index {config.kind!r} does not fit this catalogue: {'; '.join(notes)}; using {factory}",
                       stacklevel=2)
     start = time.perf_counter()
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        sample = vectors
-        if n > config.train_sample:
-            sample = vectors[np.sort(np.random.default_rng(0).choice(n, config.train_sample, replace=False))]
-        index.train(sample)
+    warm = warm_from is not None and warm_from.trained is not None and warm_from.factory == factory \
+        and warm_from.trained.d == dim
+    if warm:
+        index = _copy(warm_from.trained)
+        trained = warm_from.trained
+    else:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        trained = None
+        if not index.is_trained:
+            sample = vectors
+            if n > config.train_sample:
+                sample = vectors[np.sort(np.random.default_rng(0).choice(n, config.train_sample, replace=False))]
+            index.train(sample)
+            trained = _copy(index)
     index.add(vectors)
     params = faiss.ParameterSpace()
     if "IVF" in factory:
@@ -202,4 +220,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> Bui
     if factory.endswith("RFlat"):
         params.set_index_parameter(index, "k_factor_rf", config.k_factor)
     seconds = time.perf_counter() - start
-    return BuiltIndex(index, factory, seconds, len(faiss.serialize_index(index)), config)
+    return BuiltIndex(index, factory, seconds, len(faiss.serialize_index(index)), config, trained, warm)
+
+
+def _copy(index: faiss.Index) -> faiss.Index:
+    """A deep copy of a Faiss index (through serialisation: every kind here supports it)."""
+    return faiss.deserialize_index(faiss.serialize_index(index))

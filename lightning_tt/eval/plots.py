@@ -36,13 +36,13 @@ def recall_curves(curves: dict[str, dict[int, float]], path: Path, title: str = 
     return _save(fig, path)
 
 
-def ann_tradeoff(points: list[tuple[int, float, float]], path: Path, factory: str) -> Path:
-    """``points`` = (nprobe, queries per second, ANN/exact Recall@k ratio)."""
+def ann_tradeoff(points: list[tuple[int, float, float]], path: Path, factory: str, parameter: str = "nprobe") -> Path:
+    """``points`` = (value of ``parameter`` (nprobe or efSearch), queries per second, ANN/exact Recall@k ratio)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     qps, ratio = [p[1] for p in points], [p[2] for p in points]
     ax.plot(ratio, qps, marker="o")
-    for nprobe, q, r in points:
-        ax.annotate(f"nprobe {nprobe}", (r, q), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    for value, q, r in points:
+        ax.annotate(f"{parameter} {value}", (r, q), fontsize=7, textcoords="offset points", xytext=(4, 4))
     ax.set_yscale("log")
     ax.set_xlabel("ANN / exact Recall@k")
     ax.set_ylabel("queries per second")

@@ -3,8 +3,8 @@
 - ``recall_at_k.png``: next-track Recall@k against k for the model (exact and, with FaissRetrieval,
   ANN) and the baselines (lightning_tt.baselines.baseline_recall_curves: those of ``baselines_file``,
   a metrics.json of ``lightning-tt baselines --split test``, plus the cheap ones it lacks).
-- ``ann_tradeoff.png`` (IVF indexes): queries/s against the ANN/exact Recall ratio over the nprobe
-  values FaissRetrieval tried.
+- ``ann_tradeoff.png`` (IVF and HNSW indexes): queries/s against the ANN/exact Recall ratio over the
+  nprobe (IVF) or efSearch (HNSW) values FaissRetrieval tried.
 - With a WandbLogger: the Recall@k curve, both figures and a table of sample recommendations
   (lightning_tt.eval.wandb_report).
 
@@ -51,10 +51,10 @@ class RunReport(L.Callback):
         written = [plots.recall_curves(curves, run_dir / "recall_at_k.png")]
         tradeoff, module.ann_tradeoff = getattr(module, "ann_tradeoff", None), None
         if tradeoff is not None:
-            factory, points = tradeoff
+            factory, parameter, points = tradeoff
             exact = values[f"test/next/exact_recall@{max(ks)}"] or 1.0
             written.append(plots.ann_tradeoff([(n, q, r / exact) for n, q, r in points], run_dir / "ann_tradeoff.png",
-                                              factory))
+                                              factory, parameter))
         return written
 
     @staticmethod

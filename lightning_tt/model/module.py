@@ -182,10 +182,10 @@ class TwoTowerModule(L.LightningModule):
         self.retrieval_queries: dict[str, list] | None = None
         self.ann_values: dict[str, float] = {}
         # Read by lightning_tt.eval.report.RunReport after test: the final values, the first test cases
-        # (user, seed, top 10, true item indices) and FaissRetrieval's (factory, [(nprobe, qps, recall)]).
+        # (user, seed, top 10, true item indices) and FaissRetrieval's (factory, parameter, [(value, qps, recall)]).
         self.test_values: dict[str, float] | None = None
         self.test_samples: dict[str, torch.Tensor] | None = None
-        self.ann_tradeoff: tuple[str, list[tuple]] | None = None
+        self.ann_tradeoff: tuple[str, str, list[tuple]] | None = None  # (factory, parameter, points)
 
     def configure_model(self) -> None:
         """With ``compile``, both towers and the loss go through torch.compile (fewer, fused kernels;

@@ -1,0 +1,44 @@
+"""A trained model's retrieval vectors, for bench/bench_index.py --embeddings: the catalogue's item vectors
+and the queries of the test window's next-track cases (the vectors the Faiss callback indexes and
+searches).
+
+    python bench/trained_embeddings.py --ckpt_path RUN/checkpoints/best-epoch=2.ckpt --out trained.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from lightning_tt.data.datamodule import YambdaDataModule
+from lightning_tt.serve import load_model
+
+FIRST_ITEM = 2
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt_path", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--queries", type=int, default=5000, help="at most this many test cases (the first ones)")
+    args = p.parse_args()
+    model, data = load_model(args.ckpt_path)
+    hp = model.hparams
+    module = YambdaDataModule(str(data.path), eval_batch_size=1024, history=hp.history, lean=True,
+                              feedback=hp.feedback, exclude_seen=False)
+    queries = []
+    with torch.no_grad():
+        items = model.retrieval_items()[FIRST_ITEM:].float().numpy()
+        for batch in module.test_dataloader()[0]:
+            queries.append(model.retrieval_query(batch).float().numpy())
+            if sum(len(q) for q in queries) >= args.queries:
+                break
+    queries = np.concatenate(queries)[: args.queries]
+    np.savez(args.out, items=items, queries=queries)
+    print(f"wrote {args.out}: {items.shape[0]:,} items and {len(queries):,} queries of dim {items.shape[1]}")
+
+
+if __name__ == "__main__":
+    main()
