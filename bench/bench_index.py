@@ -18,7 +18,9 @@ uniform noise is the worst case for IVF); ``--items-zipf`` gives the centres Zip
   inner products are near ties.
 
 ``--embeddings FILE`` (an .npz with ``items`` [n, d] and ``queries`` [q, d], e.g. written by
-``bench/trained_embeddings.py`` from a checkpoint) measures a trained model's own vectors instead.
+``bench/trained_embeddings.py`` from a checkpoint) measures a trained model's own vectors instead; with
+``targets`` (each query's true item row) it also gives ANN/exact Recall@100, the ratio the training
+callback logs.
 
 The index is built once (``lightning_tt.eval.index.build_index``, options not given chosen from n and
 d, training on its capped sample); each ``--nprobes`` value is then searched on the same index, so
@@ -78,9 +80,11 @@ def queries_from(source: str, args, dim: int) -> np.ndarray:
     return user_queries(args.queries, dim, 2, args.popularity_zipf)
 
 
-def measure(items: np.ndarray, query_sets: dict[str, np.ndarray], args) -> list[tuple]:
-    """One build of the index over ``items``, then one row per query set and nprobe: (n, dim, queries,
-    factory, nprobe, k_factor, build s, ANN q/s, exact q/s, bytes, overlap)."""
+def measure(items: np.ndarray, query_sets: dict[str, np.ndarray], args, targets: np.ndarray | None = None
+            ) -> list[tuple]:
+    """One build of the index over ``items``, then one row per query set, k_factor and nprobe: (n, dim,
+    queries, factory, nprobe, k_factor, build s, ANN q/s, exact q/s, bytes, overlap, recall ratio).
+    With ``targets`` (the true row of each query), recall ratio = ANN Recall@100 / exact Recall@100."""
     n, dim = items.shape
     exact = {}
     for name, queries in query_sets.items():
@@ -103,8 +107,11 @@ def measure(items: np.ndarray, query_sets: dict[str, np.ndarray], args) -> list[
                 _, ann, qps = built.search(queries, 100)
                 top, exact_qps = exact[name]
                 overlap = float(np.mean([len(np.intersect1d(a, e)) / 100 for a, e in zip(ann, top)]))
+                ratio = None
+                if targets is not None:
+                    ratio = (ann == targets[:, None]).any(1).mean() / max((top == targets[:, None]).any(1).mean(), 1e-9)
                 rows.append((n, dim, name, built.factory, nprobe, k_factor, built.build_seconds, qps,
-                             exact_qps, built.bytes, overlap))
+                             exact_qps, built.bytes, overlap, ratio))
                 print(rows[-1], flush=True)
     return rows
 
@@ -134,7 +141,8 @@ def main() -> None:
     if args.embeddings:
         found = np.load(args.embeddings)
         rows += measure(np.ascontiguousarray(found["items"], dtype=np.float32),
-                        {"trained": np.ascontiguousarray(found["queries"], dtype=np.float32)}, args)
+                        {"trained": np.ascontiguousarray(found["queries"], dtype=np.float32)}, args,
+                        found["targets"] if "targets" in found else None)
         source = f"a trained model's item vectors and test-window queries (`{Path(args.embeddings).name}`)"
     else:
         for n in args.sizes:
@@ -144,7 +152,8 @@ def main() -> None:
         source = (f"{args.queries:,} queries of each kind; items: clustered unit vectors"
                   + (f", cluster shares Zipf({args.items_zipf})" if args.items_zipf else ""))
     table = "\n".join(f"| {n:,} | {d} | {qs} | `{f}` | {npr} | {kf} | {b:.1f} | {q:,.0f} | {e:,.0f} | {q / e:.1f} | "
-                      f"{by / 2**20:,.0f} MiB | {o:.4f} |" for n, d, qs, f, npr, kf, b, q, e, by, o in rows)
+                      f"{by / 2**20:,.0f} MiB | {o:.4f} | {'' if r is None else f'{r:.4f}'} |"
+                      for n, d, qs, f, npr, kf, b, q, e, by, o, r in rows)
     flags = {"embeddings": args.embeddings, "kind": args.kind, "coarse": args.coarse, "nlist": args.nlist,
              "m": args.m, "train_sample": args.train_sample}
     if not args.embeddings:
@@ -162,8 +171,8 @@ k = 100, inner product; {source} (see the script). One build per size and dim, t
 k_factor searched on it. Exact queries/s is a brute-force Flat search (adding the vectors included). Options not given
 are chosen from n and d (lightning_tt.eval.index), and training sees its capped sample.
 
-| items | dim | queries | index | nprobe | k_factor | build s | ANN queries/s | exact queries/s | ANN/exact speed | index size | ANN/exact top-100 overlap |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+| items | dim | queries | index | nprobe | k_factor | build s | ANN queries/s | exact queries/s | ANN/exact speed | index size | ANN/exact top-100 overlap | ANN/exact Recall@100 |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {table}
 """
     write_section(Path(args.out), text, marker=args.section)

@@ -1,6 +1,6 @@
 """A trained model's retrieval vectors, for bench/bench_index.py --embeddings: the catalogue's item vectors
-and the queries of the test window's next-track cases (the vectors the Faiss callback indexes and
-searches).
+and the queries of the test window's next-track cases with their target rows (the vectors the Faiss
+callback indexes and searches).
 
     python bench/trained_embeddings.py --ckpt_path RUN/checkpoints/best-epoch=2.ckpt --out trained.npz
 """
@@ -28,15 +28,16 @@ def main() -> None:
     hp = model.hparams
     module = YambdaDataModule(str(data.path), eval_batch_size=1024, history=hp.history, lean=True,
                               feedback=hp.feedback, exclude_seen=False)
-    queries = []
+    queries, targets = [], []
     with torch.no_grad():
         items = model.retrieval_items()[FIRST_ITEM:].float().numpy()
         for batch in module.test_dataloader()[0]:
             queries.append(model.retrieval_query(batch).float().numpy())
+            targets.append(batch["target_item"].numpy() - FIRST_ITEM)  # index rows (-1: unknown item)
             if sum(len(q) for q in queries) >= args.queries:
                 break
-    queries = np.concatenate(queries)[: args.queries]
-    np.savez(args.out, items=items, queries=queries)
+    queries, targets = np.concatenate(queries)[: args.queries], np.concatenate(targets)[: args.queries]
+    np.savez(args.out, items=items, queries=queries, targets=targets)
     print(f"wrote {args.out}: {items.shape[0]:,} items and {len(queries):,} queries of dim {items.shape[1]}")
 
 

@@ -200,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--ckpt_path", required=True)
     exp.add_argument("--out", required=True, help="output directory (written atomically)")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    exp.add_argument("--kind", default="ivfpq", help="flat, ivfflat, ivfpq, ivfpqfs, hnsw or ivfhnsw")
+    exp.add_argument("--kind", default=None, help="flat, ivfflat, ivfpq, ivfpqfs, hnsw or ivfhnsw (default: the "
+                     "training callback's, ivfpqfs)")
     exp.add_argument("--coarse", default=None, choices=["flat", "hnsw"], help="IVF coarse quantizer (default: by kind)")
     exp.add_argument("--nbits", type=int, default=8)
     for name in ("nlist", "m", "nprobe", "k-factor", "quantizer-ef-search", "train-sample"):
@@ -344,7 +345,7 @@ def _run(args: argparse.Namespace) -> None:
         from lightning_tt.eval.index import IndexConfig
         from lightning_tt.serve import export
 
-        config = IndexConfig(kind=args.kind, nlist=args.nlist, m=args.m, nbits=args.nbits, nprobe=args.nprobe,
+        config = IndexConfig(kind=args.kind or IndexConfig.kind, nlist=args.nlist, m=args.m, nbits=args.nbits, nprobe=args.nprobe,
                              k_factor=args.k_factor, coarse=args.coarse, quantizer_ef_search=args.quantizer_ef_search,
                              train_sample=args.train_sample)
         meta = export(args.ckpt_path, args.out, config, overwrite=args.overwrite)

@@ -18,11 +18,11 @@ def unit(n, d, seed=0, clusters=0):
 
 
 def test_factory_strings():
-    assert factory_string(IndexConfig(), 100_000, 64) == ("IVF1024,PQ32x8,RFlat", [])
+    assert factory_string(IndexConfig(kind="ivfpq"), 100_000, 64) == ("IVF1024,PQ32x8,RFlat", [])
     assert factory_string(IndexConfig(kind="ivfflat", nlist=256), 100_000, 64)[0] == "IVF256,Flat"
     assert factory_string(IndexConfig(kind="hnsw", hnsw_m=16), 10, 64)[0] == "HNSW16"
     assert factory_string(IndexConfig(kind="ivfhnsw", nlist=512), 100_000, 64)[0] == "IVF512_HNSW32,Flat"
-    assert factory_string(IndexConfig(rerank=False, m=16), 100_000, 64)[0] == "IVF1024,PQ16x8"
+    assert factory_string(IndexConfig(kind="ivfpq", rerank=False, m=16), 100_000, 64)[0] == "IVF1024,PQ16x8"
     with pytest.raises(InputError, match="index kind"):
         IndexConfig(kind="annoy")
 
@@ -45,10 +45,10 @@ def test_fast_scan_parameters_follow_the_catalogue_unless_set():
     assert factory_string(mine, 3_000_000, 128)[0] == "IVF2048_HNSW32,PQ64x4fs,RFlat"
     assert factory_string(IndexConfig(kind="ivfpqfs", m=8, rerank=False), 100_000, 64)[0] == "IVF1024,PQ8x4fs"
     # The other kinds keep the values measured at 3M, and an HNSW coarse quantizer is an option.
-    old = resolved(IndexConfig(), 3_000_000, 128)
+    old = resolved(IndexConfig(kind="ivfpq"), 3_000_000, 128)
     assert (old.nlist, old.m, old.nprobe, old.k_factor, old.coarse) == (1024, 32, 128, 16, "flat")
     assert (old.quantizer_ef_search, old.train_sample) == (128, 256 * 1024)  # Faiss's own k-means cap
-    assert factory_string(IndexConfig(coarse="hnsw"), 100_000, 64)[0] == "IVF1024_HNSW32,PQ32x8,RFlat"
+    assert factory_string(IndexConfig(kind="ivfpq", coarse="hnsw"), 100_000, 64)[0] == "IVF1024_HNSW32,PQ32x8,RFlat"
     with pytest.raises(InputError, match="coarse"):
         IndexConfig(coarse="ivf")
 
@@ -61,10 +61,10 @@ def test_small_catalogues_fall_back():
     assert factory_string(IndexConfig(kind="ivfpqfs"), 400, 64)[0] == "IVF10,Flat"  # 64 lists -> 400 // 39
     assert factory_string(IndexConfig(kind="ivfpqfs"), 50, 64)[0] == "Flat"
     # 5,000 vectors: nlist 1024 -> 128 lists; 2^8 centroids need 9,984 points -> nbits 7.
-    factory, notes = factory_string(IndexConfig(), 5_000, 64)
+    factory, notes = factory_string(IndexConfig(kind="ivfpq"), 5_000, 64)
     assert factory == "IVF128,PQ32x7,RFlat" and len(notes) == 2
-    assert factory_string(IndexConfig(), 400, 64)[0] == "IVF10,Flat"  # too few to train PQ
-    assert factory_string(IndexConfig(), 50, 64)[0] == "Flat"  # too few for IVF
+    assert factory_string(IndexConfig(kind="ivfpq"), 400, 64)[0] == "IVF10,Flat"  # too few to train PQ
+    assert factory_string(IndexConfig(kind="ivfpq"), 50, 64)[0] == "Flat"  # too few for IVF
     with pytest.warns(UserWarning, match="does not fit this catalogue"):
         built = build_index(unit(50, 8))
     assert built.factory == "Flat"
@@ -75,7 +75,7 @@ def test_dimensions_not_divisible_by_m_get_zero_columns():
     # queries get the same zeros, and the re-ranked inner products are the exact ones.
     items, queries = unit(5_000, 65, clusters=100), unit(100, 65, seed=1, clusters=100)
     exact_scores, exact = build_index(items, IndexConfig(kind="flat")).search(queries, 10)[:2]
-    built = build_index(items, IndexConfig(nlist=16, m=8, nbits=6, nprobe=16))
+    built = build_index(items, IndexConfig(kind="ivfpq", nlist=16, m=8, nbits=6, nprobe=16))
     assert built.factory == "IVF16,PQ8x6,RFlat" and built.index.d == 72
     scores, ids, _ = built.search(queries, 10)
     assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ids, exact)]) > 0.9

@@ -37,7 +37,7 @@ class FaissRetrieval(L.Callback):
 
     DRIFT_SAMPLE = 10_000
 
-    def __init__(self, kind: str = "ivfpq", nlist: int | None = None, m: int | None = None, nbits: int = 8,
+    def __init__(self, kind: str = IndexConfig.kind, nlist: int | None = None, m: int | None = None, nbits: int = 8,
                  rerank: bool = True, hnsw_m: int = 32, nprobe: int | None = None, ef_search: int = 128,
                  k_factor: int | None = None, coarse: str | None = None, quantizer_ef_search: int | None = None,
                  train_sample: int | None = None, warm_start: float | None = None):

@@ -5,8 +5,8 @@ Kinds (``IndexConfig.kind``) and their factory strings (n vectors of dim d):
 
     flat      Flat                                       exact
     ivfflat   IVF{nlist}[_HNSW{hnsw_m}],Flat
-    ivfpq     IVF{nlist}[_HNSW{hnsw_m}],PQ{m}x{nbits}[,RFlat]   the default, exact re-ranking (``rerank``)
-    ivfpqfs   IVF{nlist}[_HNSW{hnsw_m}],PQ{m}x4fs[,RFlat]       4-bit fast-scan PQ (SIMD), re-ranked
+    ivfpq     IVF{nlist}[_HNSW{hnsw_m}],PQ{m}x{nbits}[,RFlat]   exact re-ranking (``rerank``)
+    ivfpqfs   IVF{nlist}[_HNSW{hnsw_m}],PQ{m}x4fs[,RFlat]       the default: 4-bit fast-scan PQ (SIMD), re-ranked
     hnsw      HNSW{hnsw_m}
     ivfhnsw   IVF{nlist}_HNSW{hnsw_m},Flat                ivfflat with ``coarse: hnsw``
 
@@ -62,7 +62,7 @@ COARSE = ("flat", "hnsw")
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = "ivfpq"
+    kind: str = "ivfpqfs"
     nlist: int | None = None
     m: int | None = None
     nbits: int = 8
