@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from lightning_tt.data.datamodule import YambdaDataModule
+from lightning_tt.model.module import FIRST_ITEM
+from lightning_tt.outputs import Output
 from lightning_tt.serve import load_model
-
-FIRST_ITEM = 2
 
 
 def main() -> None:
@@ -23,8 +23,11 @@ def main() -> None:
     p.add_argument("--ckpt_path", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--queries", type=int, default=5000, help="at most this many test cases (the first ones)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args()
     model, data = load_model(args.ckpt_path)
+    output = Output(args.out, "file", option="--out", overwrite=args.overwrite,  # checked before any work
+                    inputs={"--ckpt_path": args.ckpt_path, "the checkpoint's data_dir": data.path})
     hp = model.hparams
     module = YambdaDataModule(str(data.path), eval_batch_size=1024, history=hp.history, lean=True,
                               feedback=hp.feedback, exclude_seen=False)
@@ -37,7 +40,8 @@ def main() -> None:
             if sum(len(q) for q in queries) >= args.queries:
                 break
     queries, targets = np.concatenate(queries)[: args.queries], np.concatenate(targets)[: args.queries]
-    np.savez(args.out, items=items, queries=queries, targets=targets)
+    with output.writing() as tmp, open(tmp, "wb") as f:  # a file object: savez would add .npz to the name
+        np.savez(f, items=items, queries=queries, targets=targets)
     print(f"wrote {args.out}: {items.shape[0]:,} items and {len(queries):,} queries of dim {items.shape[1]}")
 
 

@@ -345,8 +345,8 @@ def _run(args: argparse.Namespace) -> None:
         from lightning_tt.eval.index import IndexConfig
         from lightning_tt.serve import export
 
-        config = IndexConfig(kind=args.kind or IndexConfig.kind, nlist=args.nlist, m=args.m, nbits=args.nbits, nprobe=args.nprobe,
-                             k_factor=args.k_factor, coarse=args.coarse, quantizer_ef_search=args.quantizer_ef_search,
+        config = IndexConfig(kind=args.kind or IndexConfig.kind, nlist=args.nlist, m=args.m, nbits=args.nbits,
+                             nprobe=args.nprobe, k_factor=args.k_factor, coarse=args.coarse, quantizer_ef_search=args.quantizer_ef_search,
                              train_sample=args.train_sample)
         meta = export(args.ckpt_path, args.out, config, overwrite=args.overwrite)
         print(f"exported {meta['items']:,} items ({meta['factory']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")

@@ -157,5 +157,6 @@ class YambdaDataModule(L.LightningDataModule):
     def paper_dataloader(self, split: str) -> DataLoader:
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets; batches of
         ``eval_batch_size // 16`` users, since each carries all its targets)."""
-        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean, self.feedback, self.exclude_seen)
+        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean, self.feedback,
+                                   self.exclude_seen)
         return self._loader(dataset, max(1, self.eval_batch_size // 16), train=False)

@@ -31,7 +31,8 @@ REPEAT_SAMPLE = 5_000_000
 
 def positives(data: PreparedData, splits: tuple[str, ...] = ("train",)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user, item, timestamp) [P] int64 of every positive of ``splits``, by user then time."""
-    pos = np.sort(np.concatenate([np.asarray(data[f"{split}_pos"], dtype=np.int64) for split in splits]))
+    parts = [np.asarray(data[f"{split}_pos"], dtype=np.int64) for split in splits]
+    pos = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))  # each split's is sorted already
     user = np.searchsorted(np.asarray(data["user_offsets"]), pos, side="right") - 1
     return user, np.asarray(data["stream_item"])[pos].astype(np.int64), np.asarray(data["stream_ts"])[pos].astype(np.int64)
 
