@@ -72,19 +72,21 @@ def user_queries(q: int, dim: int, seed: int, zipf: float, tastes: int = 3) -> n
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def queries_from(source: str, args, dim: int) -> np.ndarray:
+def queries_from(source: str, args, dim: int, seed: int = 2) -> np.ndarray:
     if source == "items":
-        return clustered(args.queries, dim, 2, zipf=args.items_zipf)
+        return clustered(args.queries, dim, seed, zipf=args.items_zipf)
     if source == "other":
-        return clustered(args.queries, dim, 2, centres_seed=7, zipf=args.items_zipf)
-    return user_queries(args.queries, dim, 2, args.popularity_zipf)
+        return clustered(args.queries, dim, seed, centres_seed=7, zipf=args.items_zipf)
+    return user_queries(args.queries, dim, seed, args.popularity_zipf)
 
 
-def measure(items: np.ndarray, query_sets: dict[str, np.ndarray], args, targets: np.ndarray | None = None
-            ) -> list[tuple]:
+def measure(items: np.ndarray, query_sets: dict[str, np.ndarray], args, targets: np.ndarray | None = None,
+            calibration: np.ndarray | None = None) -> list[tuple]:
     """One build of the index over ``items``, then one row per query set, k_factor and nprobe: (n, dim,
     queries, factory, nprobe, k_factor, build s, ANN q/s, exact q/s, bytes, overlap, recall ratio).
-    With ``targets`` (the true row of each query), recall ratio = ANN Recall@100 / exact Recall@100."""
+    With ``targets`` (the true row of each query), recall ratio = ANN Recall@100 / exact Recall@100.
+    With ``--target-overlap``, the build calibrates nprobe and k_factor on ``calibration`` (other
+    queries than those measured) and only the calibrated values are searched."""
     n, dim = items.shape
     exact = {}
     for name, queries in query_sets.items():
@@ -93,15 +95,20 @@ def measure(items: np.ndarray, query_sets: dict[str, np.ndarray], args, targets:
         flat.add(items)
         exact[name] = flat.search(queries, 100)[1], len(queries) / (time.perf_counter() - start)
         del flat
-    config = IndexConfig(kind=args.kind, nlist=args.nlist, m=args.m, coarse=args.coarse, train_sample=args.train_sample)
-    built = build_index(items, config)
+    config = IndexConfig(kind=args.kind, nlist=args.nlist, m=args.m, coarse=args.coarse, train_sample=args.train_sample,
+                         target_overlap=args.target_overlap)
+    built = build_index(items, config, queries=calibration)
+    nprobes, k_factors = args.nprobes or [built.config.nprobe], args.k_factors or [built.config.k_factor]
+    if built.calibration:
+        print("calibration (nprobe, k_factor, overlap):", built.calibration, flush=True)
+        nprobes, k_factors = [built.config.nprobe], [built.config.k_factor]
     rows = []
     params = faiss.ParameterSpace()
     for name, queries in query_sets.items():
-        for k_factor in args.k_factors or [built.config.k_factor]:
+        for k_factor in k_factors:
             if built.factory.endswith("RFlat"):
                 params.set_index_parameter(built.index, "k_factor_rf", k_factor)
-            for nprobe in args.nprobes or [built.config.nprobe]:
+            for nprobe in nprobes:
                 if "IVF" in built.factory:
                     params.set_index_parameter(built.index, "nprobe", nprobe)
                 _, ann, qps = built.search(queries, 100)
@@ -134,28 +141,39 @@ def main() -> None:
     p.add_argument("--k-factors", "--k-factor", type=int, nargs="+", default=None,
                    help="re-ranking depth k_factor x k (searched on the same index); default: the automatic one")
     p.add_argument("--train-sample", type=int, default=None)
+    p.add_argument("--target-overlap", type=float, default=None,
+                   help="calibrate nprobe and k_factor to this top-100 overlap on other queries than those measured "
+                        "(embeddings: the second half of the file's queries, which then measures the first half)")
     p.add_argument("--section", default="bench_index")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
     args = p.parse_args()
     rows = []
     if args.embeddings:
         found = np.load(args.embeddings)
-        rows += measure(np.ascontiguousarray(found["items"], dtype=np.float32),
-                        {"trained": np.ascontiguousarray(found["queries"], dtype=np.float32)}, args,
-                        found["targets"] if "targets" in found else None)
+        queries = np.ascontiguousarray(found["queries"], dtype=np.float32)
+        targets = found["targets"] if "targets" in found else None
+        calibration = None
+        if args.target_overlap:
+            half = len(queries) // 2
+            queries, calibration = queries[:half], queries[half:]
+            targets = targets[:half] if targets is not None else None
+        rows += measure(np.ascontiguousarray(found["items"], dtype=np.float32), {"trained": queries}, args, targets,
+                        calibration)
         source = f"a trained model's item vectors and test-window queries (`{Path(args.embeddings).name}`)"
     else:
         for n in args.sizes:
             for dim in args.dims:
                 items = clustered(n, dim, 1, zipf=args.items_zipf)
-                rows += measure(items, {name: queries_from(name, args, dim) for name in args.query_from}, args)
+                calibration = queries_from(args.query_from[0], args, dim, seed=3) if args.target_overlap else None
+                rows += measure(items, {name: queries_from(name, args, dim) for name in args.query_from}, args,
+                                calibration=calibration)
         source = (f"{args.queries:,} queries of each kind; items: clustered unit vectors"
                   + (f", cluster shares Zipf({args.items_zipf})" if args.items_zipf else ""))
     table = "\n".join(f"| {n:,} | {d} | {qs} | `{f}` | {npr} | {kf} | {b:.1f} | {q:,.0f} | {e:,.0f} | {q / e:.1f} | "
                       f"{by / 2**20:,.0f} MiB | {o:.4f} | {'' if r is None else f'{r:.4f}'} |"
                       for n, d, qs, f, npr, kf, b, q, e, by, o, r in rows)
     flags = {"embeddings": args.embeddings, "kind": args.kind, "coarse": args.coarse, "nlist": args.nlist,
-             "m": args.m, "train_sample": args.train_sample}
+             "m": args.m, "train_sample": args.train_sample, "target_overlap": args.target_overlap}
     if not args.embeddings:
         flags = {"sizes": " ".join(map(str, args.sizes)), "dims": " ".join(map(str, args.dims)),
                  "items_zipf": args.items_zipf or None, "query_from": " ".join(args.query_from),

@@ -206,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--nbits", type=int, default=8)
     for name in ("nlist", "m", "nprobe", "k-factor", "quantizer-ef-search", "train-sample"):
         exp.add_argument(f"--{name}", type=int, default=None, help="default: chosen from the catalogue's size and dim")
+    exp.add_argument("--target-overlap", type=float, default=None,
+                     help="calibrate nprobe and k_factor until the index keeps this share of the exact top 100 "
+                          "(e.g. 0.98) on the validation window's queries")
 
     rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track, or a file of them")
     rec.add_argument("--index", required=True, help="a directory written by `lightning-tt export`")
@@ -347,9 +350,14 @@ def _run(args: argparse.Namespace) -> None:
 
         config = IndexConfig(kind=args.kind or IndexConfig.kind, nlist=args.nlist, m=args.m, nbits=args.nbits,
                              nprobe=args.nprobe, k_factor=args.k_factor, coarse=args.coarse, quantizer_ef_search=args.quantizer_ef_search,
-                             train_sample=args.train_sample)
+                             train_sample=args.train_sample, target_overlap=args.target_overlap)
         meta = export(args.ckpt_path, args.out, config, overwrite=args.overwrite)
-        print(f"exported {meta['items']:,} items ({meta['factory']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
+        print(f"exported {meta['items']:,} items ({meta['factory']}, nprobe {meta['nprobe']}, k_factor "
+              f"{meta['k_factor']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
+        if meta["calibration"]:
+            nprobe, k_factor, overlap = meta["calibration"][-1]
+            print(f"calibrated on the validation queries: top-100 overlap {overlap:.3f} at nprobe {nprobe}, "
+                  f"k_factor {k_factor} (target {meta['target_overlap']})")
         return
     if args.command == "recommend":
         from lightning_tt.serve import recommend, recommend_batch

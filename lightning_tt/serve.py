@@ -7,7 +7,9 @@
                                                model.popularity_weight (TwoTowerModule.retrieval_items)
     item_ids.npy          uint32  [V - 2]      the raw Yambda item_id of each row
     index.faiss           the Faiss index over those rows (inner product)
-    export.json           checkpoint, data directory and its fingerprint, index factory string, sizes
+    export.json           checkpoint, data directory and its fingerprint, index factory string, sizes,
+                          search parameters (nprobe, k_factor; with target_overlap, how they were calibrated
+                          on the validation window's next-track queries)
 
 ``recommend`` embeds the query from the user's current state in the prepared stream (the last N
 listens, example age 0), with the given seed track, and searches the exported index (leaving the user's
@@ -26,11 +28,11 @@ import faiss
 import numpy as np
 import torch
 
-from lightning_tt.data.batches import FeatureGatherer, to_tensors
+from lightning_tt.data.batches import FeatureGatherer, NextTrackDataset, to_tensors
 from lightning_tt.data.feedback import NEVER
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.errors import InputError, one_line
-from lightning_tt.eval.index import IndexConfig, build_index, search_unseen
+from lightning_tt.eval.index import CALIBRATION_QUERIES, IndexConfig, build_index, search_unseen
 from lightning_tt.model.module import FIRST_ITEM, TwoTowerModule
 from lightning_tt.outputs import Output
 from lightning_tt.provenance import check_same_data, read_checkpoint
@@ -67,16 +69,32 @@ def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexCo
     output = Output(out, "dir", option="--out", inputs={"--ckpt_path": ckpt_path, "the checkpoint's data_dir": data.path},
                     overwrite=overwrite)
     embeddings = model.retrieval_items()[FIRST_ITEM:].float().numpy()
-    built = build_index(embeddings, config)
+    queries = _calibration_queries(model, data) if config.target_overlap is not None else None
+    built = build_index(embeddings, config, queries=queries)
     with output.writing() as tmp:
         np.save(tmp / "item_embeddings.npy", embeddings)
         np.save(tmp / "item_ids.npy", np.asarray(data["item_ids"])[FIRST_ITEM:])
         faiss.write_index(built.index, str(tmp / "index.faiss"))
         meta = {"checkpoint": str(Path(ckpt_path).resolve()), "data_dir": str(data.path),
                 "data_fingerprint": data.fingerprint, "factory": built.factory, "items": int(len(embeddings)),
-                "dim": int(embeddings.shape[1]), "index_bytes": built.bytes}
+                "dim": int(embeddings.shape[1]), "index_bytes": built.bytes, "nprobe": built.config.nprobe,
+                "k_factor": built.config.k_factor, "target_overlap": config.target_overlap,
+                "calibration": built.calibration}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def _calibration_queries(model: TwoTowerModule, data: PreparedData) -> np.ndarray:
+    """[Q, o'] retrieval queries of a seeded sample of CALIBRATION_QUERIES next-track cases of the
+    validation window (the test window's when validation has none): what export calibrates the index's
+    search parameters on."""
+    split = "val" if data.num_examples("val") else "test"
+    cases = NextTrackDataset(data, split, model.hparams.history, lean=True, feedback=model.hparams.feedback)
+    rows = np.arange(len(cases))
+    if len(rows) > CALIBRATION_QUERIES:
+        rows = np.sort(np.random.default_rng(0).choice(len(rows), CALIBRATION_QUERIES, replace=False))
+    with torch.no_grad():
+        return model(to_tensors(cases.arrays(rows))).float().numpy()
 
 
 #: Catalogue rows whose embeddings recommend recomputes to check that an export is the model's own.

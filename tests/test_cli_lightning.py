@@ -50,7 +50,9 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
     baselines.write_text(json.dumps({"iALS": {"test/next/recall@10": 0.1, "test/next/recall@100": 0.2}}))
     result = subprocess.run(
         [sys.executable, "-m", "lightning_tt.cli", "test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best),
-         "--trainer.enable_progress_bar", "false", "--report.baselines_file", str(baselines)],
+         "--trainer.enable_progress_bar", "false", "--report.baselines_file", str(baselines),
+         "--retrieval.kind", "ivfflat", "--retrieval.nlist", "16", "--retrieval.nprobe", "1",
+         "--retrieval.target_overlap", "0.99"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -63,6 +65,9 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
     for name in ("test/next/recall@100", "test/next/exact_recall@100", "test/next/ann_exact_ratio@100",
                  "test/paper/ndcg@10", "test/paper/exact_coverage@100", "test/index/build_seconds"):
         assert name in metrics, name
+    # Calibrated: one list of 16 holds few of the exact top 100, so more were probed, and the lists kept
+    # (almost) all of it.
+    assert metrics["test/index/nprobe"] > 1 and metrics["test/next/ann_exact_ratio@100"] > 0.95
 
     with pytest.raises(SystemExit) as exit_info:  # a bad baselines file stops test before its loop
         main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best), "--trainer.enable_progress_bar",
@@ -138,6 +143,18 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     data = PreparedData(prepared)
     assert meta["items"] == data.vocab["num_items"] - 2 and meta["factory"] == "Flat"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no temporary left
+    assert meta["calibration"] is None and meta["nprobe"] is not None
+    capsys.readouterr()
+    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "calibrated"), "--kind", "ivfflat", "--nlist", "16",
+          "--nprobe", "1", "--target-overlap", "0.99"])
+    calibrated = json.loads((tmp_path / "calibrated" / "export.json").read_text())
+    nprobe, _, overlap = calibrated["calibration"][-1]  # on the validation window's queries
+    assert calibrated["nprobe"] == nprobe > 1 and (overlap >= 0.99 or nprobe == 16)
+    import faiss
+
+    stored = faiss.read_index(str(tmp_path / "calibrated" / "index.faiss"))
+    assert faiss.extract_index_ivf(stored).nprobe == nprobe  # the file serves with the calibrated value
+    assert f"nprobe {nprobe}" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # an existing export is replaced only with --overwrite
         main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat"])
     main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat", "--overwrite"])

@@ -1,5 +1,7 @@
 """Faiss indexes: factory strings, fallbacks for small catalogues, inner-product search, recall."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -170,3 +172,42 @@ def test_the_callback_warm_starts_while_the_vectors_stay_close():
     assert FaissRetrieval(kind="ivfpqfs")._build(items)[1] is None  # warm_start unset: always trained
     with pytest.raises(InputError, match="warm_start"):
         FaissRetrieval(warm_start=2.0)
+
+
+def overlap_at(built, queries, exact, nprobe, k_factor):
+    """Mean top-100 overlap with ``exact`` at these search parameters (set directly through Faiss)."""
+    import faiss
+
+    params = faiss.ParameterSpace()
+    params.set_index_parameter(built.index, "nprobe", nprobe)
+    params.set_index_parameter(built.index, "k_factor_rf", k_factor)
+    return np.mean([len(set(a) & set(e)) / 100 for a, e in zip(built.search(queries, 100)[1], exact)])
+
+
+def test_target_overlap_calibrates_nprobe_and_k_factor_on_the_queries():
+    import faiss
+
+    from lightning_tt.eval.index import CALIBRATION_QUERIES, MAX_K_FACTOR, calibrate
+
+    items, queries = unit(6_000, 16), unit(CALIBRATION_QUERIES, 16, seed=1)  # unclustered: IVF must probe widely
+    exact = build_index(items, IndexConfig(kind="flat")).search(queries, 100)[1]
+    config = IndexConfig(kind="ivfpqfs", nlist=64, m=8, nprobe=1, k_factor=2, target_overlap=0.95)
+    assert build_index(items, config).calibration is None  # no queries: the given values stay
+    built = build_index(items, config, queries=queries)
+    tried = built.calibration
+    nprobe, k_factor, reached = tried[-1]  # the one used is last
+    assert (built.config.nprobe, built.config.k_factor) == (nprobe, k_factor) and tried[0][:2] == (1, 2)
+    assert reached >= 0.95 > max(t[2] for t in tried[:-1])  # the first that reaches the target
+    assert all(t[0] in (1, 2, 4, 8, 16, 32, 64) and t[1] in (2, 4, 8, 16, 32, 64) for t in tried)
+    # Every overlap recorded is what the index gives at those values (all queries are the sample).
+    for probe, factor, value in (tried[0], tried[-1]):
+        assert overlap_at(built, queries, exact, probe, factor) == pytest.approx(value)
+    assert faiss.extract_index_ivf(built.index).nprobe == nprobe  # left set to the values used
+    assert calibrate(built, items, queries, 0.01) == (nprobe, k_factor)  # reached already: unchanged
+    assert len(built.calibration) == 1
+    # The hardest target ends either reached or at nlist and the largest k_factor.
+    full = build_index(items, replace(config, target_overlap=1.0), queries=queries)
+    probe, factor, value = full.calibration[-1]
+    assert value == 1.0 or (probe, factor) == (64, MAX_K_FACTOR)
+    with pytest.raises(InputError, match="target_overlap"):
+        IndexConfig(target_overlap=1.5)

@@ -100,7 +100,8 @@ def test_popularity_weight_adds_beta_tau_log_q(tiny_prepared):
     plain = tiny_model(tiny_prepared)
     plain.load_state_dict(model.state_dict())
     # Step 1 starts every gap at g = num_items / 4 and moves items 5, 6, 7 to 0.99 g + 0.01 (1 step since 0);
-    # step 2 moves item 5 again, to 0.99 (0.99 g + 0.01) + 0.01. Item 8 is never seen: g.
+    # step 2 moves item 5 again, to 0.99 (0.99 g + 0.01) + 0.01, and items 9, 10, 11 (2 steps since 0)
+    # to 0.99 g + 0.02. Item 8, like every other item, is never seen: g.
     model.estimator.update(torch.tensor([5, 5, 6, 7]))
     model.estimator.update(torch.tensor([5, 9, 10, 11]))
     data = PreparedData(tiny_prepared)
@@ -112,9 +113,14 @@ def test_popularity_weight_adds_beta_tau_log_q(tiny_prepared):
         dot = plain.query_tower(batch) @ plain.item_tower(items).T
     gap = data.vocab["num_items"] / 4
     once = 0.99 * gap + 0.01
-    log_q = torch.tensor([-math.log(0.99 * once + 0.01), -math.log(once), -math.log(gap)])
+    twice, late = 0.99 * once + 0.01, 0.99 * gap + 0.02
+    log_q = torch.tensor([-math.log(twice), -math.log(once), -math.log(gap)])
+    # The column is centred on the catalogue's mean log q (items 2 .. V - 1; 6 seen, the rest not).
+    catalogue = data.vocab["num_items"] - 2
+    centre = -(math.log(twice) + 2 * math.log(once) + 3 * math.log(late) + (catalogue - 6) * math.log(gap)) / catalogue
     assert model.retrieval_dim == 9 and plain.retrieval_dim == 8
-    assert torch.allclose(score, dot + 0.5 * 0.1 * log_q, atol=1e-5)
+    assert torch.allclose(score, dot + 0.5 * 0.1 * (log_q - centre), atol=1e-5)
+    assert abs(float(model.retrieval_items()[2:, -1].sum())) < 1e-4  # centred over the catalogue
     assert plain.retrieval_items(items).shape == (3, 8)
 
 

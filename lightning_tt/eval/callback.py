@@ -4,7 +4,8 @@ for every evaluation query the model embedded during the epoch (leaving out the 
 exact lists left out, ``seen_items``), and log the ANN metrics:
 
     {stage}/next/recall@k, {stage}/paper/{recall,ndcg,coverage}@k         ANN results
-    {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes
+    {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes,
+    {stage}/index/nprobe, {stage}/index/k_factor (the search parameters used: resolved or calibrated)
     {stage}/index/warm_start (1 when the build reused the trained quantizer), {stage}/index/drift (with
     ``warm_start``: the mean cosine of the items' vectors to those the quantizer was trained on)
 
@@ -33,17 +34,23 @@ class FaissRetrieval(L.Callback):
     ``warm_start`` (a cosine, e.g. 0.95): rebuild from the trained quantizer and codebooks of the last
     index that trained them (build_index's ``warm_from``) while the items' vectors keep a mean cosine of
     at least this to the vectors of that training (measured on a sample of ``DRIFT_SAMPLE`` items);
-    train afresh otherwise. None trains at every build."""
+    train afresh otherwise. None trains at every build.
+
+    ``target_overlap`` (e.g. 0.98) calibrates nprobe and k_factor at each build on a sample of the
+    epoch's next-track queries (paper queries when there are none; lightning_tt.eval.index.calibrate),
+    so the ANN metrics stay within that share of the exact top 100 as the embeddings change. The
+    ANN/exact ratios are then measured on queries that include the calibration sample."""
 
     DRIFT_SAMPLE = 10_000
 
     def __init__(self, kind: str = IndexConfig.kind, nlist: int | None = None, m: int | None = None, nbits: int = 8,
                  rerank: bool = True, hnsw_m: int = 32, nprobe: int | None = None, ef_search: int = 128,
                  k_factor: int | None = None, coarse: str | None = None, quantizer_ef_search: int | None = None,
-                 train_sample: int | None = None, warm_start: float | None = None):
+                 train_sample: int | None = None, warm_start: float | None = None,
+                 target_overlap: float | None = None):
         """Unset (None) options are chosen from the catalogue's size and dim (lightning_tt.eval.index)."""
         self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor, coarse,
-                                  quantizer_ef_search, train_sample)
+                                  quantizer_ef_search, train_sample, target_overlap)
         if warm_start is not None and not -1 <= warm_start <= 1:
             raise InputError(f"retrieval.warm_start is a cosine in [-1, 1] (or null), got {warm_start}")
         self.warm_start = warm_start
@@ -85,7 +92,8 @@ class FaissRetrieval(L.Callback):
                     gathered: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """Build the index and search every gathered query (rank zero only); the ANN values by name."""
         items = module.catalogue()[FIRST_ITEM:].float().cpu().numpy()  # the exact metrics' embeddings
-        built, drift = self._build(items)
+        asked = gathered["next"] or gathered["paper"]
+        built, drift = self._build(items, asked[0].numpy() if asked else None)
         ks = list(module.hparams.recall_k)
         values: dict[str, float] = {}
         qps = []
@@ -109,22 +117,25 @@ class FaissRetrieval(L.Callback):
         values[f"{stage}/index/queries_per_second"] = float(np.mean(qps)) if qps else 0.0
         values[f"{stage}/index/bytes"] = float(built.bytes)
         values[f"{stage}/index/warm_start"] = float(built.warm)
+        values[f"{stage}/index/nprobe"] = float(built.config.nprobe)
+        values[f"{stage}/index/k_factor"] = float(built.config.k_factor)
         if drift is not None:
             values[f"{stage}/index/drift"] = drift
         if stage == "test" and gathered["next"] and ("IVF" in built.factory or built.factory.startswith("HNSW")):
             module.ann_tradeoff = (built.factory, *self._tradeoff(built, *gathered["next"], max(ks)))
         return values
 
-    def _build(self, items: np.ndarray):
-        """(the index over ``items``, the mean cosine to the vectors its quantizer was trained on or
-        None): warm from the last trained index while that cosine is >= warm_start."""
+    def _build(self, items: np.ndarray, queries: np.ndarray | None = None):
+        """(the index over ``items`` (calibrated on ``queries`` with target_overlap), the mean cosine to
+        the vectors its quantizer was trained on or None): warm from the last trained index while that
+        cosine is >= warm_start."""
         if self.warm_start is None:
-            return build_index(items, self.config), None
+            return build_index(items, self.config, queries=queries), None
         drift = None
         if self._trained is not None and self._trained[2].shape[1] == items.shape[1] and len(items) > self._trained[1].max():
             drift = _mean_cosine(items[self._trained[1]], self._trained[2])
         warm = self._trained[0] if drift is not None and drift >= self.warm_start else None
-        built = build_index(items, self.config, warm_from=warm)
+        built = build_index(items, self.config, warm_from=warm, queries=queries)
         if not built.warm and built.trained is not None:  # trained now: later builds measure drift from here
             rows = np.random.default_rng(0).choice(len(items), min(len(items), self.DRIFT_SAMPLE), replace=False)
             self._trained = (built, rows, items[rows].copy())

@@ -34,6 +34,12 @@ always win:
   270k items nprobe 8 kept 0.90 of the exact Recall@100 and 1/16 of the lists 0.98, so the large
   configs set nprobe to nlist / 16.
 
+``target_overlap`` (e.g. 0.98) calibrates nprobe and k_factor to the vectors instead: given queries,
+build_index searches a seeded sample of ``CALIBRATION_QUERIES`` of them exactly and with the index, and
+raises nprobe or k_factor, from the resolved ones, until the mean top-100 overlap with the exact lists
+reaches the target (``calibrate``). A trained model's vectors need many more lists than clustered
+synthetic ones, and how many depends on the model: a fixed fraction is either slow or inexact.
+
 Training wants >= 39 points per IVF list and per PQ centroid (2^nbits; 16 for fast-scan): a catalogue
 too small for the requested kind gets a smaller nlist or nbits, or an exact Flat index, with a warning
 that says what changed. PQ needs d divisible by m: other vectors (and their queries) get zero columns up
@@ -58,6 +64,10 @@ POINTS_PER_CENTROID = 39
 #: 256 is Faiss's own k-means cap (nothing changes for the old kinds); fast-scan takes 64.
 TRAIN_POINTS_PER_LIST = {"ivfpqfs": 64}
 FAISS_POINTS_PER_CENTROID = 256
+#: Queries (a seeded sample) that ``target_overlap`` searches exactly and with each nprobe it tries.
+CALIBRATION_QUERIES = 256
+CALIBRATION_K = 100
+MAX_K_FACTOR = 64
 KINDS = ("flat", "ivfflat", "ivfpq", "ivfpqfs", "hnsw", "ivfhnsw")
 COARSE = ("flat", "hnsw")
 
@@ -76,6 +86,7 @@ class IndexConfig:
     coarse: str | None = None
     quantizer_ef_search: int | None = None
     train_sample: int | None = None
+    target_overlap: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -88,6 +99,9 @@ class IndexConfig:
             if value is not None and value < 1:
                 raise InputError(f"index option {name} (--{name.replace('_', '-')}, retrieval.{name}) must be >= 1, "
                                  f"got {value}")
+        if self.target_overlap is not None and not 0 < self.target_overlap <= 1:
+            raise InputError(f"index option target_overlap (--target-overlap, retrieval.target_overlap) must be in "
+                             f"(0, 1], got {self.target_overlap}")
 
 
 def resolved(config: IndexConfig, n: int, dim: int) -> IndexConfig:
@@ -148,6 +162,7 @@ class BuiltIndex:
     config: IndexConfig  # resolved: no option unset
     trained: faiss.Index | None = None  # the trained index before any vector was added (None: nothing to train)
     warm: bool = False  # built from an earlier build's ``trained``, without training
+    calibration: list[tuple[int, int, float]] | None = None  # (nprobe, k_factor, overlap) tried by target_overlap
 
     def search(self, queries: np.ndarray, k: int, seen: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -179,14 +194,17 @@ def search_unseen(index: faiss.Index, queries: np.ndarray, k: int, seen: np.ndar
             np.where(kept, np.take_along_axis(rows, order, axis=1), -1))
 
 
-def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig(), warm_from: BuiltIndex | None = None
-                ) -> BuiltIndex:
+def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig(), warm_from: BuiltIndex | None = None,
+                queries: np.ndarray | None = None) -> BuiltIndex:
     """Train (when the kind needs it) and fill an index over ``vectors`` [n, d] (row = id).
 
     ``warm_from``, an earlier build of the same factory string and width, is a warm start: its trained
     coarse quantizer and codebooks are reused and only the vectors are added, which skips the k-means
-    (most of an IVF-PQ build). Use it when the vectors moved little since that build."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    (most of an IVF-PQ build). Use it when the vectors moved little since that build.
+
+    ``queries`` [Q, d] calibrate nprobe and k_factor when ``config.target_overlap`` is set (calibrate;
+    the build seconds include it); without them, or for an index without lists, the resolved ones stay."""
+    original = vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     config = resolved(config, n, dim)
     if config.kind in ("ivfpq", "ivfpqfs") and dim % config.m:  # zero columns up to a multiple of m
@@ -221,8 +239,61 @@ def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig(), warm_f
         params.set_index_parameter(index, "quantizer_efSearch", config.quantizer_ef_search)
     if factory.endswith("RFlat"):
         params.set_index_parameter(index, "k_factor_rf", config.k_factor)
-    seconds = time.perf_counter() - start
-    return BuiltIndex(index, factory, seconds, len(faiss.serialize_index(index)), config, trained, warm)
+    built = BuiltIndex(index, factory, 0.0, 0, config, trained, warm)
+    if config.target_overlap is not None and queries is not None and "IVF" in factory:
+        calibrate(built, original, queries, config.target_overlap)
+    built.build_seconds = time.perf_counter() - start
+    built.bytes = len(faiss.serialize_index(index))
+    return built
+
+
+def calibrate(built: BuiltIndex, vectors: np.ndarray, queries: np.ndarray, target: float) -> tuple[int, int]:
+    """Search parameters of ``built`` (an IVF index over ``vectors`` [n, d]) at which the ANN top-k
+    (k = CALIBRATION_K, at most n) of a seeded sample of CALIBRATION_QUERIES of ``queries`` [Q, d] keeps
+    on average at least ``target`` of the exact top-k:
+
+        overlap(p, f) = mean_q |ANN_{p, f}(q) & exact(q)| / k     (p = nprobe, f = k_factor)
+
+    Greedy from the configured (p, f): each step tries (2p, f) and, with exact re-ranking, (p, 2f), and
+    keeps the one with the larger overlap (p up to nlist, f up to MAX_K_FACTOR). More lists find the
+    right neighbourhoods; a larger f re-ranks more of the PQ's candidates, which matters once the lists
+    hold them. The last kept is used when none reaches the target. Sets them on the index and in
+    ``built.config``, records every (nprobe, k_factor, overlap) tried in ``built.calibration`` (the
+    one used last); returns (nprobe, k_factor)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(queries) > CALIBRATION_QUERIES:
+        queries = queries[np.sort(np.random.default_rng(0).choice(len(queries), CALIBRATION_QUERIES, replace=False))]
+    k = min(CALIBRATION_K, len(vectors))
+    _, exact = faiss.knn(queries, np.ascontiguousarray(vectors, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    at = np.arange(len(queries), dtype=np.int64)[:, None] * (len(vectors) + 1)  # row offsets: one isin for all
+    nlist, params = faiss.extract_index_ivf(built.index).nlist, faiss.ParameterSpace()
+    rerank = built.factory.endswith("RFlat")
+
+    def overlap(nprobe: int, k_factor: int) -> float:
+        params.set_index_parameter(built.index, "nprobe", nprobe)
+        if rerank:
+            params.set_index_parameter(built.index, "k_factor_rf", k_factor)
+        _, rows = search_unseen(built.index, queries, k)
+        return float((np.isin(at + rows, at + exact) & (rows >= 0)).sum(axis=1).mean() / k)
+
+    nprobe, k_factor = min(built.config.nprobe, nlist), built.config.k_factor
+    score = overlap(nprobe, k_factor)
+    tried = [(nprobe, k_factor, score)]
+    while score < target:
+        steps = [(min(2 * nprobe, nlist), k_factor)] if nprobe < nlist else []
+        if rerank and k_factor < MAX_K_FACTOR:
+            steps.append((nprobe, min(2 * k_factor, MAX_K_FACTOR)))
+        if not steps:
+            break
+        scored = sorted(((*step, overlap(*step)) for step in steps), key=lambda t: t[2])
+        tried.extend(scored)  # the kept one last
+        nprobe, k_factor, score = scored[-1]
+    best = (nprobe, k_factor)
+    params.set_index_parameter(built.index, "nprobe", best[0])
+    if rerank:
+        params.set_index_parameter(built.index, "k_factor_rf", best[1])
+    built.calibration, built.config = tried, replace(built.config, nprobe=best[0], k_factor=best[1])
+    return best
 
 
 def _copy(index: faiss.Index) -> faiss.Index:
