@@ -2,7 +2,7 @@
 budget, over several seeds, on the embedded default (the synthetic twin) and the development set
 (real MovieLens behaviour in the Yambda layout).
 
-    python bench/ablations.py [--dev ../shared/data/movielens-small] [--seeds 0 1 2] [--workdir DIR]
+    python bench/ablations.py [--dev DIR] [--seeds 0 1 2] [--workdir DIR (default runs/ablations)]
 
 Each run is ``lightning-tt fit --config configs/demo.yaml`` with ``BASE`` (the part-1 design, set
 explicitly so that the rows keep their meaning when the shipped config changes), the variant's flags,
@@ -10,8 +10,10 @@ the dataset's epoch budget and ``--seed_everything S``; the checkpoint with the 
 is then validated and tested. Exact (brute-force) rankings, so the index plays no part. Results are
 appended to ``WORKDIR/results.jsonl`` as each run ends: an interrupted report resumes where it stopped.
 The report, ``docs/ablations.md`` and ``docs/figures/ablations.png``, gives mean ± std over the seeds.
-The development set is skipped with a note when ``--dev`` does not exist (it is never copied into the
-project: its licence forbids redistribution). With ``--baselines NAME=FILE`` (a metrics.json of
+The development set's directory is ``--dev`` or, by default, the environment variable
+``LIGHTNING_TT_DEV_SET`` (it is never copied into the project: its licence forbids redistribution); with
+neither the script stops with an error, and a directory that holds no development set is skipped with
+a note. With ``--baselines NAME=FILE`` (a metrics.json of
 ``lightning-tt baselines --tune``) the best tuned baseline of each column is shown under the variants.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 import time
@@ -34,6 +37,7 @@ from lightning_tt.cli import CONFIGS, DEMO_SYNTH, lightning_cli  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+DEV_SET_VARIABLE = "LIGHTNING_TT_DEV_SET"
 #: The part-1 design every row starts from, whatever configs/demo.yaml ships today: temperature 0.05, no
 #: mixed negatives, the masked-mean history, no feedback, next-track targets, the seed always shown,
 #: ranking by u . v over the whole catalogue (no popularity term, the user's past kept).
@@ -239,15 +243,18 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dev", type=Path, default=ROOT.parent / "shared/data/movielens-small",
-                        help="the development set in the Yambda layout (skipped when absent)")
+    parser.add_argument("--dev", type=Path, default=os.environ.get(DEV_SET_VARIABLE) or None,
+                        help=f"the development set's directory in the Yambda layout (default: ${DEV_SET_VARIABLE}; "
+                             f"skipped with a note when it holds none)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", default=None, choices=list(VARIANTS), help="variants to run")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/lightning-tt-ablations"))
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--baselines", nargs="*", default=[], metavar="DATASET=FILE",
                         help="metrics.json of `baselines --tune` per dataset, e.g. 'movielens-small=FILE'")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/ablations.md")
     args = parser.parse_args()
+    if args.dev is None:
+        parser.exit(2, f"{parser.prog}: error: no development set: pass --dev DIR or set {DEV_SET_VARIABLE}=DIR\n")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     args.workdir.mkdir(parents=True, exist_ok=True)
     results_file = args.workdir / "results.jsonl"

@@ -10,24 +10,29 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from rawdata import DAY, event, write_raw  # noqa: E402
 
 END = 10 * DAY
-#: The development set (real MovieLens behaviour in the Yambda layout): never copied into the project.
-DEV_SET_DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "movielens-small"
+#: The development set (real MovieLens behaviour in the Yambda layout) is never copied into the project:
+#: its directory comes from this environment variable or --dev-set, with no default.
+DEV_SET_VARIABLE = "LIGHTNING_TT_DEV_SET"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--dev-set", default=os.environ.get("LIGHTNING_TT_DEV_SET", str(DEV_SET_DEFAULT)),
-                     help="the development set in the Yambda layout (tests that need it skip when it is absent)")
+    parser.addoption("--dev-set", default=os.environ.get(DEV_SET_VARIABLE) or None,
+                     help=f"the development set's directory in the Yambda layout (default: ${DEV_SET_VARIABLE}); "
+                          f"tests that need it skip when neither is given or it holds none")
 
 
 @pytest.fixture(scope="session")
 def dev_prepared(request, tmp_path_factory):
     """The development set prepared with its README's split (--test-days 730 --val-days 365); skips the
-    test when --dev-set (or LIGHTNING_TT_DEV_SET) does not hold one."""
+    test when neither --dev-set nor LIGHTNING_TT_DEV_SET names a directory that holds one."""
     from lightning_tt.data.prepare import SplitConfig, prepare
 
-    raw = Path(request.config.getoption("--dev-set"))
+    given = request.config.getoption("--dev-set")
+    if not given:
+        pytest.skip(f"no development set: set {DEV_SET_VARIABLE}=DIR or pass --dev-set DIR")
+    raw = Path(given)
     if not any(raw.glob("flat/*/multi_event.parquet")):
-        pytest.skip(f"no development set at {raw} (pass --dev-set PATH)")
+        pytest.skip(f"no development set at {raw} (no flat/<size>/multi_event.parquet there)")
     out = tmp_path_factory.mktemp("dev") / "prepared"
     prepare(raw, out, config=SplitConfig(test_days=730, val_days=365), progress=False)
     return out

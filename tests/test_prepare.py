@@ -27,7 +27,7 @@ def arr(data, name):
 
 def test_boundaries_follow_the_yambda_defaults():
     b = SplitConfig().boundaries(26_000_000)
-    assert b["test_start"] == 25_913_600  # DESIGN.md §3
+    assert b["test_start"] == 25_913_600  # docs/design.md §3
     assert b["val_end"] == 25_913_600 - 1800
     assert b["val_start"] == 25_913_600 - 1800 - DAY
     assert b["train_end"] == 25_913_600 - 1800 - DAY - 1800

@@ -2,7 +2,7 @@
 
 Everything that knows what the raw parquet files look like lives here, so that ``synth`` (which writes
 them), ``download`` (which fetches and checks them) and ``prepare`` (which reads them) agree by
-construction. See ../shared/DESIGN.md §2 for the real dataset.
+construction. See docs/design.md §2 for the real dataset.
 
 Layout of a raw directory::
 

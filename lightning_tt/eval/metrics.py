@@ -1,4 +1,4 @@
-"""Retrieval metrics of both evaluation protocols (DESIGN.md §3), as torchmetrics metrics: their state
+"""Retrieval metrics of both evaluation protocols (docs/design.md §4), as torchmetrics metrics: their state
 is summed (or max-reduced) across processes, so they are exact under DDP.
 
 next-track (one case per Listen+ event)::
