@@ -30,10 +30,9 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine  # noqa: E402
-from bench_train import is_current, prepared_twin  # noqa: E402
+from common import is_current, machine, prepared_twin  # noqa: E402
 
-from lightning_tt.cli import CONFIGS, DEMO_SYNTH, lightning_cli  # noqa: E402
+from lightning_tt.cli import CONFIGS, lightning_cli  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +102,7 @@ COLUMNS = [f"{split}/{protocol}/exact_recall@{k}" for split in ("val", "test") f
 
 def datasets(workdir: Path, dev: Path) -> dict[str, Path]:
     """{name: prepared directory}: the embedded default, and the development set when it is there."""
-    found = {"embedded default": prepared_twin(workdir / "twin-prepared", workdir / "twin-raw", **{
-        k: DEMO_SYNTH[k] for k in ("rows", "users", "items")})}
+    found = {"embedded default": prepared_twin(workdir / "twin-prepared", workdir / "twin-raw")}
     if any(dev.glob("flat/*/multi_event.parquet")):
         prepared = workdir / "dev-prepared"
         if not is_current(prepared):

@@ -2,7 +2,8 @@
 
     python bench/bench_data.py [--rows 50000000] [--users 10000] [--items 1000000] [--repeat 2]
 
-1. Synthesises the dataset (once; kept in --workdir) and a quarter-size twin for the memory slope.
+1. Synthesises the dataset (once; kept in --workdir, ``common.synthetic_raw``) and a quarter-size twin
+   for the memory slope.
 2. Side by side, ``--repeat`` times: a bare scan (``ParquetFile.read_row_group`` over every row group,
    nothing else) of the events file, and of all four input files; then ``lightning-tt data prepare`` in
    a fresh process, whose peak RSS comes from ``os.wait4``. The ratio uses the best time of each.
@@ -16,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from lightning_tt.data import schema
-from lightning_tt.data.prepare import EVENT_COLUMNS
-from lightning_tt.data.synth import size_label, synthesize
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCHMARKS, DATA_TWIN, GIB, add_twin_arguments, machine, synthetic_raw, write_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-GIB = 1 << 30
+from lightning_tt.data import schema  # noqa: E402
+from lightning_tt.data.prepare import EVENT_COLUMNS  # noqa: E402
+from lightning_tt.data.synth import size_label  # noqa: E402
 
 
 def scan(path: Path, columns=None) -> int:
@@ -75,51 +75,18 @@ def datamodule_speed(prepared: Path, batch_size: int, history: int, batches: int
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024 / GIB
-    except OSError:
-        mem = float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
-
-
-def write_section(path: Path, text: str, marker: str = "bench_data") -> None:
-    begin, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    if begin in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=50_000_000)
-    p.add_argument("--users", type=int, default=10_000)
-    p.add_argument("--items", type=int, default=1_000_000)
+    add_twin_arguments(p, "/tmp/lightning-tt-bench", DATA_TWIN, data=False)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--batches", type=int, default=100)
-    p.add_argument("--workdir", default="/tmp/lightning-tt-bench")
-    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
     work = Path(args.workdir)
 
     runs = {}
     for rows in (args.rows // 4, args.rows):
-        raw, size = work / f"raw-{size_label(rows)}", size_label(rows)
-        if not schema.events_path(raw, size).is_file():
-            start = time.perf_counter()
-            synthesize(raw, rows=rows, users=args.users, items=args.items, seed=0, progress=False)
-            print(f"synth {rows:,} rows: {time.perf_counter() - start:.1f} s")
+        raw, size = synthetic_raw(work, rows, args.users, args.items)
         best = {"scan_events": float("inf"), "scan_all": float("inf"), "prepare": float("inf"), "rss": 0}
         for r in range(args.repeat if rows == args.rows else 1):
             events_s, all_s = bare_scan_seconds(raw, size)
@@ -180,7 +147,7 @@ DataModule (training batches of 4096 examples, history 50, assembly only, no mod
 | 0 (in the training process) | {speeds[0]:,.0f} |
 | 1 | {speeds[1]:,.0f} |
 """
-    write_section(Path(args.out), text)
+    write_section(Path(args.out), text, marker="bench_data")
     print(f"wrote {args.out}")
 
 

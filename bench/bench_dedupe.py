@@ -2,11 +2,11 @@
 
     python bench/bench_dedupe.py [--rows 50000000] [--users 10000] [--items 1000000] [--rounds 3]
 
-Prepares the same synthetic twin (bench_data.py's, synthesised once into --workdir) alternately with
-the duplicate check switched off (both halves replaced by no-ops) and on, ``--rounds`` times, and
-compares the best ``stage_seconds.events`` of each. Also prepares a copy of the events with every row
-written twice, to show the cost when there is something to drop. Writes its section of
-docs/benchmarks.md.
+Prepares the same synthetic twin (bench_data.py's, ``common.synthetic_raw``: synthesised once into
+--workdir) alternately with the duplicate check switched off (both halves replaced by no-ops) and on,
+``--rounds`` times, and compares the best ``stage_seconds.events`` of each. Also prepares a copy of the
+events with every row written twice, to show the cost when there is something to drop. Writes its
+section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import ROOT, machine, write_section  # noqa: E402
+from common import BENCHMARKS, DATA_TWIN, add_twin_arguments, machine, synthetic_raw, write_section  # noqa: E402
 
 from lightning_tt.data import prepare as prepare_module  # noqa: E402
 from lightning_tt.data import schema  # noqa: E402
 from lightning_tt.data.prepared import PreparedData  # noqa: E402
-from lightning_tt.data.synth import size_label, synthesize  # noqa: E402
 
 
 def no_duplicates(*columns) -> np.ndarray:
@@ -64,17 +63,12 @@ def doubled_copy(raw: Path, size: str, work: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=50_000_000)
-    p.add_argument("--users", type=int, default=10_000)
-    p.add_argument("--items", type=int, default=1_000_000)
+    add_twin_arguments(p, "/tmp/lightning-tt-bench", DATA_TWIN, data=False)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--workdir", default="/tmp/lightning-tt-bench")
-    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
-    work, size = Path(args.workdir), size_label(args.rows)
-    raw = work / f"raw-{size}"
-    if not schema.events_path(raw, size).is_file():
-        synthesize(raw, rows=args.rows, users=args.users, items=args.items, seed=0, progress=False)
+    work = Path(args.workdir)
+    raw, size = synthetic_raw(work, args.rows, args.users, args.items)
     doubled = doubled_copy(raw, size, work)
 
     best = {"off": float("inf"), "on": float("inf"), "doubled": float("inf")}

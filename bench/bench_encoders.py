@@ -3,9 +3,11 @@
     python bench/bench_encoders.py [--data DIR] [--preset demo] [--accelerator cpu] [--rounds 3]
 
 Every variant runs the bare training loop of bench_train.py (training_step + backward + Adam on
-batches built beforehand, history 50, the preset's model and batch size) on the same batches; the
-rounds are interleaved and the best of each variant is kept, so the ratios to the mean are what a
-shared machine's drift leaves alone. Written to docs/benchmarks.md, section ``bench_encoders``.
+batches built beforehand, history 50, the preset's model sizes and batch size: a config in configs/,
+common.preset) on the same batches; the rounds are interleaved and the best of each variant is kept, so
+the ratios to the mean are what a shared machine's drift leaves alone. The data is ``--data`` or the
+embedded default's synthetic twin (made once in ``--workdir``). Written to docs/benchmarks.md, section
+``bench_encoders``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine, write_section  # noqa: E402
-from bench_train import PRESETS, bare_loop, build_model, prepared_twin  # noqa: E402
+from bench_train import bare_loop  # noqa: E402
+from common import (  # noqa: E402
+    BENCHMARKS,
+    PRESETS,
+    add_twin_arguments,
+    build_model,
+    machine,
+    preset,
+    take_batches,
+    twin_from,
+    write_section,
+)
 
 from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
 
@@ -37,42 +49,38 @@ VARIANTS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="a prepared directory (default: synthesise the demo's twin into --workdir)")
-    p.add_argument("--workdir", default="/tmp/lightning-tt-bench-train")
+    add_twin_arguments(p, "/tmp/lightning-tt-bench-train")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")
-    preset = PRESETS[args.preset]
+    config = preset(args.preset)
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
-    data = prepared_twin(Path(args.data) if args.data else Path(args.workdir) / "prepared",
-                         Path(args.workdir) / "raw", 300_000, 2_000, 20_000)
+    data = twin_from(args)
     batches = {}
     for feedback in sorted({v.get("feedback", 0) for v in VARIANTS.values()}):
-        dm = YambdaDataModule(str(data), batch_size=preset["batch_size"], history=50, lean=True, feedback=feedback)
-        loader = iter(dm.train_dataloader())
-        batches[feedback] = (dm, [next(loader) for _ in range(args.warmup + args.steps)])
+        dm = YambdaDataModule(str(data), batch_size=config["batch_size"], history=50, lean=True, feedback=feedback)
+        batches[feedback] = (dm, take_batches(dm, args.warmup + args.steps))
     best = dict.fromkeys(VARIANTS, 0.0)
     for _ in range(args.rounds):
         for name, options in VARIANTS.items():
             dm, built = batches[options.get("feedback", 0)]
-            model_preset = {**preset, "model": {**preset["model"], **options, "history": 50}}
-            rate, _ = bare_loop(build_model(dm, model_preset), built, device, preset["precision"].startswith("bf16"),
-                                args.warmup)
+            model = build_model(dm, config["model"], **options, history=50)
+            rate, _ = bare_loop(model, built, device, config["precision"].startswith("bf16"), args.warmup)
             best[name] = max(best[name], rate)
             print(f"{name}: {rate:,.0f} examples/s", flush=True)
     base = best["mean (bags)"]
     rows = "\n".join(f"| {name} | {rate:,.0f} | {rate / base:.2f} |" for name, rate in best.items())
-    name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
+    name = machine(gpu=device.type == "cuda")
     text = f"""## History encoders: training cost ({args.accelerator})
 
 Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__}, {torch.get_num_threads()} thread(s);
 `python bench/bench_encoders.py --preset {args.preset} --accelerator {args.accelerator} --rounds {args.rounds}`:
-the bare training step (forward, backward, Adam) of the `{args.preset}` preset (batch {preset['batch_size']},
+the bare training step (forward, backward, Adam) of the `{args.preset}` preset (batch {config['batch_size']},
 history 50, 256 mixed negatives off) on the demo's twin, {args.steps} timed steps after {args.warmup} warm-up
 steps, best of {args.rounds} interleaved rounds.
 

@@ -7,7 +7,8 @@ the closure, the dataloader) is visible in milliseconds. Three loops run side by
 the bare loop of bench_train.py, ``fit`` on the same pre-built batches as the module is now (the training loss summed on the device
 and logged once per epoch), and ``fit`` with the ``self.log("train/loss", on_epoch=True)`` call per step
 that the module made before. On a GPU this host time is lost whenever the step is bound by kernel
-launches. Results go to docs/benchmarks.md (section bench_fit_overhead).
+launches. The data is ``--data`` or the embedded default's synthetic twin (made once in ``--workdir``).
+Results go to docs/benchmarks.md (section bench_fit_overhead).
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine, write_section  # noqa: E402
-from bench_train import bare_loop, fit_loop, prepared_twin  # noqa: E402
+from bench_train import bare_loop, fit_loop  # noqa: E402
+from common import (  # noqa: E402
+    BENCHMARKS,
+    add_twin_arguments,
+    build_model,
+    machine,
+    take_batches,
+    twin_from,
+    write_section,
+)
 
 from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
 from lightning_tt.model.module import TwoTowerModule  # noqa: E402
@@ -41,38 +50,30 @@ class PerStepLog(TwoTowerModule):
         return loss
 
 
-def build(cls, dm: YambdaDataModule) -> TwoTowerModule:
-    torch.manual_seed(0)
-    return cls(data_dir=str(dm.data.path), num_users=dm.num_users, num_items=dm.num_items,
-               num_artists=dm.num_artists, num_albums=dm.num_albums, audio_dim=dm.audio_dim, **TINY)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="a prepared directory (default: synthesise one into --workdir)")
-    p.add_argument("--workdir", default="/tmp/lightning-tt-bench-train")
+    add_twin_arguments(p, "/tmp/lightning-tt-bench-train")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     torch.set_num_threads(1)
-    data = prepared_twin(Path(args.data) if args.data else Path(args.workdir) / "prepared",
-                         Path(args.workdir) / "raw", rows=300_000, users=2_000, items=20_000)
+    data = twin_from(args)
     dm = YambdaDataModule(str(data), batch_size=args.batch_size, lean=True)
-    loader = iter(YambdaDataModule(str(data), batch_size=args.batch_size, lean=True).train_dataloader())
-    batches = [next(loader) for _ in range(args.warmup + args.steps)]
+    batches = take_batches(YambdaDataModule(str(data), batch_size=args.batch_size, lean=True),
+                           args.warmup + args.steps)
     cpu = torch.device("cpu")
     ms = {"bare": [], "fit": [], "per_step_log": []}
     for _ in range(args.rounds):  # interleaved, best of the rounds
-        rate, _ = bare_loop(build(TwoTowerModule, dm), batches, cpu, False, args.warmup)
+        rate, _ = bare_loop(build_model(dm, TINY), batches, cpu, False, args.warmup)
         ms["bare"].append(args.batch_size / rate * 1e3)
         for name, cls in (("fit", TwoTowerModule), ("per_step_log", PerStepLog)):
             ready = DataLoader(batches, batch_size=None)  # yields the pre-built batches as they are
-            rate = fit_loop(build(cls, dm), ready, "cpu", "32-true", args.warmup, args.steps)
+            rate = fit_loop(build_model(dm, TINY, cls=cls), ready, "cpu", "32-true", args.warmup, args.steps)
             ms[name].append(args.batch_size / rate * 1e3)
     best = {name: min(values) for name, values in ms.items()}
     paired = sorted(b - a for a, b in zip(ms["fit"], ms["per_step_log"]))  # same round, run back to back

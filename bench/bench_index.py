@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine, write_section  # noqa: E402
+from common import BENCHMARKS, machine, write_section  # noqa: E402
 
 from lightning_tt.eval.index import IndexConfig, build_index  # noqa: E402
 
@@ -145,7 +145,7 @@ def main() -> None:
                    help="calibrate nprobe and k_factor to this top-100 overlap on other queries than those measured "
                         "(embeddings: the second half of the file's queries, which then measures the first half)")
     p.add_argument("--section", default="bench_index")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
     rows = []
     if args.embeddings:

@@ -6,7 +6,13 @@
 The bare loop runs ``training_step`` + backward + Adam on batches built beforehand (on the device);
 the full loop is ``Trainer.fit`` with the real DataModule loader (no validation, checkpointing or
 logging). Both skip ``--warmup`` steps, then time ``--steps`` steps; examples/s and their ratio are
-printed and written to docs/benchmarks.md (the section named by --section).
+printed and written to docs/benchmarks.md (the section named by --section). The two loops
+(``bare_loop``, ``fit_loop``) are also run by bench_encoders.py, bench_fit_overhead.py,
+bench_sparse_tables.py and profile_train.py.
+
+``--preset`` names a config in configs/ (demo, 50m, 500m; common.preset): its model sizes, batch size
+and precision. The data is ``--data``, or the embedded default's synthetic twin made once in
+``--workdir``.
 """
 
 from __future__ import annotations
@@ -22,47 +28,21 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine, write_section  # noqa: E402
+from common import (  # noqa: E402
+    BENCHMARKS,
+    DEMO_TWIN,
+    PRESETS,
+    add_twin_arguments,
+    build_model,
+    machine,
+    preset,
+    take_batches,
+    twin_from,
+    write_section,
+)
 
 from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
-from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
-from lightning_tt.data.prepared import PreparedData, PreparedDataError  # noqa: E402
-from lightning_tt.data.synth import synthesize  # noqa: E402
 from lightning_tt.model.module import TwoTowerModule  # noqa: E402
-
-PRESETS = {  # model and batch of configs/demo.yaml and configs/yambda-500m.yaml
-    "demo": dict(model=dict(embedding_dim=64, hidden_dims=[256], output_dim=64, estimator_buckets=65536),
-                 batch_size=1024, precision="32-true"),
-    "500m": dict(model=dict(embedding_dim=128, hidden_dims=[512], output_dim=128, estimator_buckets=4194304),
-                 batch_size=16384, precision="bf16-mixed"),
-}
-
-
-def build_model(dm: YambdaDataModule, preset: dict, compile: bool = False, sparse: bool = False,
-                compile_mode: str = "default") -> TwoTowerModule:
-    torch.manual_seed(0)
-    return TwoTowerModule(data_dir=str(dm.data.path), num_users=dm.num_users, num_items=dm.num_items,
-                          num_artists=dm.num_artists, num_albums=dm.num_albums, audio_dim=dm.audio_dim,
-                          compile=compile, compile_mode=compile_mode, sparse_embeddings=sparse, **preset["model"])
-
-
-def is_current(data: Path) -> bool:
-    """Whether ``data`` is a prepared directory this code reads (not missing, damaged or older)."""
-    try:
-        PreparedData(data)
-    except PreparedDataError:
-        return False
-    return True
-
-
-def prepared_twin(data: Path, raw: Path, rows: int, users: int, items: int) -> Path:
-    """``data``, a prepared synthetic twin; synthesised into ``raw`` and prepared first if missing or
-    prepared by an older schema version."""
-    if not is_current(data):
-        if not any(raw.glob("flat/*/multi_event.parquet")):
-            synthesize(raw, rows=rows, users=users, items=items, days=30, seed=0, progress=False)
-        prepare(raw, data, config=SplitConfig(), progress=False, overwrite=True)
-    return data
 
 
 def sync(device: torch.device) -> None:
@@ -149,11 +129,7 @@ def fit_loop(model: TwoTowerModule, data, accelerator: str, precision: str, warm
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="a prepared directory (default: synthesise one into --workdir)")
-    p.add_argument("--workdir", default="/tmp/lightning-tt-bench-train")
-    p.add_argument("--rows", type=int, default=300_000)
-    p.add_argument("--users", type=int, default=2_000)
-    p.add_argument("--items", type=int, default=20_000)
+    add_twin_arguments(p, "/tmp/lightning-tt-bench-train", DEMO_TWIN)
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--accelerator", default="cpu")
@@ -166,31 +142,29 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both loops; the best of each is kept")
     p.add_argument("--section", default=None, help="docs/benchmarks.md section (default bench_train_<accelerator>)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs outside a Trainer
-    preset = PRESETS[args.preset]
-    batch_size = args.batch_size or preset["batch_size"]
+    config = preset(args.preset)
+    batch_size = args.batch_size or config["batch_size"]
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
 
-    data = prepared_twin(Path(args.data) if args.data else Path(args.workdir) / "prepared",
-                         Path(args.workdir) / "raw", args.rows, args.users, args.items)
+    data = twin_from(args)
     lean = device.type == "cuda"
     pin = device.type == "cuda" and not args.no_pin
     dm = YambdaDataModule(str(data), batch_size=batch_size, num_workers=args.workers, lean=lean, pin_memory=pin)
-    loader = iter(YambdaDataModule(str(data), batch_size=batch_size, lean=lean).train_dataloader())
-    batches = [next(loader) for _ in range(args.warmup + args.steps)]
+    batches = take_batches(YambdaDataModule(str(data), batch_size=batch_size, lean=lean), args.warmup + args.steps)
 
-    bf16 = preset["precision"].startswith("bf16")
+    bf16 = config["precision"].startswith("bf16")
     sparse = args.sparse_embeddings
+    options = dict(compile=args.compile, compile_mode=args.compile_mode, sparse_embeddings=sparse)
     bare = full = 0.0
     for _ in range(args.rounds):  # a shared machine drifts: interleave, keep the best of each
-        rate, syncs = bare_loop(build_model(dm, preset, args.compile, sparse, args.compile_mode), batches, device,
-                                bf16, args.warmup)
+        rate, syncs = bare_loop(build_model(dm, config["model"], **options), batches, device, bf16, args.warmup)
         bare = max(bare, rate)
-        full = max(full, fit_loop(build_model(dm, preset, args.compile, sparse, args.compile_mode), dm,
-                                  args.accelerator, preset["precision"], args.warmup, args.steps))
-    name = torch.cuda.get_device_name() if device.type == "cuda" else machine()
+        full = max(full, fit_loop(build_model(dm, config["model"], **options), dm, args.accelerator,
+                                  config["precision"], args.warmup, args.steps))
+    name = machine(gpu=device.type == "cuda")
     print(f"bare loop {bare:,.0f} examples/s, fit loop {full:,.0f} examples/s, ratio {full / bare:.2f}"
           + (f", {syncs} host syncs per step" if syncs is not None else ""))
     synced = (f"\nOne step of the bare loop (forward, backward, optimizer) made {syncs} host syncs "
@@ -199,7 +173,7 @@ def main() -> None:
 
 Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
 `python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}{f' --steps {args.steps} --rounds {args.rounds}' if args.rounds > 1 else ''}{' --compile' if args.compile else ''}{f' --compile-mode {args.compile_mode}' if args.compile_mode != 'default' else ''}{' --sparse-embeddings' if sparse else ''}`
-on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {preset['precision']},
+on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {config['precision']},
 {'lean' if lean else 'full'} batches). {args.steps} timed steps after {args.warmup} warm-up steps, both loops in one run{f', best of {args.rounds} interleaved rounds' if args.rounds > 1 else ''}.
 
 | loop | examples/s |

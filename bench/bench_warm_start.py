@@ -3,7 +3,8 @@ how many build seconds does it save?
 
     python bench/bench_warm_start.py [--workdir /tmp/lightning-tt-bench] [--size 1000000] [--dim 64]
 
-1. **How far item vectors move between epochs**, on the embedded default: ``configs/demo.yaml`` fitted
+1. **How far item vectors move between epochs**, on the embedded default (its synthetic twin,
+   common.prepared_twin, made once in ``--workdir``): ``configs/demo.yaml`` fitted
    for 3 epochs twice with the same seed and a fast-scan index, once training the index at every
    validation (cold) and once warm-starting it from the first epoch's (``warm_start: -1``, always).
    The callback logs the drift (the mean cosine of the items' vectors to those the index was trained
@@ -27,11 +28,10 @@ import lightning as L
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine, write_section  # noqa: E402
 from bench_index import clustered, user_queries  # noqa: E402
-from bench_train import prepared_twin  # noqa: E402
+from common import BENCHMARKS, machine, prepared_twin, write_section  # noqa: E402
 
-from lightning_tt.cli import CONFIGS, DEMO_SYNTH, lightning_cli  # noqa: E402
+from lightning_tt.cli import CONFIGS, lightning_cli  # noqa: E402
 from lightning_tt.eval.index import IndexConfig, build_index  # noqa: E402
 
 
@@ -73,11 +73,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=5000)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    data = prepared_twin(args.workdir / "twin-prepared", args.workdir / "twin-raw", DEMO_SYNTH["rows"],
-                         DEMO_SYNTH["users"], DEMO_SYNTH["items"])
+    data = prepared_twin(args.workdir / "twin-prepared", args.workdir / "twin-raw")
     cold = fit_epochs(data, args.workdir / "warm-cold", None)
     warm = fit_epochs(data, args.workdir / "warm-warm", -1.0)
     print("cold", cold, "\nwarm", warm, flush=True)

@@ -4,20 +4,19 @@
 #
 #   PYTHONPATH=$PWD bash bench/gpu_session.sh OUT_DIR [STEP ...]
 #
-# STEP is any of: loss (the loss alone: dense vs the previous sparse accidental-hit mask), sparse
-# (dense vs sparse tables at 1M and 3M items), compiled (the 500m config as is),
+# STEP is any of: sparse (dense vs sparse tables at 1M and 3M items), compiled (the 500m config as is),
 # sparse_fit (fit vs bare with sparse tables), cudagraphs (compile_mode reduce-overhead); default all.
+# (The loss step, dense vs the previous sparse accidental-hit mask, was retired with bench/bench_loss.py.)
 # Every result is a section of OUT_DIR/benchmarks.md (merge it into docs/benchmarks.md) plus a log.
 # Environment overrides, for a smoke run on a CPU: ACCEL (gpu), PRESET (500m), WORKERS (12),
-# ROWS (8000000), USERS (40000), ITEMS ("1000000 3000000"), STEPS (80), WARMUP (10), BATCH (16384,
-# the loss step's).
+# ROWS (8000000), USERS (40000), ITEMS ("1000000 3000000"), STEPS (80), WARMUP (10).
 set -euo pipefail
 out=${1:?usage: bench/gpu_session.sh OUT_DIR [STEP ...]}
 shift
-steps=${*:-loss sparse compiled sparse_fit cudagraphs}
+steps=${*:-sparse compiled sparse_fit cudagraphs}
 accel=${ACCEL:-gpu} preset=${PRESET:-500m} workers=${WORKERS:-12}
 rows=${ROWS:-8000000} users=${USERS:-40000} items=${ITEMS:-"1000000 3000000"}
-timed=${STEPS:-80} warmup=${WARMUP:-10} batch=${BATCH:-16384}
+timed=${STEPS:-80} warmup=${WARMUP:-10}
 work=/tmp/lightning-tt-gpu-session
 mkdir -p "$out"
 first_items=${items%% *}
@@ -32,15 +31,12 @@ run() {  # name, command...: time it, keep its output
   shift
   echo "== $name: $*"
   local start=$SECONDS
-  "$@" 2>&1 | tee "$out/$name.log" | grep -E "examples/s|ms per step|\| (previous|current)|host sync|wrote|Error|error" || true
+  "$@" 2>&1 | tee "$out/$name.log" | grep -E "examples/s|host sync|wrote|Error|error" || true
   echo "== $name: $((SECONDS - start)) s"
 }
 
 for step in $steps; do
   case $step in
-    loss)
-      run loss python bench/bench_loss.py --accelerator "$accel" --batch-size "$batch" --bf16 --compile \
-        --out "$out/benchmarks.md" ;;
     sparse)
       # shellcheck disable=SC2086  # ITEMS is a list
       run sparse python bench/bench_sparse_tables.py "${common[@]}" --workdir "$work" --rows "$rows" \
@@ -54,6 +50,6 @@ for step in $steps; do
     cudagraphs)
       run cudagraphs python bench/bench_train.py "${common[@]}" "${train[@]}" --compile \
         --compile-mode reduce-overhead --section "bench_train_${accel}_cudagraphs" ;;
-    *) echo "unknown step $step (loss, sparse, compiled, sparse_fit, cudagraphs)" >&2; exit 2 ;;
+    *) echo "unknown step $step (sparse, compiled, sparse_fit, cudagraphs)" >&2; exit 2 ;;
   esac
 done
