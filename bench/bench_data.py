@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCHMARKS, DATA_TWIN, GIB, add_twin_arguments, machine, synthetic_raw, write_section  # noqa: E402
 
 from lightning_tt.data import schema  # noqa: E402
-from lightning_tt.data.prepare import EVENT_COLUMNS  # noqa: E402
+from lightning_tt.data.schema import EVENT_COLUMNS  # noqa: E402
 from lightning_tt.data.synth import size_label  # noqa: E402
 
 

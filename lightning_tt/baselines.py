@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,13 +44,12 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
-from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
+from lightning_tt.data.schema import DAY
 from lightning_tt.data.seen import positives
 from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
-FIRST_ITEM = 2
-DAY = 86_400
 #: Ranked lists are built for at most this many (query, candidate) pairs at a time.
 CHUNK_ENTRIES = 1 << 24
 
@@ -533,40 +530,3 @@ def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = Non
         results[cls.name] = {**test.score(baseline, ks), "params": baseline.params(),
                              "tuning": {"metric": metric, "value": best_value, "points": len(points)}}
     return results
-
-
-CHEAP = ("MostPop", "DecayPop", "Transitions")  # counted again in seconds at every test, up to LIVE_LIMIT
-LIVE_LIMIT = 20_000_000  # training examples
-
-
-def read_recall_curves(baselines_file: str, ks: list[int]) -> dict[str, dict[int, float]]:
-    """``{baseline: {k: test/next/recall@k}}`` from a metrics.json of ``lightning-tt baselines --split
-    test``. Raises InputError naming the file when it is missing, unreadable or lacks one of ``ks``."""
-    path = Path(baselines_file)
-    try:
-        found = json.loads(path.read_text())
-        if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
-            raise ValueError("expected {baseline: {metric: value}}")
-    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
-        raise InputError(f"{path}: cannot read the baselines' metrics (report.baselines_file): {err}") from err
-    curves = {}
-    for name, values in found.items():
-        missing = [f"test/next/recall@{k}" for k in ks if f"test/next/recall@{k}" not in values]
-        if missing:
-            raise InputError(f"{path}: baseline {name} has no {missing[0]} (report.baselines_file must come from "
-                             f"`lightning-tt baselines --split test --k {' '.join(map(str, sorted(ks)))}`)")
-        curves[name] = {k: float(values[f"test/next/recall@{k}"]) for k in ks}
-    return curves
-
-
-def baseline_recall_curves(data_dir: str | None, ks: list[int], baselines_file: str | None = None
-                       ) -> dict[str, dict[int, float]]:
-    """Next-track Recall@k on the test split, ``{baseline: {k: value}}``, for test's recall_at_k.png:
-    every baseline of ``baselines_file`` (read_recall_curves), then the CHEAP ones it lacks, evaluated
-    now when the training set has at most LIVE_LIMIT examples."""
-    curves = read_recall_curves(baselines_file, ks) if baselines_file else {}
-    live = [name for name in CHEAP if name not in curves]
-    if live and data_dir and PreparedData(data_dir).num_examples("train") <= LIVE_LIMIT:
-        found = evaluate(data_dir, "test", ks, names=live)
-        curves.update({name: {k: v[f"test/next/recall@{k}"] for k in ks} for name, v in found.items()})
-    return curves

@@ -30,10 +30,10 @@ import torch
 
 from lightning_tt.data.batches import FeatureGatherer, NextTrackDataset, to_tensors
 from lightning_tt.data.feedback import NEVER
-from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.errors import InputError, one_line
 from lightning_tt.eval.index import CALIBRATION_QUERIES, IndexConfig, build_index, search_unseen
-from lightning_tt.model.module import FIRST_ITEM, TwoTowerModule
+from lightning_tt.model.module import TwoTowerModule
 from lightning_tt.outputs import Output
 from lightning_tt.provenance import check_same_data, read_checkpoint
 

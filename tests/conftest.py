@@ -7,7 +7,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from rawdata import DAY, event, write_raw  # noqa: E402
+from rawdata import event, write_raw  # noqa: E402
+
+from lightning_tt.data.schema import DAY  # noqa: E402
 
 END = 10 * DAY
 #: The development set (real MovieLens behaviour in the Yambda layout) is never copied into the project:

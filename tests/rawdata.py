@@ -10,8 +10,6 @@ import pyarrow.parquet as pq
 
 from lightning_tt.data import schema
 
-DAY = 86_400
-
 
 def event(uid, item, ts, kind="listen", ratio=80, length=200):
     """One row of multi_event.parquet; playback columns are null unless it is a listen."""

@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from rawdata import DAY, event, write_raw
+from rawdata import event, write_raw
 
 from lightning_tt.baselines import (
     BPR,
@@ -20,6 +20,7 @@ from lightning_tt.baselines import (
 )
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.schema import DAY  # noqa: E402
 from lightning_tt.errors import InputError
 
 
@@ -185,29 +186,22 @@ def test_evaluate_by_hand(data):
     assert t["test/paper/coverage@2"] == pytest.approx(3 / 4)  # {2, 3, 4} of 4 training items
 
 
-def test_figure_curves_take_the_file_and_count_the_cheap_ones_it_lacks(data, tmp_path):
+def test_the_report_takes_the_baselines_file_as_written(tmp_path):
     import json
 
-    from lightning_tt.baselines import baseline_recall_curves
+    from lightning_tt.eval.report import read_recall_curves
 
-    # Without a file: the cheap ones, counted now (the values of test_evaluate_by_hand).
-    live = baseline_recall_curves(str(data.path), [1, 2])
-    assert set(live) == {"MostPop", "DecayPop", "Transitions"}
-    assert live["Transitions"] == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3)}
-    # A file's baselines are taken as written (also a cheap one: not counted again).
     path = tmp_path / "baselines.json"
     path.write_text(json.dumps({"iALS": {"test/next/recall@1": 0.25, "test/next/recall@2": 0.5, "test/paper/ndcg@1": 0.1},
                                 "Transitions": {"test/next/recall@1": 0.9, "test/next/recall@2": 0.95}}))
-    curves = baseline_recall_curves(str(data.path), [1, 2], str(path))
-    assert curves["iALS"] == {1: 0.25, 2: 0.5} and curves["Transitions"] == {1: 0.9, 2: 0.95}
-    assert set(curves) == {"iALS", "Transitions", "MostPop", "DecayPop"}
+    assert read_recall_curves(str(path), [1, 2]) == {"iALS": {1: 0.25, 2: 0.5}, "Transitions": {1: 0.9, 2: 0.95}}
 
 
 @pytest.mark.parametrize("text, says", [(None, "No such file"), ("{not json", "Expecting property name"),
                                         ('{"iALS": {"test/next/recall@1": 0.2}}', "iALS has no test/next/recall@2"),
                                         ('[1, 2]', "expected {baseline")])
 def test_a_bad_baselines_file_is_named(tmp_path, text, says):
-    from lightning_tt.baselines import read_recall_curves
+    from lightning_tt.eval.report import read_recall_curves
 
     path = tmp_path / "b.json"
     if text is not None:

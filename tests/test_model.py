@@ -172,13 +172,14 @@ def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_
     import lightning as L
 
     from lightning_tt.eval.callback import FaissRetrieval
+    from lightning_tt.eval.report import RunReport
 
     dm, _ = data
     dm = YambdaDataModule(str(dm.data.path), batch_size=32, eval_batch_size=64, history=6)
     torch.manual_seed(0)  # deterministic; an untrained model still hits some targets in its top 20
     model = build(dm, recall_k=[20, 100])
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[FaissRetrieval(kind="flat")],
+                        enable_model_summary=False, callbacks=[FaissRetrieval(kind="flat"), RunReport()],
                         default_root_dir=tmp_path)
     trainer.test(model, datamodule=dm, verbose=False)
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}

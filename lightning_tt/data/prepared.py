@@ -12,8 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from lightning_tt.data.arrays import array_bytes, open_array
-from lightning_tt.data.prepare import SCHEMA_VERSION
 from lightning_tt.errors import InputError
+
+#: The layout of a prepared directory this code reads (lightning_tt.data.prepare writes it); a directory
+#: of another version is refused with a message to prepare it again.
+SCHEMA_VERSION = 3
+#: Vocabulary indices (items, users, artists, albums): 0 is padding, 1 the unknown id, real ids start at 2.
+PAD, UNKNOWN, FIRST_ITEM = 0, 1, 2
 
 
 class PreparedDataError(InputError):

@@ -1,4 +1,4 @@
-"""The Yambda raw layout: file names, columns, dtypes and event types.
+"""The Yambda raw layout: file names, columns, dtypes and event types, and the checks of their values.
 
 Everything that knows what the raw parquet files look like lives here, so that ``synth`` (which writes
 them), ``download`` (which fetches and checks them) and ``prepare`` (which reads them) agree by
@@ -14,9 +14,14 @@ Layout of a raw directory::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lightning_tt.errors import InputError, one_line
@@ -55,6 +60,7 @@ ARTIST_SCHEMA = pa.schema([("artist_id", pa.uint32()), ("item_id", pa.uint32())]
 ALBUM_SCHEMA = pa.schema([("album_id", pa.uint32()), ("item_id", pa.uint32())])
 
 AUDIO_DIM = 128
+T = TypeVar("T")
 
 
 class RawDataError(InputError):
@@ -188,3 +194,123 @@ def check_raw_dir(raw_dir: str | Path, size: str | None = None) -> str:
     for kind, path in side_paths(raw_dir).items():
         check_schema(path, kind)
     return size
+
+
+# Values: the checks every reader of the raw files applies (prepare's events pass and item tables).
+
+#: Timestamps are seconds; one day of them.
+DAY = 86_400
+#: Raw ids index dense lookup tables, so they must stay below this bound.
+MAX_RAW_ID = 1 << 30
+#: played_ratio_pct above this is treated as corrupt (real values reach ~160 with rewinds).
+MAX_PLAYED_RATIO_PCT = 1000
+#: The events file's columns that prepare reads.
+EVENT_COLUMNS = ["uid", "item_id", "timestamp", "event_type", "played_ratio_pct", "track_length_seconds", "is_organic"]
+
+
+def column_range(pf: pq.ParquetFile, column: str, path: Path) -> tuple[int, int]:
+    """(min, max) of an integer column from row-group statistics, scanning the column if absent."""
+    index = pf.schema_arrow.get_field_index(column)
+    lo, hi = None, None
+    for i in range(pf.num_row_groups):
+        stats = pf.metadata.row_group(i).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            table = read_columns(path, [column])
+            mm = pc.min_max(table.column(column))
+            return int(mm["min"].as_py()), int(mm["max"].as_py())
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    return int(lo), int(hi)
+
+
+def event_codes(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """event_type strings -> int8 codes of EVENT_TYPES; unknown or null values are errors."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    out = []
+    for chunk in column.chunks:
+        if chunk.null_count:
+            raise RawDataError(f"{path}: column 'event_type' has null values")
+        names = chunk.dictionary.to_pylist()
+        unknown = sorted(set(names) - set(EVENT_CODES))
+        lookup = np.array([EVENT_CODES.get(n, -1) for n in names], dtype=np.int8)
+        codes = lookup[chunk.indices.to_numpy(zero_copy_only=False)]
+        if unknown and (codes < 0).any():
+            raise RawDataError(
+                f"{path}: column 'event_type' has unknown value(s) {unknown}; expected {list(EVENT_TYPES)}"
+            )
+        out.append(codes)
+    return np.concatenate(out) if out else np.zeros(0, np.int8)
+
+
+def checked_ints(table: pa.Table, column: str, path: Path, hi: int | None = None) -> np.ndarray:
+    """A non-null integer column as numpy (its own dtype, no copy), checked to lie in [0, hi)."""
+    col = table.column(column)
+    if col.null_count:
+        raise RawDataError(f"{path}: column '{column}' has {col.null_count} null values")
+    values = col.to_numpy()
+    if len(values):
+        lo = values.min() if np.issubdtype(values.dtype, np.signedinteger) else 0
+        top = values.max() if hi is not None or lo < 0 else 0
+        if lo < 0 or (hi is not None and top >= hi):
+            bad = lo if lo < 0 else top
+            allowed = f"0..{hi - 1}" if hi is not None else ">= 0"
+            raise RawDataError(f"{path}: column '{column}' has out-of-range value {bad} (allowed {allowed})")
+    return values
+
+
+def listen_columns(table: pa.Table, is_listen: np.ndarray, path: Path, first_row: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(played_ratio_pct, track_length_seconds, is_organic as uint8) of one row group as numpy, nulls as
+    0, checked on its listen rows (``is_listen`` [n]): no null ratio, ratio in 0..MAX_PLAYED_RATIO_PCT,
+    length >= 0, is_organic 0 or 1. Other event types may hold anything there. ``first_row`` is the
+    group's first row in the file, for the messages."""
+    column = table.column("played_ratio_pct")
+    if column.null_count:  # nulls are allowed on other event types only
+        null = is_listen & column.is_null().to_numpy(zero_copy_only=False)
+        if null.any():
+            raise RawDataError(f"{path}: column 'played_ratio_pct' is null on listen row {first_row + int(np.argmax(null))}")
+    ratio = pc.fill_null(column, 0).to_numpy()  # in the column's own integer type
+    bad = is_listen & ((ratio < 0) | (ratio > MAX_PLAYED_RATIO_PCT))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RawDataError(
+            f"{path}: column 'played_ratio_pct' has out-of-range value {ratio[i]} at row {first_row + i} "
+            f"(allowed 0..{MAX_PLAYED_RATIO_PCT})"
+        )
+    length = pc.fill_null(table.column("track_length_seconds"), 0).to_numpy()
+    bad = is_listen & (length < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RawDataError(f"{path}: column 'track_length_seconds' has out-of-range value {length[i]} at row "
+                           f"{first_row + i} (allowed >= 0)")
+    organic = pc.fill_null(table.column("is_organic"), 0).to_numpy()
+    bad = is_listen & (organic != 0) & (organic != 1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RawDataError(f"{path}: column 'is_organic' has value {organic[i]} at row {first_row + i} (allowed 0 or 1)")
+    return ratio, length, organic.astype(np.uint8)
+
+
+def unsorted_error(path: Path, row: int, column: str) -> RawDataError:
+    """The error for an events file that is not sorted by (uid, timestamp) at ``row``."""
+    return RawDataError(
+        f"{path}: rows are not sorted by (uid, timestamp): column '{column}' decreases at row {row}; "
+        f"the file must be sorted by (uid, timestamp)"
+    )
+
+
+def row_groups(path: Path, parquet: pq.ParquetFile, decode: Callable[[int, int], T]) -> Iterator[T]:
+    """``decode(g, first_row)`` of every row group ``g`` of the open ``parquet`` (at ``path``), in order,
+    with the next group read and decoded in a second thread meanwhile (pyarrow and numpy release the
+    GIL, so reading overlaps the caller's work on the current group). ``first_row`` is the group's first
+    row in the file."""
+    sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(decode, 0, 0) if sizes else None
+        for g in range(len(sizes)):
+            group = pending.result()
+            if g + 1 < len(sizes):
+                pending = reader.submit(decode, g + 1, int(starts[g + 1]))
+            yield group

@@ -6,9 +6,8 @@ import numpy as np
 
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
+from lightning_tt.data.schema import DAY
 from lightning_tt.errors import InputError
-
-DAY = 86_400
 
 
 def _when(seconds: int) -> str:

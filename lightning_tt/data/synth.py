@@ -58,6 +58,7 @@ from lightning_tt.data.schema import (
     ALBUM_SCHEMA,
     ARTIST_SCHEMA,
     AUDIO_DIM,
+    DAY,
     EMBEDDINGS_SCHEMA,
     EVENT_CODES,
     EVENT_TYPES,
@@ -86,7 +87,6 @@ NO_ALBUM_P = 0.08
 TWO_ALBUMS_P = 0.05
 COMPILATION_SIZE = 15
 HARMONICS = 4
-DAY = 86_400
 EMBED_GROUP = 50_000  # items per row group of embeddings.parquet
 
 

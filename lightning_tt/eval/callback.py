@@ -1,18 +1,20 @@
 """FaissRetrieval: at the end of every validation epoch (not the sanity check) and of ``test``, embed the
 whole catalogue with the item tower, build a Faiss index (lightning_tt.eval.index), search the top K
-for every evaluation query the model embedded during the epoch (leaving out the items the model's
-exact lists left out, ``seen_items``), and log the ANN metrics:
+for every evaluation query of the epoch (leaving out the items the model's exact lists left out,
+``seen_items``), and log the ANN metrics:
 
     {stage}/next/recall@k, {stage}/paper/{recall,ndcg,coverage}@k         ANN results
     {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes,
     {stage}/index/nprobe, {stage}/index/k_factor (the search parameters used: resolved or calibrated)
     {stage}/index/warm_start (1 when the build reused the trained quantizer), {stage}/index/drift (with
     ``warm_start``: the mean cosine of the items' vectors to those the quantizer was trained on)
+    test/tradeoff/{nprobe|efSearch}_{value}/{queries_per_second,recall@K}   the speed/recall trade-off
 
-The model logs the exact (brute-force) values as ``.../exact_*@k`` and, from the ANN values this
-callback hands it, ``{stage}/next/ann_exact_ratio@k``. Under DDP the queries of all processes are
-gathered, rank zero builds the index and searches, and the values are broadcast back, so every process
-logs the same numbers.
+The queries come forward from the model: each validation and test step returns them with its targets
+(TwoTowerModule._evaluate), and on_*_batch_end keeps them. The model logs the exact (brute-force)
+values as ``.../exact_*@k``; lightning_tt.eval.report.RunReport divides the two. Under DDP the
+queries of all processes are gathered (torchmetrics' gather_all_tensors), rank zero builds the index
+and searches, and the values are broadcast back, so every process logs the same numbers.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lightning_tt.data.prepared import FIRST_ITEM
 from lightning_tt.errors import InputError
 from lightning_tt.eval.index import IndexConfig, build_index
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
-FIRST_ITEM = 2
+#: What the callback keeps of each protocol's step outputs, in order.
+FIELDS = {"next": ("queries", "target_item", "seen_items"),
+          "paper": ("queries", "target_items", "target_count", "seen_items")}
 
 
 class FaissRetrieval(L.Callback):
@@ -55,16 +61,24 @@ class FaissRetrieval(L.Callback):
             raise InputError(f"retrieval.warm_start is a cosine in [-1, 1] (or null), got {warm_start}")
         self.warm_start = warm_start
         self._trained: tuple | None = None  # (BuiltIndex that trained, its sample rows, their vectors)
-
-    def _start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            module.retrieval_queries = {"next": [], "paper": []}
+        self._rows: dict[str, list[tuple[torch.Tensor, ...]]] = {"next": [], "paper": []}  # this epoch's, on the CPU
 
     def on_validation_epoch_start(self, trainer, module):
-        self._start(trainer, module)
+        self._rows = {"next": [], "paper": []}
 
     def on_test_epoch_start(self, trainer, module):
-        self._start(trainer, module)
+        self._rows = {"next": [], "paper": []}
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._keep(outputs)
+
+    def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep(outputs)
+
+    def _keep(self, outputs: dict[str, torch.Tensor]) -> None:
+        protocol = "next" if int(outputs["protocol"]) == 0 else "paper"
+        self._rows[protocol].append(tuple(outputs[name].detach().cpu() for name in FIELDS[protocol]))
 
     def on_validation_epoch_end(self, trainer, module):
         if not trainer.sanity_checking:
@@ -74,19 +88,15 @@ class FaissRetrieval(L.Callback):
         self._evaluate(trainer, module, "test")
 
     def _evaluate(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        collected, module.retrieval_queries = module.retrieval_queries, None
-        if collected is None:  # sanity check (the same on every process)
-            return
+        collected, self._rows = self._rows, {"next": [], "paper": []}
         # Every process takes part in each gathering, also one that saw no batch of a protocol.
-        gathered = {protocol: _gather_rows(trainer, [_cat_padded(parts) for parts in zip(*rows)])
+        gathered = {protocol: _gather_rows(trainer, rows, FIELDS[protocol], module.retrieval_dim)
                     for protocol, rows in collected.items()}
         values = self._ann_values(trainer, module, stage, gathered) if trainer.is_global_zero else None
-        # Every process gets the values and logs them (ModelCheckpoint may monitor one on every rank);
-        # the model takes them for its ANN/exact ratios.
+        # Every process gets the values and logs them (ModelCheckpoint may monitor one on every rank).
         values = trainer.strategy.broadcast(values, src=0)
         for name, value in values.items():  # equal everywhere: the mean over processes changes nothing
             module.log(name, value, add_dataloader_idx=False, sync_dist=True)
-        module.ann_values = values
 
     def _ann_values(self, trainer: L.Trainer, module: L.LightningModule, stage: str,
                     gathered: dict[str, list[torch.Tensor]]) -> dict[str, float]:
@@ -122,7 +132,10 @@ class FaissRetrieval(L.Callback):
         if drift is not None:
             values[f"{stage}/index/drift"] = drift
         if stage == "test" and gathered["next"] and ("IVF" in built.factory or built.factory.startswith("HNSW")):
-            module.ann_tradeoff = (built.factory, *self._tradeoff(built, *gathered["next"], max(ks)))
+            parameter, points = self._tradeoff(built, *gathered["next"], max(ks))
+            for value, speed, recall in points:
+                values[f"test/tradeoff/{parameter}_{value}/queries_per_second"] = speed
+                values[f"test/tradeoff/{parameter}_{value}/recall@{max(ks)}"] = recall
         return values
 
     def _build(self, items: np.ndarray, queries: np.ndarray | None = None):
@@ -184,29 +197,19 @@ def _cat_padded(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _gather_rows(trainer: L.Trainer, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each of ``tensors`` (this process's rows; [] where it saw no batch) concatenated over all
-    processes, in rank order, on the CPU; ``tensors`` itself in one process. Shapes may differ between
-    processes (row counts, the width of paper targets): every dimension is zero-padded to the largest
-    for the collective, then each process's own rows are cut back out. [] when no process has rows."""
+def _gather_rows(trainer: L.Trainer, rows: list[tuple[torch.Tensor, ...]], fields: tuple[str, ...], dim: int
+                 ) -> list[torch.Tensor]:
+    """This epoch's step outputs of one protocol (``rows``: a tuple of ``fields`` per batch), each field
+    concatenated over batches and then over all processes in rank order, on the CPU; [] when no process
+    has a row. A process without rows contributes empty tensors ([0, dim] queries, [0, 1] others)."""
+    mine = [_cat_padded(parts) for parts in zip(*rows)]
     if trainer.world_size == 1:
-        return tensors
-    import torch.distributed as dist
-
-    described = [None] * trainer.world_size
-    dist.all_gather_object(described, [(tuple(t.shape), t.dtype) for t in tensors])
-    template = next((d for d in described if d), None)
-    if template is None:
-        return []
+        return mine
     device = trainer.strategy.root_device
-    gathered = []
-    for i, (shape, dtype) in enumerate(template):
-        shapes = [d[i][0] if d else (0,) * len(shape) for d in described]
-        largest = [max(s[dim] for s in shapes) for dim in range(len(shape))]
-        padded = torch.zeros(largest, dtype=dtype, device=device)
-        if tensors:
-            padded[tuple(slice(0, n) for n in tensors[i].shape)] = tensors[i].to(device)
-        everything = [torch.empty_like(padded) for _ in range(trainer.world_size)]
-        dist.all_gather(everything, padded)
-        gathered.append(torch.cat([part[: s[0]] for part, s in zip(everything, shapes)]).cpu())
-    return gathered
+    if not mine:
+        mine = [torch.zeros(0, dim) if name == "queries" else torch.zeros((0, 1) if name in ("seen_items", "target_items")
+                                                                          else (0,), dtype=torch.int64)
+                for name in fields]
+    # gather_all_tensors gives each process's part at its own shape: widths are padded again here.
+    gathered = [_cat_padded(tuple(part.cpu() for part in gather_all_tensors(t.to(device)))) for t in mine]
+    return gathered if len(gathered[0]) else []

@@ -1,12 +1,17 @@
-"""RunReport: what ``test`` leaves besides metrics.json, made on rank zero once the test loop has ended.
+"""RunReport: what a run leaves besides checkpoints, made from values the loop has already logged.
 
-- ``recall_at_k.png``: next-track Recall@k against k for the model (exact and, with FaissRetrieval,
-  ANN) and the baselines (lightning_tt.baselines.baseline_recall_curves: those of ``baselines_file``,
-  a metrics.json of ``lightning-tt baselines --split test``, plus the cheap ones it lacks).
-- ``ann_tradeoff.png`` (IVF and HNSW indexes): queries/s against the ANN/exact Recall ratio over the
-  nprobe (IVF) or efSearch (HNSW) values FaissRetrieval tried.
-- With a WandbLogger: the Recall@k curve, both figures and a table of sample recommendations
-  (lightning_tt.eval.wandb_report).
+- ``{stage}/next/ann_exact_ratio@k`` = ANN Recall@k / exact Recall@k, read from
+  ``trainer.callback_metrics`` once the evaluation epoch has ended (FaissRetrieval logged the ANN
+  value, the model the exact one), then logged to the loggers and kept in ``callback_metrics``.
+- After ``test``, in the run's directory (lightning_tt.runs), on rank zero:
+  - ``metrics.json``: every ``test/...`` value and the ratios;
+  - ``recall_at_k.png``: next-track Recall@k against k for the model (exact and ANN) and the baselines
+    of ``baselines_file`` (a metrics.json of ``lightning-tt baselines --split test``; none without it);
+  - ``ann_tradeoff.png`` (IVF and HNSW indexes): queries/s against the ANN/exact Recall ratio over
+    the ``test/tradeoff/...`` points FaissRetrieval logged;
+  - with a WandbLogger: the Recall@k curve, both figures and a table of sample recommendations
+    (lightning_tt.eval.wandb_report), the first next-track test cases, taken in on_test_batch_end
+    from the model's step outputs.
 
 A callback rather than model options: ``test --ckpt_path`` restores the model's options from the
 checkpoint, which would override a ``--model.*`` given on the command line; ``--report.*`` stays.
@@ -14,63 +19,138 @@ checkpoint, which would override a ``--model.*`` given on the command line; ``--
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import lightning as L
 import numpy as np
+import torch
 
-from lightning_tt.runs import run_directory
+from lightning_tt.errors import InputError
+from lightning_tt.outputs import Output
+from lightning_tt.runs import run_directory, write_json
+
+#: Next-track test cases kept for the sample table.
+SAMPLES = 20
 
 
 class RunReport(L.Callback):
     def __init__(self, baselines_file: str | None = None):
         self.baselines_file = baselines_file
+        self._samples: list[dict[str, torch.Tensor]] = []
 
     def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.baselines_file:  # a bad file fails now, not after the whole test loop
-            from lightning_tt.baselines import read_recall_curves
-
             read_recall_curves(self.baselines_file, list(module.hparams.recall_k))
+        self._samples = []
+
+    def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        kept = sum(len(s["user"]) for s in self._samples)
+        if int(outputs["protocol"]) == 0 and kept < SAMPLES:
+            n = SAMPLES - kept
+            self._samples.append({"user": outputs["user"][:n].cpu(), "seed": outputs["seed_item"][:n].cpu(),
+                                  "top": outputs["top"][:n, :10].cpu(), "true": outputs["target_item"][:n].cpu()})
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._ratios(trainer, module, "val")
 
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        values = getattr(module, "test_values", None)
-        if not trainer.is_global_zero or not values:
+        self._ratios(trainer, module, "test")
+        if not trainer.is_global_zero:
             return
-        figures = self._figures(module, values, run_directory(trainer))
+        values = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("test/")}
+        run_dir = run_directory(trainer)
+        path = run_dir / "metrics.json"
+        write_json(Output(path, "file", option="metrics.json", overwrite=True), values)
+        module.print(f"metrics written to {path}")
+        figures = self._figures(module, values, run_dir)
         for figure in figures:
             module.print(f"figure written to {figure}")  # through the progress bar, on its own line
         self._wandb(trainer, module, values, figures)
 
-    def _figures(self, module: L.LightningModule, values: dict[str, float], run_dir) -> list:
-        from lightning_tt.baselines import baseline_recall_curves
+    @staticmethod
+    def _ratios(trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        """ANN/exact Recall@k of the epoch that just ended, into callback_metrics and the loggers."""
+        found = trainer.callback_metrics
+        ratios = {}
+        for k in module.hparams.recall_k:
+            ann, exact = found.get(f"{stage}/next/recall@{k}"), found.get(f"{stage}/next/exact_recall@{k}")
+            if ann is not None and exact is not None and float(exact) > 0:
+                ratios[f"{stage}/next/ann_exact_ratio@{k}"] = float(ann) / float(exact)
+        if not ratios:
+            return
+        found.update({name: torch.tensor(value) for name, value in ratios.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(ratios, step=trainer.global_step)
+
+    def _figures(self, module: L.LightningModule, values: dict[str, float], run_dir: Path) -> list[Path]:
         from lightning_tt.eval import plots
 
         ks = sorted(module.hparams.recall_k)
         curves = {"TwoTower (exact)": {k: values[f"test/next/exact_recall@{k}"] for k in ks}}
         if all(f"test/next/recall@{k}" in values for k in ks):
             curves["TwoTower (ANN)"] = {k: values[f"test/next/recall@{k}"] for k in ks}
-        curves.update(baseline_recall_curves(module.hparams.data_dir, ks, self.baselines_file))
+        if self.baselines_file:
+            curves.update(read_recall_curves(self.baselines_file, ks))
         written = [plots.recall_curves(curves, run_dir / "recall_at_k.png")]
-        tradeoff, module.ann_tradeoff = getattr(module, "ann_tradeoff", None), None
+        tradeoff = _tradeoff_points(values, max(ks))
         if tradeoff is not None:
-            factory, parameter, points = tradeoff
+            parameter, points = tradeoff
             exact = values[f"test/next/exact_recall@{max(ks)}"] or 1.0
             written.append(plots.ann_tradeoff([(n, q, r / exact) for n, q, r in points], run_dir / "ann_tradeoff.png",
-                                              factory, parameter))
+                                              "the test's Faiss index", parameter))
         return written
 
-    @staticmethod
-    def _wandb(trainer: L.Trainer, module: L.LightningModule, values: dict[str, float], figures: list) -> None:
+    def _wandb(self, trainer: L.Trainer, module: L.LightningModule, values: dict[str, float], figures: list) -> None:
         loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
         if not loggers:
             return
         from lightning_tt.data.prepared import PreparedData
         from lightning_tt.eval.wandb_report import log_test_report
 
-        samples, picked = None, getattr(module, "test_samples", None)
-        if picked is not None and module.hparams.data_dir:
+        samples = None
+        if self._samples and module.hparams.data_dir:
             data = PreparedData(module.hparams.data_dir)
             item_ids, user_ids = np.asarray(data["item_ids"]), np.asarray(data["user_ids"])
-            s = {k: v.numpy() for k, v in picked.items()}
+            s = {k: torch.cat([part[k] for part in self._samples]).numpy() for k in self._samples[0]}
             samples = {"uid": user_ids[s["user"]], "seed": item_ids[s["seed"]], "top": item_ids[s["top"]],
                        "true": item_ids[s["true"]]}
         for logger in loggers:
             log_test_report(logger, values, list(module.hparams.recall_k), samples, figures)
+
+
+def _tradeoff_points(values: dict[str, float], k: int) -> tuple[str, list[tuple[int, float, float]]] | None:
+    """(parameter, [(value, queries/s, Recall@k)] by value) from FaissRetrieval's ``test/tradeoff/...``
+    values; None when there are none."""
+    points: dict[int, dict[str, float]] = {}
+    parameter = None
+    for name, value in values.items():
+        match = re.fullmatch(rf"test/tradeoff/(\w+?)_(\d+)/(queries_per_second|recall@{k})", name)
+        if match:
+            parameter = match.group(1)
+            points.setdefault(int(match.group(2)), {})[match.group(3)] = value
+    if parameter is None:
+        return None
+    return parameter, [(n, p["queries_per_second"], p[f"recall@{k}"]) for n, p in sorted(points.items())]
+
+
+def read_recall_curves(baselines_file: str, ks: list[int]) -> dict[str, dict[int, float]]:
+    """``{baseline: {k: test/next/recall@k}}`` from a metrics.json of ``lightning-tt baselines --split
+    test``. Raises InputError naming the file when it is missing, unreadable or lacks one of ``ks``."""
+    path = Path(baselines_file)
+    try:
+        found = json.loads(path.read_text())
+        if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
+            raise ValueError("expected {baseline: {metric: value}}")
+    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise InputError(f"{path}: cannot read the baselines' metrics (report.baselines_file): {err}") from err
+    curves = {}
+    for name, values in found.items():
+        missing = [f"test/next/recall@{k}" for k in ks if f"test/next/recall@{k}" not in values]
+        if missing:
+            raise InputError(f"{path}: baseline {name} has no {missing[0]} (report.baselines_file must come from "
+                             f"`lightning-tt baselines --split test --k {' '.join(map(str, sorted(ks)))}`)")
+        curves[name] = {k: float(values[f"test/next/recall@{k}"]) for k in ks}
+    return curves

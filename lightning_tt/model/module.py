@@ -7,8 +7,10 @@ validation/test: exact metrics of both protocols by brute force: the whole catal
                 items (padding and unknown excluded, and the user's training positives when the batch
                 carries ``seen_items``) and its top k goes to lightning_tt.eval.metrics. Dataloader 0
                 holds next-track cases, dataloader 1 paper-protocol lists. Logged as ``{stage}/next/exact_recall@{k}`` and
-                ``{stage}/paper/exact_{recall,ndcg,coverage}@{k}``; ``test`` also writes them all to
-                ``metrics.json`` in the run directory.
+                ``{stage}/paper/exact_{recall,ndcg,coverage}@{k}``. Each step returns its queries, lists and
+                targets (_evaluate), which the callbacks take in on_*_batch_end: FaissRetrieval searches
+                the queries with an index, RunReport writes metrics.json and the figures. The module
+                writes no files.
 predict_step:   top-k item indices and scores per case.
 """
 
@@ -19,16 +21,14 @@ import math
 import lightning as L
 import torch
 
+from lightning_tt.data.prepared import FIRST_ITEM
 from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
-from lightning_tt.outputs import Output
 from lightning_tt.provenance import check_same_data
-from lightning_tt.runs import run_directory, write_json
 
-FIRST_ITEM = 2  # 0 = padding, 1 = unknown
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -179,15 +179,6 @@ class TwoTowerModule(L.LightningModule):
         # about 0.8 GB at 3M items), the estimator (identical on every rank: it gathers all ranks' items)
         # and the loss sum above (per rank). None needs it.
         self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
-        # Set by lightning_tt.eval.callback.FaissRetrieval: where eval queries are collected, and the ANN
-        # values it computed (for the ANN/exact ratios).
-        self.retrieval_queries: dict[str, list] | None = None
-        self.ann_values: dict[str, float] = {}
-        # Read by lightning_tt.eval.report.RunReport after test: the final values, the first test cases
-        # (user, seed, top 10, true item indices) and FaissRetrieval's (factory, parameter, [(value, qps, recall)]).
-        self.test_values: dict[str, float] | None = None
-        self.test_samples: dict[str, torch.Tensor] | None = None
-        self.ann_tradeoff: tuple[str, str, list[tuple]] | None = None  # (factory, parameter, points)
 
     def configure_model(self) -> None:
         """With ``compile``, both towers and the loss go through torch.compile (fewer, fused kernels;
@@ -289,26 +280,30 @@ class TwoTowerModule(L.LightningModule):
             scores.scatter_(1, seen, float("-inf"))
         return scores.topk(min(k, scores.shape[1] - FIRST_ITEM), dim=1)
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """Update the stage's exact metrics with one batch of cases; return what the callbacks take from it
+        (on_*_batch_end), all [B, ...] on the batch's device:
+
+            protocol    0 (next track: dataloader 0) or 1 (paper: dataloader 1), a 0-d tensor
+            queries     [B, o'] retrieval queries (FaissRetrieval searches them)
+            top         [B, K] exact top-K item indices, K = max(recall_k)
+            seen_items  [B, S] item indices left out of the lists (0 = padding; [B, 1] of 0 without exclude_seen)
+            user, seed_item, target_item              next track: [B] each
+            target_items [B, T] (0-padded), target_count [B]   paper
+        """
         if dataloader_idx == 1 and not self.hparams.paper_seed:
             batch = {**batch, "seed_item": torch.zeros_like(batch["seed_item"]),
                      "seed_organic": torch.zeros_like(batch["seed_organic"])}
         queries, seen = self.retrieval_query(batch), batch.get("seen_items")
         _, top = self._top_k(queries, max(self.hparams.recall_k), seen)
+        if seen is None:
+            seen = torch.zeros(len(queries), 1, dtype=torch.int64, device=queries.device)
+        out = {"protocol": torch.tensor(dataloader_idx), "queries": queries.float(), "top": top, "seen_items": seen}
         if dataloader_idx == 0:
             self.metrics[f"{stage}_next"].update(top, batch["target_item"])
-            targets = (batch["target_item"].cpu(),)
-        else:
-            self.metrics[f"{stage}_paper"].update(top, batch["target_items"], batch["target_count"])
-            targets = (batch["target_items"].cpu(), batch["target_count"].cpu())
-        if self.retrieval_queries is not None:  # seen items last ([B, 1] of padding without exclude_seen)
-            protocol = "next" if dataloader_idx == 0 else "paper"
-            seen = seen.cpu() if seen is not None else torch.zeros(len(queries), 1, dtype=torch.int64)
-            self.retrieval_queries[protocol].append((queries.float().cpu(), *targets, seen))
-        if stage == "test" and dataloader_idx == 0 and self.test_samples is None:  # a few cases for the report
-            n = min(20, len(top))
-            self.test_samples = {"user": batch["user"][:n].cpu(), "seed": batch["seed_item"][:n].cpu(),
-                                 "top": top[:n, :10].cpu(), "true": batch["target_item"][:n].cpu()}
+            return {**out, "user": batch["user"], "seed_item": batch["seed_item"], "target_item": batch["target_item"]}
+        self.metrics[f"{stage}_paper"].update(top, batch["target_items"], batch["target_count"])
+        return {**out, "target_items": batch["target_items"], "target_count": batch["target_count"]}
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         """Compute (synchronised across processes), log and reset the stage's exact metrics."""
@@ -322,17 +317,12 @@ class TwoTowerModule(L.LightningModule):
             for name, per_k in paper.compute().items():
                 for k, v in per_k.items():
                     values[f"{stage}/paper/exact_{name}@{k}"] = float(v)
-        ann, self.ann_values = self.ann_values, {}  # logged by FaissRetrieval already
-        for k in self.hparams.recall_k:
-            exact = values.get(f"{stage}/next/exact_recall@{k}")
-            if f"{stage}/next/recall@{k}" in ann and exact:
-                values[f"{stage}/next/ann_exact_ratio@{k}"] = ann[f"{stage}/next/recall@{k}"] / exact
         for name, value in values.items():  # already synchronised: the mean over processes changes nothing
             self.log(name, value, add_dataloader_idx=False, prog_bar=name.endswith("next/exact_recall@100"),
                      sync_dist=True)
         next_track.reset()
         paper.reset()
-        return {**ann, **values}
+        return values
 
     def _updated_anywhere(self, metric) -> bool:
         """Whether any process updated ``metric`` (compute synchronises, so all must agree to call it;
@@ -345,8 +335,9 @@ class TwoTowerModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._catalogue = None  # the towers changed since the last epoch
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "val", dataloader_idx)
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+                        ) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, "val", dataloader_idx)
 
     def on_train_epoch_start(self) -> None:
         self._train_loss.zero_()
@@ -377,19 +368,13 @@ class TwoTowerModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._catalogue = None
-        self.test_samples = None
-        self.test_values = None
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "test", dataloader_idx)
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+                  ) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, "test", dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        values = self._log_metrics("test")
-        if self.trainer.is_global_zero:
-            path = run_directory(self.trainer) / "metrics.json"  # this run's own directory
-            write_json(Output(path, "file", option="metrics.json", overwrite=True), values)
-            self.print(f"metrics written to {path}")
-        self.test_values = values  # for lightning_tt.eval.report.RunReport
+        self._log_metrics("test")
 
     def on_predict_epoch_start(self) -> None:
         self._catalogue = None
