@@ -59,10 +59,12 @@ def test_batch_shapes_and_dtypes(prepared):
     assert paper["target_items"].shape == (2, 2) and paper["target_count"].tolist() == [2, 1]
 
 
-def test_item_table(prepared):
-    table = YambdaDataModule(str(prepared)).item_table()
+def test_item_features(prepared):
+    from lightning_tt.data.prepared import PreparedData
+
+    table = PreparedData(prepared).item_features()
     assert table["artist"].tolist() == [0, 1, 2, 2, 3, 1]
-    assert table["audio"].shape == (6, 4) and table["audio"].dtype == torch.float32
+    assert table["audio"].shape == (6, 4) and table["audio"].dtype == np.int16  # bfloat16 bits
     assert table["has_audio"].tolist() == [False, False, True, True, False, True]
 
 

@@ -8,11 +8,8 @@ Batches are dicts of tensors; their keys and shapes are listed in :mod:`lightnin
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
-from lightning_tt.data.arrays import bfloat16_to_float32
 from lightning_tt.data.batches import BatchIndexSampler, NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.data.seen import resolve_exclude_seen
@@ -105,19 +102,6 @@ class YambdaDataModule(L.LightningDataModule):
     @property
     def audio_dim(self) -> int:
         return int(self.data.vocab["audio_dim"])
-
-    def item_table(self) -> dict[str, torch.Tensor]:
-        """Per-item features for the item tower and the history means, indexed by item index:
-        ``artist``, ``album`` [num_items] int64, ``track_length`` [num_items] float32 (seconds),
-        ``audio`` [num_items, D] float32, ``has_audio`` [num_items] bool."""
-        d = self.data
-        return {
-            "artist": torch.from_numpy(np.asarray(d["item_artist"]).astype(np.int64)),
-            "album": torch.from_numpy(np.asarray(d["item_album"]).astype(np.int64)),
-            "track_length": torch.from_numpy(np.array(d["item_length"], dtype=np.float32)),
-            "audio": torch.from_numpy(bfloat16_to_float32(d["item_audio"])),
-            "has_audio": torch.from_numpy(np.array(d["item_has_audio"], dtype=bool)),
-        }
 
     def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -103,3 +103,17 @@ class PreparedData:
 
     def num_paper_lists(self, split: str) -> int:
         return int(self.meta["arrays"][f"paper_{split}_user"]["shape"][0])
+
+    def item_features(self) -> dict[str, np.ndarray]:
+        """The item side tables, read into memory, indexed by item index [num_items] (row 0 = padding, with
+        no features): ``artist``, ``album`` int64, ``track_length`` float32 (seconds, 0 = unknown),
+        ``audio`` [num_items, D] bfloat16 bits as int16 (``torch.from_numpy(a).view(torch.bfloat16)``),
+        ``has_audio`` bool. The model's ItemTable holds them as buffers."""
+        features = {"artist": np.asarray(self["item_artist"]).astype(np.int64),
+                    "album": np.asarray(self["item_album"]).astype(np.int64),
+                    "track_length": np.array(self["item_length"], dtype=np.float32),
+                    "audio": np.array(self["item_audio"]).view(np.int16),
+                    "has_audio": np.array(self["item_has_audio"], dtype=bool)}
+        for values in features.values():
+            values[:1] = 0  # the padding item
+        return features

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 PRIME = 2_147_483_647
 
@@ -79,16 +80,8 @@ class StreamingFrequencyEstimator(nn.Module):
 
 
 def _gather(items: torch.Tensor) -> torch.Tensor:
-    """All ranks' items concatenated (sizes may differ between ranks); ``items`` itself when single."""
+    """All ranks' items concatenated in rank order (sizes may differ between ranks: torchmetrics'
+    gather_all_tensors pads and cuts back); ``items`` itself in a single process."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return items
-    world = dist.get_world_size()
-    size = torch.tensor([items.numel()], device=items.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.full((longest,), -1, dtype=items.dtype, device=items.device)
-    padded[: items.numel()] = items
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+    return torch.cat(gather_all_tensors(items))

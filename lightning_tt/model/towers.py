@@ -10,7 +10,6 @@ Shapes: B queries, N history slots, d = ``embedding_dim``, D = audio dim, o = ``
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,11 +52,9 @@ class ItemTable(nn.Module):
             if data.vocab["num_items"] != num_items or data.vocab["audio_dim"] != audio_dim:
                 raise InputError(f"{data_dir}: {data.vocab['num_items']} items of audio dim {data.vocab['audio_dim']}, "
                                  f"the model expects {num_items} and {audio_dim}")
-            artist = torch.from_numpy(np.asarray(data["item_artist"]).astype(np.int64))
-            album = torch.from_numpy(np.asarray(data["item_album"]).astype(np.int64))
-            length = torch.from_numpy(np.array(data["item_length"], dtype=np.float32))
-            audio = torch.from_numpy(np.array(data["item_audio"]).view(np.int16)).view(torch.bfloat16)
-            has_audio = torch.from_numpy(np.array(data["item_has_audio"], dtype=bool))
+            features = {name: torch.from_numpy(values) for name, values in data.item_features().items()}
+            artist, album, length = features["artist"], features["album"], features["track_length"]
+            audio, has_audio = features["audio"].view(torch.bfloat16), features["has_audio"]
         else:  # no data: shapes only (e.g. a model built for a unit test)
             artist = torch.ones(num_items, dtype=torch.int64)
             album = torch.ones(num_items, dtype=torch.int64)
