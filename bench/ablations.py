@@ -195,7 +195,7 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
         f"mean ± std over seeds {', '.join(map(str, seeds))}. `Δ` is the change of test next-track Recall@100 "
         "against the default row; `best epoch` counts from 0; `fit s` is the mean wall time of a fit on this "
         "shared machine (the first runs overlapped with other jobs). The development set is MovieLens-small "
-        "in the Yambda layout (`--test-days 730 --val-days 365`); a difference under about 0.01 in Recall@100 "
+        "in the Yambda layout (`--split.test_days 730 --split.val_days 365`); a difference under about 0.01 in Recall@100 "
         "is noise there.", "",
     ]
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)

@@ -449,7 +449,7 @@ def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) 
     if split not in ("val", "test"):
         raise InputError(f"--split must be val or test, got {split!r}")
     if data.num_examples(split) == 0:
-        raise InputError(f"{data.path}: the {split} window has no cases (prepared with --val-days 0?); nothing to "
+        raise InputError(f"{data.path}: the {split} window has no cases (prepared with --split.val_days 0?); nothing to "
                          f"evaluate")
     return data
 
@@ -473,19 +473,19 @@ def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], name
 
 
 def _parse_metric(metric: str, catalogue: int) -> tuple[str, str, int]:
-    """``val/next/recall@100`` -> ("next", "recall", 100); InputError naming --tune-metric otherwise."""
+    """``val/next/recall@100`` -> ("next", "recall", 100); InputError naming --tune_metric otherwise."""
     choices = "val/next/recall@K or val/paper/{recall,ndcg,coverage}@K"
     try:
         split, protocol, rest = metric.split("/")
         name, k = rest.split("@")
         k = int(k)
     except ValueError:
-        raise InputError(f"--tune-metric: {metric!r} is not a metric name; use {choices}") from None
+        raise InputError(f"--tune_metric: {metric!r} is not a metric name; use {choices}") from None
     if split != "val" or (protocol, name) not in {("next", "recall"), ("paper", "recall"), ("paper", "ndcg"),
                                                   ("paper", "coverage")}:
-        raise InputError(f"--tune-metric: {metric!r} is not a validation metric; use {choices}")
+        raise InputError(f"--tune_metric: {metric!r} is not a validation metric; use {choices}")
     if not 1 <= k <= catalogue:
-        raise InputError(f"--tune-metric: k must lie in 1..{catalogue:,} (the catalogue), got {k}")
+        raise InputError(f"--tune_metric: k must lie in 1..{catalogue:,} (the catalogue), got {k}")
     return protocol, name, k
 
 
@@ -501,8 +501,8 @@ def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = Non
     "value" (its validation value), "points"}."""
     data = _checked(data_dir, "test", ks, names)
     if data.num_examples("val") == 0:
-        raise InputError(f"{data.path}: no validation window to tune on (prepared with --val-days 0); prepare it "
-                         f"with --val-days > 0 or run baselines without --tune")
+        raise InputError(f"{data.path}: no validation window to tune on (prepared with --split.val_days 0); prepare it "
+                         f"with --split.val_days > 0 or run baselines without --tune")
     protocol, _, k = _parse_metric(metric, data.vocab["num_items"] - FIRST_ITEM)
     history = history or data.default_history
     val, test = _Cases(data, "val", history, limit=TUNE_CASES), _Cases(data, "test", history)

@@ -1,19 +1,26 @@
-"""The ``lightning-tt`` command.
+"""lightning-tt: train, evaluate and serve a two-tower retrieval model on Yambda.
 
     lightning-tt fit|validate|test|predict --config configs/demo.yaml [...]   LightningCLI (model + data)
     lightning-tt demo [--workdir runs/demo]           synthesise, prepare, train and test the embedded default
     lightning-tt data synth --out DIR [...]           write a synthetic dataset in the Yambda layout
     lightning-tt data download --size 50m --out DIR   fetch a Yambda size from the Hugging Face hub
-    lightning-tt data prepare --raw DIR --out DIR     raw parquet -> prepared arrays + meta.json
+    lightning-tt data prepare --raw DIR --out DIR [--split.test_days D ...]   raw parquet -> prepared arrays
     lightning-tt data describe --data DIR             print the splits and a sample batch
-    lightning-tt baselines --data DIR [--out FILE]    Random, MostPop, DecayPop, Transitions, ItemKNN, iALS, BPR
+    lightning-tt baselines --data DIR [--k [10,100]] [--tune]   Random, MostPop, DecayPop, Transitions, ItemKNN, iALS, BPR
     lightning-tt sweep sweeps/X.yaml --trials N [-- fit flags]   a W&B sweep file run offline with Optuna
-    lightning-tt export --ckpt_path X --out DIR       item embeddings, Faiss index and id mapping
-    lightning-tt recommend --index DIR --ckpt_path X --user U --seed-item S [--k K]   (or --batch FILE --out FILE)
+    lightning-tt export --ckpt_path X --out DIR [--index.nprobe P ...]   item embeddings, Faiss index, id mapping
+    lightning-tt recommend --index DIR --ckpt_path X --user U --seed_item S [--k K]   (or --batch FILE --out FILE)
+
+Every command is parsed by jsonargparse, the library LightningCLI is built on: the Lightning loops by
+LightningCLI, the others (lightning_tt.commands) from their functions' signatures and docstrings. So
+options are spelled alike everywhere (``--index.nprobe`` here, ``--retrieval.nprobe`` in fit), lists
+are written ``[10,100]``, each command's ``--help`` lists its options with their types, defaults and
+choices, and a boolean given alone (``--overwrite``) means true.
 
 Errors in the input (a missing file, a bad column, an empty split, an option out of range, a checkpoint
 of other data...) are lightning_tt.errors.InputError: they print one line naming the file, column or
-option and exit with status 1. Anything else is a bug and keeps its traceback. Every output goes
+option and exit with status 1; a mistyped option or value exits with status 2 and one line naming it.
+Anything else is a bug and keeps its traceback. Every output goes
 through lightning_tt.outputs (never overlapping an input, replaced only with ``--overwrite``, atomic).
 
 The Lightning commands link the DataModule's sizes (``num_users``, ``num_items``, ``num_artists``,
@@ -25,17 +32,12 @@ in a fresh process, and ``fit ... --ckpt_path last.ckpt`` resumes it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from lightning_tt.data.prepare import SplitConfig
-from lightning_tt.data.schema import RawDataError
 from lightning_tt.errors import InputError
 
-#: The embedded default: a synthetic dataset small enough for 2 CPU cores.
-DEMO_SYNTH = {"rows": 300_000, "users": 2_000, "items": 20_000, "days": 30.0, "seed": 0}
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -113,7 +115,11 @@ def lightning_cli(args: list[str], run: bool = True, callbacks: list | None = No
     if not from_command_line:
         sys.argv = sys.argv[:1]
     try:
+        # omegaconf: a config may refer to its own values (``output_dim: ${model.embedding_dim}``); the
+        # references are resolved when the file is read, and config.yaml records the resolved values.
+        omegaconf = {"parser_mode": "omegaconf"}
         return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=None if from_command_line else args, run=run,
+                           parser_kwargs={**omegaconf, **{name: omegaconf for name in LIGHTNING_COMMANDS}},
                            seed_everything_default=0, save_config_callback=RunConfigSaver,
                            # the DataModule's samplers shard by rank themselves
                            trainer_defaults={"use_distributed_sampler": False, "callbacks": list(callbacks or [])})
@@ -123,286 +129,78 @@ def lightning_cli(args: list[str], run: bool = True, callbacks: list | None = No
             sys.modules["wandb"].finish()
 
 
-def _add_split_options(p: argparse.ArgumentParser) -> None:
-    d = SplitConfig()
-    p.add_argument("--test-days", type=float, default=d.test_days, help="length of the test window in days (fractions allowed)")
-    p.add_argument("--val-days", type=float, default=d.val_days, help="length of the validation window in days; 0 for none")
-    p.add_argument("--gap-seconds", type=int, default=d.gap_seconds, help="gap before the test and the validation windows")
-    p.add_argument("--history", type=int, default=d.history, help="default history window length N")
-    p.add_argument("--min-played-pct", type=int, default=d.min_played_pct, help="a listen is a positive when played_ratio_pct >= this")
+def _parser():
+    """The jsonargparse parser of the commands that are not Lightning loops (lightning_tt.commands): one
+    subcommand per function, its options from the function's signature and docstring."""
+    from jsonargparse import ArgumentParser
 
+    from lightning_tt.commands import COMMANDS, DATA_COMMANDS, POSITIONAL
 
-def _split_config(args: argparse.Namespace) -> SplitConfig:
-    return SplitConfig(test_days=args.test_days, val_days=args.val_days, gap_seconds=args.gap_seconds,
-                       history=args.history, min_played_pct=args.min_played_pct)
+    def command(function) -> ArgumentParser:
+        parser = ArgumentParser(description=function.__doc__.split("\n\n")[0], exit_on_error=False)
+        parser.add_function_arguments(function, as_positional=function in POSITIONAL, as_group=False,
+                                      skip={"fit_flags"})
+        return parser
 
+    def first_line(function) -> str:
+        return function.__doc__.split("\n")[0].rstrip(".")
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightning-tt", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="synthesise, prepare, train and test the embedded default")
-    for name in LIGHTNING_COMMANDS:
-        commands.add_parser(name, help=f"LightningCLI {name} (lightning-tt {name} --help)", add_help=False)
-    demo.add_argument("--workdir", default="runs/demo", help="where data, logs and checkpoints go (default runs/demo)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: configs/demo.yaml's)")
-
-    data = commands.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="write a synthetic dataset in the Yambda layout")
-    synth.add_argument("--out", required=True, help="output directory")
-    synth.add_argument("--rows", type=int, default=200_000, help="number of event rows")
-    synth.add_argument("--users", type=int, default=1_000)
-    synth.add_argument("--items", type=int, default=20_000)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--days", type=float, default=301.0, help="time span in days (Yambda: 301)")
-    synth.add_argument("--size", default=None, help="size label of flat/<size>/ (default: from --rows, e.g. 200k)")
-    synth.add_argument("--row-group-size", type=int, default=1_000_000)
-    synth.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-
-    down = data.add_parser("download", help="fetch one Yambda size from the Hugging Face hub")
-    down.add_argument("--size", required=True, choices=["50m", "500m", "5b"])
-    down.add_argument("--out", required=True, help="output directory (the Yambda layout)")
-    down.add_argument("--revision", default=None, help="dataset revision (branch, tag or commit)")
-
-    prep = data.add_parser("prepare", help="raw parquet -> prepared arrays + meta.json")
-    prep.add_argument("--raw", required=True, help="directory in the Yambda layout")
-    prep.add_argument("--size", default=None, help="which flat/<size>/ to use (default: the only one)")
-    prep.add_argument("--out", required=True, help="output directory (written atomically)")
-    prep.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    prep.add_argument("--audio-dim", type=int, default=128, help="expected audio embedding dimension (Yambda: 128)")
-    _add_split_options(prep)
-
-    base = commands.add_parser("baselines", help="evaluate the non-neural baselines on a prepared split")
-    base.add_argument("--data", required=True, help="a prepared directory")
-    base.add_argument("--split", default="test", choices=["val", "test"])
-    base.add_argument("--k", type=int, nargs="+", default=[10, 50, 100, 200], help="cut-offs k")
-    base.add_argument("--only", nargs="+", default=None, help="baseline names to run (default: all)")
-    base.add_argument("--tune", action="store_true",
-                      help="choose each baseline's hyperparameters on the validation window (grids in "
-                           "lightning_tt/baselines.py), then report the test window with the chosen values")
-    base.add_argument("--tune-metric", default="val/next/recall@100",
-                      help="the validation metric --tune maximises (default val/next/recall@100)")
-    base.add_argument("--out", default="runs/baselines/metrics.json", help="where metrics.json goes")
-    base.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-
-    sweep = commands.add_parser("sweep", help="run a W&B sweep file offline with Optuna (no W&B server)",
-                                usage="lightning-tt sweep SWEEP_FILE --trials N [--storage URL] [--out DIR] "
-                                      "[--seed S] [--study-name NAME] [-- fit flags]")
-    sweep.add_argument("sweep_file", help="a W&B sweep file, e.g. sweeps/two-tower-bayes.yaml")
-    sweep.add_argument("--trials", type=int, required=True,
-                       help="finished (complete or pruned) trials the study should reach")
-    sweep.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
-    sweep.add_argument("--out", default=None, help="leaderboard, figure and best.yaml (default runs/sweeps/NAME)")
-    sweep.add_argument("--seed", type=int, default=0, help="the sampler's seed")
-    sweep.add_argument("--study-name", default=None, help="default: the sweep file's name without .yaml")
-
-    exp = commands.add_parser("export", help="write item embeddings, the Faiss index and the id mapping")
-    exp.add_argument("--ckpt_path", required=True)
-    exp.add_argument("--out", required=True, help="output directory (written atomically)")
-    exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    exp.add_argument("--kind", default=None, help="flat, ivfflat, ivfpq, ivfpqfs, hnsw or ivfhnsw (default: the "
-                     "training callback's, ivfpqfs)")
-    exp.add_argument("--coarse", default=None, choices=["flat", "hnsw"], help="IVF coarse quantizer (default: by kind)")
-    exp.add_argument("--nbits", type=int, default=8)
-    for name in ("nlist", "m", "nprobe", "k-factor", "quantizer-ef-search", "train-sample"):
-        exp.add_argument(f"--{name}", type=int, default=None, help="default: chosen from the catalogue's size and dim")
-    exp.add_argument("--target-overlap", type=float, default=None,
-                     help="calibrate nprobe and k_factor until the index keeps this share of the exact top 100 "
-                          "(e.g. 0.98) on the validation window's queries")
-
-    rec = commands.add_parser("recommend", help="top-k tracks for one user and seed track, or a file of them")
-    rec.add_argument("--index", required=True, help="a directory written by `lightning-tt export`")
-    rec.add_argument("--ckpt_path", required=True)
-    rec.add_argument("--user", type=int, default=None, help="raw Yambda uid")
-    rec.add_argument("--seed-item", type=int, default=None, help="raw Yambda item_id of the current track")
-    rec.add_argument("--batch", default=None, help="a .parquet or .csv of requests (columns user, seed_item)")
-    rec.add_argument("--out", default=None, help="with --batch: where the top-k lists go (parquet)")
-    rec.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    rec.add_argument("--k", type=int, default=10)
-
-    desc = data.add_parser("describe", help="print the splits and a sample batch of a prepared dataset")
-    desc.add_argument("--data", required=True, help="a prepared directory")
-    desc.add_argument("--batch-size", type=int, default=4)
+    parser = ArgumentParser(prog="lightning-tt", description=__doc__.split("\n")[0], exit_on_error=False)
+    commands = parser.add_subcommands(dest="command")
+    for name in LIGHTNING_COMMANDS:  # listed in --help; main() hands them to LightningCLI before parsing
+        commands.add_subcommand(name, ArgumentParser(), help=f"LightningCLI {name} (lightning-tt {name} --help)")
+    for name, function in COMMANDS.items():
+        commands.add_subcommand(name, command(function), help=first_line(function))
+    data = ArgumentParser(description="dataset commands", exit_on_error=False)
+    commands.add_subcommand("data", data, help="dataset commands: synth, download, prepare, describe")
+    data_commands = data.add_subcommands(dest="command")
+    for name, function in DATA_COMMANDS.items():
+        data_commands.add_subcommand(name, command(function), help=first_line(function))
     return parser
 
 
-def _demo(workdir: Path, epochs: int | None) -> None:
-    from lightning_tt.baselines import evaluate
-    from lightning_tt.data.prepare import prepare
-    from lightning_tt.data.prepared import PreparedData, PreparedDataError
-    from lightning_tt.data.schema import find_size
-    from lightning_tt.data.summary import summarize
-    from lightning_tt.data.synth import synthesize
-    from lightning_tt.outputs import Output
-    from lightning_tt.runs import run_directory, write_json
+def _bare_booleans(args: list[str]) -> list[str]:
+    """``--overwrite`` and ``--tune`` given without a value mean true (jsonargparse wants ``--overwrite true``)."""
+    import inspect
 
-    if epochs is not None and epochs < 1:
-        raise InputError(f"--epochs must be >= 1, got {epochs}")
-    raw, prepared = workdir / "raw", workdir / "prepared"
-    # The demo reuses what an earlier demo made, and never replaces a directory it did not make.
+    from lightning_tt.commands import COMMANDS, DATA_COMMANDS
+
+    function = DATA_COMMANDS.get(args[1]) if args[:1] == ["data"] and len(args) > 1 else COMMANDS.get(args[0])
+    if function is None:
+        return args
+    flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in flags and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("true")
+    return out
+
+
+def _run(args: list[str], fit_flags: list[str]) -> None:
+    """Parse ``args`` (a command that is not a Lightning loop) and call its function."""
+    from jsonargparse import ArgumentError
+
+    from lightning_tt.commands import COMMANDS, DATA_COMMANDS
+
+    parser = _parser()
     try:
-        find_size(raw, None)
-        print(f"[demo] using the synthetic dataset in {raw}")
-    except RawDataError as err:
-        if raw.exists():
-            raise InputError(f"--workdir {workdir}: {raw} exists but is not a dataset in the Yambda layout ({err}); "
-                             f"remove it or choose another --workdir") from err
-        print(f"[demo] synthesising {DEMO_SYNTH['rows']:,} events into {raw}")
-        synthesize(raw, **DEMO_SYNTH)
-    if (prepared / "meta.json").is_file():
-        try:
-            PreparedData(prepared)
-            print(f"[demo] using the prepared arrays in {prepared}")
-        except PreparedDataError as err:  # made by an older demo (another schema version) or damaged
-            print(f"[demo] {err}: preparing {raw} -> {prepared} again")
-            prepare(raw, prepared, config=SplitConfig(), overwrite=True)
-    elif prepared.exists():
-        raise InputError(f"--workdir {workdir}: {prepared} exists but holds no meta.json; remove it or choose another "
-                         f"--workdir")
+        config = parser.parse_args(_bare_booleans(args))
+        init = parser.instantiate(config)
+    except ArgumentError as err:  # a mistyped option or value: one line that names it, exit 2 (argparse's)
+        where = " ".join(args[:2] if args[:1] == ["data"] else args[:1])
+        print(f"lightning-tt {where}: error: {' '.join(str(err).split())} (see lightning-tt {where} --help)".replace(
+            "lightning-tt : ", "lightning-tt: "), file=sys.stderr)
+        raise SystemExit(2) from err
+    name = init.command
+    if name == "data":
+        name, options, function = init.data.command, init.data[init.data.command], DATA_COMMANDS[init.data.command]
     else:
-        print(f"[demo] preparing {raw} -> {prepared}")
-        prepare(raw, prepared, config=SplitConfig())
-    print(summarize(str(prepared)))
-
-    config = CONFIGS / "demo.yaml"
-    if not config.is_file():
-        raise InputError(f"{config}: not found; run the demo from a checkout (pip install -e .)")
-    overrides = ["--data.data_dir", str(prepared), "--trainer.logger.init_args.save_dir", str(workdir / "logs")]
-    if epochs is not None:
-        overrides += ["--trainer.max_epochs", str(epochs)]
-    print(f"[demo] training: lightning-tt fit --config {config} {' '.join(overrides)}")
-    fit = lightning_cli(["fit", "--config", str(config), *overrides])
-    best = fit.trainer.checkpoint_callback.best_model_path
-    run_dir = run_directory(fit.trainer)
-    run_config = run_dir / "config.yaml"
-    ks = sorted(fit.model.hparams.recall_k)
-    baselines_file = workdir / "baselines" / "metrics.json"
-    print(f"[demo] baselines: lightning-tt baselines --data {prepared} --k {' '.join(map(str, ks))} --out {baselines_file}")
-    baselines = evaluate(str(prepared), "test", ks)
-    # The demo's own file, made again at every demo run.
-    write_json(Output(baselines_file, "file", inputs={"--data": prepared}, overwrite=True), baselines)
-    print(f"[demo] testing: lightning-tt test --config {run_config} --ckpt_path {best} "
-          f"--report.baselines_file {baselines_file}")
-    test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best,
-                          "--report.baselines_file", str(baselines_file)])
-    found = {name: float(value) for name, value in test.trainer.callback_metrics.items()}
-    model = {name.replace("exact_", ""): value for name, value in found.items() if "/exact_" in name}
-    paper_k = 100 if 100 in ks else ks[-1]
-    columns = [f"test/next/recall@{k}" for k in ks] + [f"test/paper/ndcg@{ks[0]}", f"test/paper/recall@{paper_k}"]
-    print("[demo] the test split, exact rankings (the model's ANN values are in its metrics.json):")
-    print_table({"TwoTower": model, **baselines}, columns)
-    print(f"[demo] checkpoint: {best}")
-    print(f"[demo] run directory (config, checkpoints, W&B offline run under {workdir / 'logs' / 'wandb'}): {run_dir}")
-
-
-def print_table(rows: dict[str, dict], columns: list[str], params: bool = False) -> None:
-    """A fixed-width table: one row per model, one column per metric name; with ``params``, each row's
-    ``params`` entry (a baseline's hyperparameters) after the numbers."""
-    short = [c.split("/", 1)[1] for c in columns]
-    print("    " + f"{'':<12}" + "".join(f"{c:>20}" for c in short) + ("  params" if params else ""))
-    for name, values in rows.items():
-        chosen = ", ".join(f"{k}={v}" for k, v in values.get("params", {}).items()) if params else ""
-        print("    " + f"{name:<12}" + "".join(f"{values.get(c, float('nan')):>20.4f}" for c in columns)
-              + (f"  {chosen}" if chosen else ""))
-
-
-def _baselines(args: argparse.Namespace) -> None:
-    from lightning_tt.baselines import evaluate, tune
-    from lightning_tt.outputs import Output
-    from lightning_tt.runs import write_json
-
-    if args.tune and args.split != "test":
-        raise InputError("--tune chooses on the validation window and reports the test window: drop --split val")
-    out = Output(args.out, "file", inputs={"--data": args.data}, overwrite=args.overwrite)  # checked before the work
-    ks = sorted(args.k)
-    if args.tune:
-        results = tune(args.data, ks, args.only, args.tune_metric)
-    else:
-        results = evaluate(args.data, args.split, ks, args.only)
-    write_json(out, results)
-    if args.tune:
-        print(f"chosen on the validation window by {args.tune_metric}; the test window:")
-    print_table(results, [f"{args.split}/next/recall@{k}" for k in ks] + [f"{args.split}/paper/ndcg@{ks[0]}",
-                                                                          f"{args.split}/paper/recall@{ks[-1]}"],
-                params=True)
-    print(f"metrics written to {out.path}")
-
-
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "demo":
-        _demo(Path(args.workdir), args.epochs)
-        return
-    if args.command == "baselines":
-        _baselines(args)
-        return
-    if args.command == "sweep":
-        from lightning_tt.sweep import run_sweep
-
-        out = run_sweep(args.sweep_file, args.trials, args.storage, args.out, args.fit_flags, args.seed,
-                        args.study_name)
-        print((out / "best.yaml").read_text() if (out / "best.yaml").is_file() else "no trial completed")
-        print(f"leaderboard: {out / 'leaderboard.csv'}; figure: {out / 'metric_vs_params.png'}; train with the "
-              f"best: lightning-tt fit <the sweep's --config> --config {out / 'best.yaml'}")
-        return
-    if args.command == "export":
-        from lightning_tt.eval.index import IndexConfig
-        from lightning_tt.serve import export
-
-        config = IndexConfig(kind=args.kind or IndexConfig.kind, nlist=args.nlist, m=args.m, nbits=args.nbits,
-                             nprobe=args.nprobe, k_factor=args.k_factor, coarse=args.coarse, quantizer_ef_search=args.quantizer_ef_search,
-                             train_sample=args.train_sample, target_overlap=args.target_overlap)
-        meta = export(args.ckpt_path, args.out, config, overwrite=args.overwrite)
-        print(f"exported {meta['items']:,} items ({meta['factory']}, nprobe {meta['nprobe']}, k_factor "
-              f"{meta['k_factor']}, {meta['index_bytes'] / 2**20:.1f} MiB) to {args.out}")
-        if meta["calibration"]:
-            nprobe, k_factor, overlap = meta["calibration"][-1]
-            print(f"calibrated on the validation queries: top-100 overlap {overlap:.3f} at nprobe {nprobe}, "
-                  f"k_factor {k_factor} (target {meta['target_overlap']})")
-        return
-    if args.command == "recommend":
-        from lightning_tt.serve import recommend, recommend_batch
-
-        if args.batch is not None:
-            if args.out is None or args.user is not None or args.seed_item is not None:
-                raise InputError("--batch FILE needs --out FILE and no --user or --seed-item")
-            found = recommend_batch(args.index, args.ckpt_path, args.batch, args.out, args.k, args.overwrite)
-            print(f"{found['requests']:,} requests ({found['unknown_users']:,} unknown users, "
-                  f"{found['unknown_seeds']:,} unknown seed items) at {found['queries_per_second']:,.0f} queries/s; "
-                  f"top {args.k} written to {args.out}")
-            return
-        if args.user is None or args.seed_item is None:
-            raise InputError("recommend needs --user and --seed-item, or --batch FILE --out FILE")
-        items, notes = recommend(args.index, args.ckpt_path, args.user, args.seed_item, args.k)
-        for note in notes:
-            print(f"note: {note}")
-        print(f"{'rank':>4}  {'item_id':>10}  score")
-        for rank, (item, score) in enumerate(items, 1):
-            print(f"{rank:>4}  {item:>10}  {score:.4f}")
-        return
-    if args.data_command == "synth":
-        from lightning_tt.data.synth import synthesize
-
-        path = synthesize(args.out, rows=args.rows, users=args.users, items=args.items, seed=args.seed,
-                          size=args.size, days=args.days, row_group_size=args.row_group_size,
-                          overwrite=args.overwrite)
-        print(f"wrote {path}")
-    elif args.data_command == "download":
-        from lightning_tt.data.download import download
-
-        print(f"downloaded Yambda {args.size} into {download(args.size, args.out, revision=args.revision)}")
-    elif args.data_command == "prepare":
-        from lightning_tt.data.prepare import prepare
-
-        meta = prepare(args.raw, args.out, size=args.size, config=_split_config(args),
-                       audio_dim=args.audio_dim, overwrite=args.overwrite)
-        c = meta["counts"]
-        print(f"prepared {args.out}: {c['train_examples']:,} train examples, {c['val_examples']:,} val cases, "
-              f"{c['test_examples']:,} test cases in {meta['seconds']:.1f} s; dropped "
-              f"{c['duplicate_events_dropped']:,} exact duplicate events")
-    elif args.data_command == "describe":
-        from lightning_tt.data.summary import summarize
-
-        print(summarize(args.data, batch_size=args.batch_size))
+        options, function = init[name], COMMANDS[name]
+    options = dict(options.items())  # instantiated: a dataclass option is its object
+    if function is COMMANDS["sweep"]:
+        options["fit_flags"] = fit_flags
+    function(**options)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -415,9 +213,7 @@ def main(args: list[str] | None = None) -> None:
         fit_flags = []
         if args and args[0] == "sweep" and "--" in args:  # what follows -- goes to every trial's fit
             fit_flags, args = args[args.index("--") + 1:], args[: args.index("--")]
-        parsed = _parser().parse_args(args)
-        parsed.fit_flags = fit_flags
-        _run(parsed)
+        _run(args, fit_flags)
     except InputError as err:  # a user's mistake: one line; anything else is a bug and keeps its traceback
         print(f"lightning-tt: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(1) from err

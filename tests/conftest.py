@@ -25,7 +25,7 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def dev_prepared(request, tmp_path_factory):
-    """The development set prepared with its README's split (--test-days 730 --val-days 365); skips the
+    """The development set prepared with its README's split (--split.test_days 730 --split.val_days 365); skips the
     test when neither --dev-set nor LIGHTNING_TT_DEV_SET names a directory that holds one."""
     from lightning_tt.data.prepare import SplitConfig, prepare
 

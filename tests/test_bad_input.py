@@ -15,7 +15,7 @@ from lightning_tt.data import schema
 def run_prepare(raw, tmp_path, capsys, *extra):
     out = tmp_path / "prepared"
     with pytest.raises(SystemExit) as exit_info:
-        main(["data", "prepare", "--raw", str(raw), "--out", str(out), "--audio-dim", "4", *extra])
+        main(["data", "prepare", "--raw", str(raw), "--out", str(out), "--audio_dim", "4", *extra])
     assert exit_info.value.code == 1
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]  # no temporary left
@@ -127,7 +127,7 @@ def test_embedding_of_wrong_dimension(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flags, split",
-    [(["--val-days", "0.001"], "val"), (["--min-played-pct", "121"], "train"), (["--test-days", "0.5", "--min-played-pct", "56"], "test")],
+    [(["--split.val_days", "0.001"], "val"), (["--split.min_played_pct", "121"], "train"), (["--split.test_days", "0.5", "--split.min_played_pct", "56"], "test")],
 )
 def test_empty_split(hand_raw, tmp_path, capsys, flags, split):
     err = run_prepare(hand_raw, tmp_path, capsys, *flags)
@@ -135,8 +135,8 @@ def test_empty_split(hand_raw, tmp_path, capsys, flags, split):
 
 
 def test_bad_option(hand_raw, tmp_path, capsys):
-    err = run_prepare(hand_raw, tmp_path, capsys, "--history", "0")
-    assert "--history must be >= 1" in err
+    err = run_prepare(hand_raw, tmp_path, capsys, "--split.history", "0")
+    assert "--split.history must be >= 1" in err
 
 
 def test_existing_output_is_kept(hand_raw, tmp_path, capsys):
@@ -144,7 +144,7 @@ def test_existing_output_is_kept(hand_raw, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     with pytest.raises(SystemExit) as exit_info:
-        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio-dim", "4"])
+        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio_dim", "4"])
     assert exit_info.value.code == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "precious"
@@ -152,9 +152,9 @@ def test_existing_output_is_kept(hand_raw, tmp_path, capsys):
 
 def test_failure_keeps_the_previous_output(hand_raw, tmp_path, capsys):
     out = tmp_path / "prepared"
-    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio-dim", "4"])
+    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio_dim", "4"])
     before = (out / "meta.json").read_text()
     rewrite_events(hand_raw, lambda t: t.drop_columns(["timestamp"]))
     with pytest.raises(SystemExit):
-        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio-dim", "4", "--overwrite"])
+        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio_dim", "4", "--overwrite"])
     assert (out / "meta.json").read_text() == before

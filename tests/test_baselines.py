@@ -157,7 +157,7 @@ def test_tune_chooses_the_best_validation_point_and_reports_the_test_window(tmp_
                                           ("val/next/recall", "not a metric name"),
                                           ("val/next/recall@100000", "k must lie in")])
 def test_tune_metric_is_checked(data, metric, says):
-    with pytest.raises(InputError, match="--tune-metric") as err:
+    with pytest.raises(InputError, match="--tune_metric") as err:
         tune(str(data.path), [1], metric=metric, progress=False)
     assert says in str(err.value)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_tt import cli
+from lightning_tt import demo
 from lightning_tt.cli import main
 
 
@@ -14,15 +14,15 @@ def test_synth_prepare_describe(tmp_path, capsys):
     main(["data", "synth", "--out", str(raw), "--rows", "20000", "--users", "100", "--items", "2000",
           "--days", "20", "--seed", "1"])
     assert (raw / "flat" / "20k" / "multi_event.parquet").is_file()
-    main(["data", "prepare", "--raw", str(raw), "--out", str(prepared), "--history", "10",
-          "--test-days", "2", "--val-days", "2"])
+    main(["data", "prepare", "--raw", str(raw), "--out", str(prepared), "--split.history", "10",
+          "--split.test_days", "2", "--split.val_days", "2"])
     meta = json.loads((prepared / "meta.json").read_text())
     assert meta["config"]["history"] == 10 and meta["source"]["size"] == "20k"
     assert meta["boundaries"]["test_start"] == 20 * 86_400 - 2 * 86_400
     assert meta["counts"]["raw_rows"] == 20_000
     out = capsys.readouterr().out
     assert f"prepared {prepared}:" in out
-    main(["data", "describe", "--data", str(prepared), "--batch-size", "3"])
+    main(["data", "describe", "--data", str(prepared), "--batch_size", "3"])
     out = capsys.readouterr().out
     assert "sample train batch (B=3, N=10)" in out
     assert "history_item                int64    [3x10]" in out
@@ -32,7 +32,7 @@ def test_synth_prepare_describe(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:The number of training batches")
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_demo_synthesises_once_and_reuses(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "DEMO_SYNTH", {"rows": 20_000, "users": 100, "items": 2_000, "days": 20.0, "seed": 0})
+    monkeypatch.setattr(demo, "DEMO_SYNTH", {"rows": 20_000, "users": 100, "items": 2_000, "days": 20.0, "seed": 0})
     main(["demo", "--workdir", str(tmp_path)])
     first = capsys.readouterr().out
     assert "[demo] synthesising 20,000 events" in first and "[demo] preparing" in first
@@ -63,9 +63,9 @@ def test_unknown_command_exits_with_usage(capsys):
 
 
 def test_baselines_command_writes_metrics_json(hand_raw, tmp_path, capsys):
-    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "p"), "--audio-dim", "4"])
+    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "p"), "--audio_dim", "4"])
     out = tmp_path / "b" / "metrics.json"
-    main(["baselines", "--data", str(tmp_path / "p"), "--k", "1", "2", "--only", "MostPop", "Transitions",
+    main(["baselines", "--data", str(tmp_path / "p"), "--k", "[1,2]", "--only", "[MostPop,Transitions]",
           "--out", str(out)])
     results = json.loads(out.read_text())
     assert set(results) == {"MostPop", "Transitions"}
@@ -74,10 +74,10 @@ def test_baselines_command_writes_metrics_json(hand_raw, tmp_path, capsys):
 
 
 def test_baselines_tune_writes_the_chosen_values(hand_raw, tmp_path, capsys):
-    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "p"), "--audio-dim", "4"])
+    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "p"), "--audio_dim", "4"])
     out = tmp_path / "b" / "metrics.json"
-    main(["baselines", "--data", str(tmp_path / "p"), "--k", "1", "2", "--only", "DecayPop", "iALS", "--tune",
-          "--tune-metric", "val/paper/ndcg@2", "--out", str(out)])
+    main(["baselines", "--data", str(tmp_path / "p"), "--k", "[1,2]", "--only", "[DecayPop,iALS]", "--tune",
+          "--tune_metric", "val/paper/ndcg@2", "--out", str(out)])
     results = json.loads(out.read_text())
     assert set(results) == {"DecayPop", "iALS"}
     for name, values in results.items():
@@ -87,14 +87,14 @@ def test_baselines_tune_writes_the_chosen_values(hand_raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "chosen on the validation window by val/paper/ndcg@2" in printed
     assert f"half_life_days={results['DecayPop']['params']['half_life_days']}" in printed
-    for args, says in ((["--split", "val"], "drop --split val"), (["--tune-metric", "test/next/recall@1"],
+    for args, says in ((["--split", "val"], "drop --split val"), (["--tune_metric", "test/next/recall@1"],
                                                                   "not a validation metric")):
         with pytest.raises(SystemExit):
             main(["baselines", "--data", str(tmp_path / "p"), "--tune", "--k", "1", "--out", str(tmp_path / "x.json"),
                   *args])
         assert says in capsys.readouterr().err
-    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "noval"), "--audio-dim", "4",
-          "--val-days", "0"])
+    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(tmp_path / "noval"), "--audio_dim", "4",
+          "--split.val_days", "0"])
     with pytest.raises(SystemExit):
         main(["baselines", "--data", str(tmp_path / "noval"), "--tune", "--k", "1", "--out", str(tmp_path / "y.json")])
     assert "no validation window to tune on" in capsys.readouterr().err

@@ -128,6 +128,29 @@ def test_configs_in_the_repository_parse(prepared):
         cli = lightning_cli(["--config", str(config), "--data.data_dir", str(prepared),
                              "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
         assert cli.model.hparams.num_items == cli.datamodule.num_items
+        assert cli.model.hparams.output_dim == cli.model.hparams.embedding_dim  # ${model.embedding_dim}
+
+
+def test_a_config_may_interpolate_its_own_values(prepared, tmp_path):
+    """LightningCLI runs in omegaconf mode: ${...} in a config resolves to the value it names when the
+    file is read (so a later flag for the named value does not move it)."""
+    from omegaconf import OmegaConf
+
+    from lightning_tt.cli import CONFIGS, lightning_cli
+
+    config = yaml.safe_load(CONF.read_text())
+    config["model"].update(embedding_dim=12, output_dim="${model.embedding_dim}", hidden_dims=["${model.embedding_dim}"])
+    path = tmp_path / "interpolated.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = lightning_cli(["--config", str(path), "--data.data_dir", str(prepared)], run=False)
+    assert cli.model.hparams.output_dim == 12 and list(cli.model.hparams.hidden_dims) == [12]
+    cli = lightning_cli(["--config", str(path), "--data.data_dir", str(prepared), "--model.embedding_dim", "6"],
+                        run=False)
+    assert cli.model.hparams.embedding_dim == 6 and cli.model.hparams.output_dim == 12
+    # The demo config's own references: its data lives under its logger's save_dir.
+    demo = OmegaConf.to_container(OmegaConf.load(CONFIGS / "demo.yaml"), resolve=True)
+    assert demo["data"]["data_dir"] == demo["trainer"]["logger"]["init_args"]["save_dir"] + "/prepared"
+    assert demo["model"]["output_dim"] == demo["model"]["embedding_dim"] == 64
 
 
 def test_export_and_recommend(prepared, tmp_path, capsys):
@@ -138,15 +161,15 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
 
     run = fit(prepared, tmp_path)
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat"])
+    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--index.kind", "flat"])
     meta = json.loads((tmp_path / "export" / "export.json").read_text())
     data = PreparedData(prepared)
     assert meta["items"] == data.vocab["num_items"] - 2 and meta["factory"] == "Flat"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no temporary left
     assert meta["calibration"] is None and meta["nprobe"] is not None
     capsys.readouterr()
-    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "calibrated"), "--kind", "ivfflat", "--nlist", "16",
-          "--nprobe", "1", "--target-overlap", "0.99"])
+    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "calibrated"), "--index.kind", "ivfflat", "--index.nlist", "16",
+          "--index.nprobe", "1", "--index.target_overlap", "0.99"])
     calibrated = json.loads((tmp_path / "calibrated" / "export.json").read_text())
     nprobe, _, overlap = calibrated["calibration"][-1]  # on the validation window's queries
     assert calibrated["nprobe"] == nprobe > 1 and (overlap >= 0.99 or nprobe == 16)
@@ -156,8 +179,8 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     assert faiss.extract_index_ivf(stored).nprobe == nprobe  # the file serves with the calibrated value
     assert f"nprobe {nprobe}" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # an existing export is replaced only with --overwrite
-        main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat"])
-    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--kind", "flat", "--overwrite"])
+        main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--index.kind", "flat"])
+    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "export"), "--index.kind", "flat", "--overwrite"])
 
     user, seed = int(data["user_ids"][2]), int(data["item_ids"][5])
     items, notes = recommend(tmp_path / "export", ckpt, user, seed, k=5)
@@ -170,13 +193,13 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     assert [i for i, _ in items] == np.asarray(data["item_ids"])[best].tolist()
 
     main(["recommend", "--index", str(tmp_path / "export"), "--ckpt_path", ckpt, "--user", "987654321",
-          "--seed-item", "123456789", "--k", "3"])
+          "--seed_item", "123456789", "--k", "3"])
     out = capsys.readouterr().out
     assert "unknown user 987654321" in out and "unknown seed item 123456789" in out
     assert len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 3  # still 3 answers
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["recommend", "--index", str(tmp_path / "nowhere"), "--ckpt_path", ckpt, "--user", "1", "--seed-item", "1"])
+        main(["recommend", "--index", str(tmp_path / "nowhere"), "--ckpt_path", ckpt, "--user", "1", "--seed_item", "1"])
     assert exit_info.value.code == 1 and "no export.json" in capsys.readouterr().err
 
     # Many requests in one call: the same lists as one request at a time, unknown ids counted.
@@ -267,7 +290,7 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
     main(["test", "--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
           "--trainer.logger.init_args.save_dir", str(tmp_path / "test"), *NEW_INPUTS, "--ckpt_path", str(ckpt)])
     assert "metrics written to" in capsys.readouterr().out
-    main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "export"), "--kind", "flat"])
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "export"), "--index.kind", "flat"])
     model, data = load_model(ckpt)
     gather = _query_gatherer(data, model, None)
     assert (gather.history, gather.feedback) == (5, 3)  # what training used

@@ -43,7 +43,7 @@ def test_fetches_only_the_needed_files_and_checks_them(stub_hub, tmp_path, capsy
     assert schema.check_raw_dir(out) == "50m"
     assert "downloaded Yambda 50m" in capsys.readouterr().out
     # The downloaded directory is a valid --raw for prepare.
-    main(["data", "prepare", "--raw", str(out), "--out", str(tmp_path / "prepared"), "--audio-dim", "4"])
+    main(["data", "prepare", "--raw", str(out), "--out", str(tmp_path / "prepared"), "--audio_dim", "4"])
     assert (tmp_path / "prepared" / "meta.json").is_file()
 
 

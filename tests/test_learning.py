@@ -4,9 +4,10 @@ and seed-to-next transition counts on next-track Recall@10 and Recall@100 (slow:
 import pytest
 
 from lightning_tt.baselines import evaluate
-from lightning_tt.cli import DEMO_SYNTH, lightning_cli
+from lightning_tt.cli import lightning_cli
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.synth import synthesize
+from lightning_tt.demo import DEMO_SYNTH
 
 
 @pytest.mark.slow

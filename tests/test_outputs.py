@@ -215,6 +215,6 @@ def test_prepare_protects_raw_files_that_are_links_to_elsewhere(hand_raw, tmp_pa
     embeddings.symlink_to(elsewhere / "embeddings.parquet")
     before = tree(elsewhere)
     with pytest.raises(SystemExit):
-        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(elsewhere), "--overwrite", "--audio-dim", "4"])
+        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(elsewhere), "--overwrite", "--audio_dim", "4"])
     assert "contains the input" in capsys.readouterr().err
     assert tree(elsewhere) == before

@@ -196,7 +196,7 @@ def test_the_cli_reports_the_duplicates_it_dropped(tmp_path, capsys):
     from lightning_tt.cli import main
 
     raw = write_raw(tmp_path / "raw", [row for row in hand_rows() for _ in range(2)])
-    main(["data", "prepare", "--raw", str(raw), "--out", str(tmp_path / "out"), "--audio-dim", "4"])
+    main(["data", "prepare", "--raw", str(raw), "--out", str(tmp_path / "out"), "--audio_dim", "4"])
     assert f"dropped {len(hand_rows())} exact duplicate events" in capsys.readouterr().out
 
 

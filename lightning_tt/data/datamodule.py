@@ -23,7 +23,7 @@ class YambdaDataModule(L.LightningDataModule):
         data_dir: a directory written by ``lightning-tt data prepare``.
         batch_size: training examples per batch.
         eval_batch_size: evaluation cases per batch (default: ``batch_size``).
-        history: history window length N (default: the ``--history`` the data was prepared with).
+        history: history window length N (default: the ``--split.history`` the data was prepared with).
         num_workers: DataLoader worker processes (0 assembles batches in the training process).
         seed: seed of the per-epoch shuffling of training examples.
         lean: batches of indices only (see :mod:`lightning_tt.data.batches`); the model looks the
@@ -75,7 +75,7 @@ class YambdaDataModule(L.LightningDataModule):
                                  f"{per} in {self.data.path}: no training batch; choose a smaller data.batch_size")
         split = {"validate": "val", "test": "test", "predict": "test"}.get(stage)
         if split and self.data.num_examples(split) == 0:
-            raise InputError(f"{self.data.path}: the {split} window has no cases (prepared with --val-days 0?); "
+            raise InputError(f"{self.data.path}: the {split} window has no cases (prepared with --split.val_days 0?); "
                              f"prepare the data with a {split} window")
 
     @property

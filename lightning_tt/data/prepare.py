@@ -72,7 +72,15 @@ from lightning_tt.outputs import Output
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Options of the temporal split and of the positives (CLI flags of ``data prepare``)."""
+    """Options of the temporal split and of the positives (``lightning-tt data prepare --split.*``).
+
+    Args:
+        test_days: length of the test window in days (fractions allowed)
+        val_days: length of the validation window in days; 0 for none
+        gap_seconds: gap before the test and the validation windows
+        history: default history window length N
+        min_played_pct: a listen is a positive when played_ratio_pct >= this
+    """
 
     test_days: float = 1.0
     val_days: float = 1.0
@@ -84,11 +92,11 @@ class SplitConfig:
         for name in ("test_days", "val_days", "gap_seconds", "history", "min_played_pct"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+                raise InputError(f"--split.{name} must be a finite number >= 0, got {value}")
         if self.test_days <= 0:
-            raise InputError(f"--test-days must be > 0, got {self.test_days}")
+            raise InputError(f"--split.test_days must be > 0, got {self.test_days}")
         if self.history < 1:
-            raise InputError(f"--history must be >= 1, got {self.history}")
+            raise InputError(f"--split.history must be >= 1, got {self.history}")
 
     def boundaries(self, end: int) -> dict[str, int]:
         """Split boundaries for a dataset whose last timestamp is ``end`` (see module docstring)."""
@@ -123,8 +131,8 @@ def _empty_split_error(split: str, bounds: dict, path: Path, cfg: SplitConfig) -
     }[split]
     return RawDataError(
         f"{path}: split '{split}' is empty: no listen with played_ratio_pct >= {cfg.min_played_pct} of a "
-        f"user with training history has column 'timestamp' in {window}; adjust --test-days, --val-days "
-        f"or --gap-seconds"
+        f"user with training history has column 'timestamp' in {window}; adjust --split.test_days, --split.val_days "
+        f"or --split.gap_seconds"
     )
 
 
@@ -145,7 +153,7 @@ def prepare(
     """
     config.validate()
     if audio_dim < 1:
-        raise InputError(f"--audio-dim must be >= 1, got {audio_dim}")
+        raise InputError(f"--audio_dim must be >= 1, got {audio_dim}")
     raw = Path(raw)
     size = schema.check_raw_dir(raw, size)  # footers only
     events = schema.events_path(raw, size)

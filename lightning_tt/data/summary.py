@@ -17,7 +17,7 @@ def _when(seconds: int) -> str:
 def summarize(data_dir: str, batch_size: int = 4, history: int | None = None) -> str:
     """A multi-line report: sources, vocabulary sizes, split windows and counts, a sample batch."""
     if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+        raise InputError(f"--batch_size must be >= 1, got {batch_size}")
     data = PreparedData(data_dir)
     b, c, v = data.boundaries, data.counts, data.vocab
     history = history or data.default_history

@@ -430,7 +430,7 @@ def synthesize(
     only with ``overwrite``.
     """
     if users < 1 or items < 1 or row_group_size < 1:
-        raise InputError(f"--users, --items and --row-group-size must be >= 1 (got {users}, {items}, {row_group_size})")
+        raise InputError(f"--users, --items and --row_group_size must be >= 1 (got {users}, {items}, {row_group_size})")
     if rows < MIN_EVENTS * users:
         raise InputError(f"--rows {rows} is below {MIN_EVENTS} events for each of --users {users}")
     if not 0 < days < 2**32 / DAY:

@@ -26,7 +26,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_tt.data.prepared import FIRST_ITEM
 from lightning_tt.errors import InputError
-from lightning_tt.eval.index import IndexConfig, build_index
+from lightning_tt.eval.index import Coarse, IndexConfig, Kind, build_index
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
 #: What the callback keeps of each protocol's step outputs, in order.
@@ -49,9 +49,9 @@ class FaissRetrieval(L.Callback):
 
     DRIFT_SAMPLE = 10_000
 
-    def __init__(self, kind: str = IndexConfig.kind, nlist: int | None = None, m: int | None = None, nbits: int = 8,
+    def __init__(self, kind: Kind = IndexConfig.kind, nlist: int | None = None, m: int | None = None, nbits: int = 8,
                  rerank: bool = True, hnsw_m: int = 32, nprobe: int | None = None, ef_search: int = 128,
-                 k_factor: int | None = None, coarse: str | None = None, quantizer_ef_search: int | None = None,
+                 k_factor: int | None = None, coarse: Coarse | None = None, quantizer_ef_search: int | None = None,
                  train_sample: int | None = None, warm_start: float | None = None,
                  target_overlap: float | None = None):
         """Unset (None) options are chosen from the catalogue's size and dim (lightning_tt.eval.index)."""

@@ -52,6 +52,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import faiss
 import numpy as np
@@ -68,13 +69,32 @@ FAISS_POINTS_PER_CENTROID = 256
 CALIBRATION_QUERIES = 256
 CALIBRATION_K = 100
 MAX_K_FACTOR = 64
-KINDS = ("flat", "ivfflat", "ivfpq", "ivfpqfs", "hnsw", "ivfhnsw")
-COARSE = ("flat", "hnsw")
+Kind = Literal["flat", "ivfflat", "ivfpq", "ivfpqfs", "hnsw", "ivfhnsw"]
+Coarse = Literal["flat", "hnsw"]
+KINDS, COARSE = get_args(Kind), get_args(Coarse)
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = "ivfpqfs"
+    """A Faiss index (see the module docstring); None: chosen from the catalogue's size and dim.
+
+    Args:
+        kind: the index kind
+        nlist: IVF lists
+        m: PQ sub-quantizers
+        nbits: bits per PQ code (ivfpq; fast-scan uses 4)
+        rerank: re-rank the PQ candidates exactly (RFlat)
+        hnsw_m: HNSW graph degree
+        nprobe: IVF lists visited per query
+        ef_search: HNSW search depth
+        k_factor: candidates re-ranked exactly = k_factor x k
+        coarse: the IVF coarse quantizer
+        quantizer_ef_search: the HNSW coarse quantizer's efSearch
+        train_sample: vectors (a seeded sample) the training sees
+        target_overlap: calibrate nprobe and k_factor to keep this share of the exact top 100
+    """
+
+    kind: Kind = "ivfpqfs"
     nlist: int | None = None
     m: int | None = None
     nbits: int = 8
@@ -83,25 +103,26 @@ class IndexConfig:
     nprobe: int | None = None
     ef_search: int = 128
     k_factor: int | None = None
-    coarse: str | None = None
+    coarse: Coarse | None = None
     quantizer_ef_search: int | None = None
     train_sample: int | None = None
     target_overlap: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise InputError(f"index kind (--kind, retrieval.kind) must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise InputError(f"index kind (--index.kind, retrieval.kind) must be one of {', '.join(KINDS)}, got "
+                             f"{self.kind!r}")
         if self.coarse not in (None, *COARSE):
-            raise InputError(f"index option coarse (--coarse, retrieval.coarse) must be flat or hnsw, got {self.coarse!r}")
+            raise InputError(f"index option coarse (--index.coarse, retrieval.coarse) must be flat or hnsw, got "
+                             f"{self.coarse!r}")
         for name in ("nlist", "m", "nbits", "hnsw_m", "nprobe", "ef_search", "k_factor", "quantizer_ef_search",
                      "train_sample"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise InputError(f"index option {name} (--{name.replace('_', '-')}, retrieval.{name}) must be >= 1, "
-                                 f"got {value}")
+                raise InputError(f"index option {name} (--index.{name}, retrieval.{name}) must be >= 1, got {value}")
         if self.target_overlap is not None and not 0 < self.target_overlap <= 1:
-            raise InputError(f"index option target_overlap (--target-overlap, retrieval.target_overlap) must be in "
-                             f"(0, 1], got {self.target_overlap}")
+            raise InputError(f"index option target_overlap (--index.target_overlap, retrieval.target_overlap) must be "
+                             f"in (0, 1], got {self.target_overlap}")
 
 
 def resolved(config: IndexConfig, n: int, dim: int) -> IndexConfig:

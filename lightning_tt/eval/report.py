@@ -151,6 +151,6 @@ def read_recall_curves(baselines_file: str, ks: list[int]) -> dict[str, dict[int
         missing = [f"test/next/recall@{k}" for k in ks if f"test/next/recall@{k}" not in values]
         if missing:
             raise InputError(f"{path}: baseline {name} has no {missing[0]} (report.baselines_file must come from "
-                             f"`lightning-tt baselines --split test --k {' '.join(map(str, sorted(ks)))}`)")
+                             f"`lightning-tt baselines --split test --k [{','.join(map(str, sorted(ks)))}]`)")
         curves[name] = {k: float(values[f"test/next/recall@{k}"]) for k in ks}
     return curves

@@ -18,12 +18,15 @@ N of them, so position ``P - 1`` is always the most recent listen.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
 from lightning_tt.errors import InputError
 
-ENCODERS = ("mean", "recency", "attention")
+HistoryEncoder = Literal["mean", "recency", "attention"]
+ENCODERS = get_args(HistoryEncoder)
 
 
 def _positions(table: torch.Tensor, length: int) -> torch.Tensor:

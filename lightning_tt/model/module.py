@@ -17,6 +17,7 @@ predict_step:   top-k item indices and scores per case.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import lightning as L
 import torch
@@ -25,11 +26,13 @@ from lightning_tt.data.prepared import FIRST_ITEM
 from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
+from lightning_tt.model.history import HistoryEncoder
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
 from lightning_tt.provenance import check_same_data
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]  # torch.compile's
+COMPILE_MODES = get_args(CompileMode)
 
 
 class TwoTowerModule(L.LightningModule):
@@ -113,9 +116,9 @@ class TwoTowerModule(L.LightningModule):
         recall_k: list[int] = [10, 50, 100, 200],  # noqa: B006
         eval_chunk: int = 65536,
         compile: bool = False,
-        compile_mode: str = "default",
+        compile_mode: CompileMode = "default",
         sparse_embeddings: bool = False,
-        history_encoder: str = "mean",
+        history_encoder: HistoryEncoder = "mean",
         history: int = 50,
         attention_blocks: int = 1,
         attention_heads: int = 2,

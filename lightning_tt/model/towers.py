@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_tt.errors import InputError
-from lightning_tt.model.history import ENCODERS, HistoryAttention, HistoryPooling
+from lightning_tt.model.history import ENCODERS, HistoryAttention, HistoryEncoder, HistoryPooling
 
 
 def log_length(seconds: torch.Tensor) -> torch.Tensor:
@@ -145,7 +145,7 @@ class QueryTower(nn.Module):
     def __init__(self, table: ItemTable, ids: Embeddings, num_users: int, output_dim: int, hidden: list[int],
                  dropout: float, use_user: bool, use_history: bool, use_seed: bool, use_age: bool,
                  use_item_id: bool, use_artist: bool, use_album: bool, use_length: bool, use_audio: bool,
-                 history_encoder: str = "mean", history: int = 50, attention_blocks: int = 1,
+                 history_encoder: HistoryEncoder = "mean", history: int = 50, attention_blocks: int = 1,
                  attention_heads: int = 2, use_play_ratio: bool = False, feedback: int = 0,
                  use_organic: bool = False):
         super().__init__()
