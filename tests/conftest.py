@@ -1,17 +1,15 @@
+"""Shared fixtures: the hand-worked raw dataset (fresh per test: some tests damage it) and, prepared once
+per session and only read, the hand-worked dataset, a small synthetic one and the development set."""
+
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.rawdata import hand_rows, write_raw
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from rawdata import event, write_raw  # noqa: E402
-
-from lightning_tt.data.schema import DAY  # noqa: E402
-
-END = 10 * DAY
 #: The development set (real MovieLens behaviour in the Yambda layout) is never copied into the project:
 #: its directory comes from this environment variable or --dev-set, with no default.
 DEV_SET_VARIABLE = "LIGHTNING_TT_DEV_SET"
@@ -40,43 +38,26 @@ def dev_prepared(request, tmp_path_factory):
     return out
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` as {relative path: bytes} (a file: {its name: bytes}), to check byte for
-    byte that a command left it alone."""
-    root = Path(root)
-    if root.is_file():
-        return {root.name: root.read_bytes()}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def hand_rows():
-    """The hand-worked dataset of test_prepare.py (end = day 10; defaults give
-    train_end 687600, val [689400, 775800), test [777600, 864000])."""
-    L = lambda i: 100 + i  # noqa: E731  track length of item i
-    return [
-        event(5, 10, 100, ratio=80, length=L(10)),
-        event(5, 10, 100, "like"),
-        event(5, 11, 200, ratio=30, length=L(11)),
-        event(5, 12, 300, ratio=100, length=L(12)),
-        event(5, 13, 687_595, ratio=120, length=L(13)),
-        event(5, 14, 688_000, ratio=90, length=L(14)),
-        event(5, 15, 700_000, ratio=60, length=L(15)),
-        event(5, 16, 776_000, ratio=90, length=L(16)),
-        event(5, 99, 800_000, ratio=70, length=L(99)),
-        event(5, 10, 800_005, ratio=40, length=L(10)),
-        event(5, 12, END, ratio=55, length=L(12)),
-        event(7, 10, 690_000, ratio=90, length=L(10)),
-        event(7, 11, 800_000, ratio=90, length=L(11)),
-        event(9, 11, 50, ratio=50, length=L(11)),
-        event(9, 12, 60, "dislike"),
-        event(9, 12, 800_000, ratio=50, length=L(12)),
-    ]
+def write_hand_raw(root: Path) -> Path:
+    """The hand-worked dataset (tests.rawdata.hand_rows) in the Yambda layout under ``root/raw``: row groups
+    of 4 rows, item 11 on a second album, item 13 without an artist, item 12 without audio."""
+    return write_raw(root / "raw", hand_rows(), row_group_size=4, second_album=(11,), no_artist=(13,),
+                     no_audio=(12,))
 
 
 @pytest.fixture
 def hand_raw(tmp_path):
-    return write_raw(tmp_path / "raw", hand_rows(), row_group_size=4, second_album=(11,), no_artist=(13,),
-                     no_audio=(12,))
+    return write_hand_raw(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def hand_prepared(tmp_path_factory) -> Path:
+    """The hand-worked dataset prepared with the default split and audio dim 4; shared: only read it."""
+    from lightning_tt.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("hand")
+    prepare(write_hand_raw(root), root / "prepared", audio_dim=4, progress=False)
+    return root / "prepared"
 
 
 @pytest.fixture(scope="session")

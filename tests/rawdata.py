@@ -9,6 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lightning_tt.data import schema
+from lightning_tt.data.schema import DAY
+
+#: The hand-worked dataset's last timestamp (day 10).
+END = 10 * DAY
 
 
 def event(uid, item, ts, kind="listen", ratio=80, length=200):
@@ -55,3 +59,27 @@ def write_raw(root: Path, rows: list[dict], items=None, size: str = "tiny", dim:
         "normalized_embed": pa.array(normalised, pa.list_(pa.float32())),
     }), root / schema.EMBEDDINGS_FILE)
     return root
+
+
+def hand_rows():
+    """The hand-worked dataset of test_prepare.py (end = day 10; defaults give
+    train_end 687600, val [689400, 775800), test [777600, 864000])."""
+    L = lambda i: 100 + i  # noqa: E731  track length of item i
+    return [
+        event(5, 10, 100, ratio=80, length=L(10)),
+        event(5, 10, 100, "like"),
+        event(5, 11, 200, ratio=30, length=L(11)),
+        event(5, 12, 300, ratio=100, length=L(12)),
+        event(5, 13, 687_595, ratio=120, length=L(13)),
+        event(5, 14, 688_000, ratio=90, length=L(14)),
+        event(5, 15, 700_000, ratio=60, length=L(15)),
+        event(5, 16, 776_000, ratio=90, length=L(16)),
+        event(5, 99, 800_000, ratio=70, length=L(99)),
+        event(5, 10, 800_005, ratio=40, length=L(10)),
+        event(5, 12, END, ratio=55, length=L(12)),
+        event(7, 10, 690_000, ratio=90, length=L(10)),
+        event(7, 11, 800_000, ratio=90, length=L(11)),
+        event(9, 11, 50, ratio=50, length=L(11)),
+        event(9, 12, 60, "dislike"),
+        event(9, 12, 800_000, ratio=50, length=L(12)),
+    ]

@@ -3,7 +3,6 @@
 
 import numpy as np
 import pytest
-from rawdata import event, write_raw
 
 from lightning_tt.baselines import (
     BPR,
@@ -20,14 +19,14 @@ from lightning_tt.baselines import (
 )
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData
-from lightning_tt.data.schema import DAY  # noqa: E402
+from lightning_tt.data.schema import DAY
 from lightning_tt.errors import InputError
+from tests.rawdata import event, write_raw
 
 
 @pytest.fixture
-def data(hand_raw, tmp_path):
-    prepare(hand_raw, tmp_path / "p", audio_dim=4, progress=False)
-    return PreparedData(tmp_path / "p")
+def data(hand_prepared):
+    return PreparedData(hand_prepared)
 
 
 def rec(baseline, data, users=(2,), seeds=(0,), history=((0,),), k=2):

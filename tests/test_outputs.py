@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import tree
 
 from lightning_tt.errors import InputError
 from lightning_tt.outputs import Output
+from tests.helpers import tree
 
 
 def siblings(path: Path) -> list[str]:

@@ -18,16 +18,6 @@ def quick_start_commands() -> list[str]:
     return re.findall(r"```bash\n(.+?)\n```", section)
 
 
-def test_readme_opens_with_two_quick_start_commands():
-    commands = quick_start_commands()
-    assert len(commands) == 2
-    main_job, tests = commands
-    for command in commands:  # self-sufficient: venv, CPU torch first, then the project
-        assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0")
-    assert main_job.endswith("lightning-tt demo")
-    assert "pytest" in tests
-
-
 def test_ci_runs_exactly_the_readme_test_command():
     script = (ROOT / ".ci" / "run").read_text()
     test_command = quick_start_commands()[1]

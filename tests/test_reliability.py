@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tree
 
 from lightning_tt.cli import main
 from lightning_tt.data import schema
 from lightning_tt.data.prepare import SplitConfig, prepare
+from tests.helpers import tree
 
 CONF = Path(__file__).parent / "conf" / "tiny.yaml"
 # Checkpoints are read from another run's directory on purpose.

@@ -20,10 +20,6 @@ TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.
         "--retrieval.nlist=16"]
 
 
-def test_there_is_a_sweep():
-    assert SWEEPS
-
-
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 @pytest.mark.filterwarnings("ignore:The number of training batches")
 def test_sweep_file_runs_offline(path, tiny_prepared, tmp_path, monkeypatch):

@@ -6,8 +6,6 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from conftest import hand_rows
-from rawdata import event, write_raw
 
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.datamodule import YambdaDataModule
@@ -17,6 +15,7 @@ from lightning_tt.data.seen import SeenItems, repeat_share, resolve_exclude_seen
 from lightning_tt.eval.callback import FaissRetrieval
 from lightning_tt.eval.index import IndexConfig, build_index, search_unseen
 from lightning_tt.model.module import TwoTowerModule
+from tests.rawdata import event, hand_rows, write_raw
 
 
 def prepared(tmp_path, rows) -> PreparedData:

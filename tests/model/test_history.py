@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
-from test_model import HostReads
 
 from lightning_tt.data.datamodule import YambdaDataModule
 from lightning_tt.errors import InputError
 from lightning_tt.model.history import HistoryAttention, HistoryPooling
 from lightning_tt.model.module import TwoTowerModule
+from tests.helpers import HostReads
 
 MASK = torch.tensor([[False, True, True]])
 RATIO = torch.tensor([[0.0, 1.0, 0.0]])

@@ -3,12 +3,12 @@ brute-force Recall@k."""
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_tt.data.datamodule import YambdaDataModule
 from lightning_tt.errors import InputError
 from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.module import TwoTowerModule
+from tests.helpers import HostReads
 
 SWITCHES = ["use_user", "use_history", "use_seed", "use_age", "use_item_id", "use_artist", "use_album",
             "use_length", "use_audio"]
@@ -87,27 +87,6 @@ def test_training_step_updates_the_estimator_and_backpropagates(data, mixed):
     uncorrected = build(dm, logq_correction=False)
     uncorrected.training_step(batch, 0)
     assert int(uncorrected.estimator.step) == 0
-
-
-class HostReads(TorchDispatchMode):
-    """Records the ops whose output shape or values the host must read (on a GPU each is a sync that
-    stalls the launch queue and rules out CUDA graphs): nonzero, unique, masked_select, .item(), and
-    indexing with a boolean mask (a nonzero inside)."""
-
-    NAMES = ("aten.nonzero.", "aten._unique", "aten.unique", "aten.masked_select", "aten._local_scalar_dense")
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        boolean_index = name.startswith("aten.index") and any(
-            isinstance(t, torch.Tensor) and t.dtype == torch.bool for a in args if isinstance(a, (list, tuple))
-            for t in a)
-        if name.startswith(self.NAMES) or boolean_index:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
 
 
 def test_host_reads_sees_a_sync():  # the detector itself, so that the test below can fail

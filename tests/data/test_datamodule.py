@@ -6,14 +6,12 @@ import torch
 
 from lightning_tt.data.batches import BatchIndexSampler
 from lightning_tt.data.datamodule import YambdaDataModule
-from lightning_tt.data.prepare import prepare
 from lightning_tt.data.prepared import PreparedDataError
 
 
 @pytest.fixture
-def prepared(hand_raw, tmp_path):
-    prepare(hand_raw, tmp_path / "prepared", audio_dim=4, progress=False)
-    return tmp_path / "prepared"
+def prepared(hand_prepared):
+    return hand_prepared
 
 
 def test_sizes_are_known_right_after_construction(prepared):

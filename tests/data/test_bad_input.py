@@ -5,11 +5,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import hand_rows
-from rawdata import event, write_raw
 
 from lightning_tt.cli import main
 from lightning_tt.data import schema
+from tests.rawdata import event, hand_rows, write_raw
 
 
 def run_prepare(raw, tmp_path, capsys, *extra):

@@ -5,21 +5,19 @@ import json
 
 import numpy as np
 import pytest
-from conftest import END, hand_rows
-from rawdata import event, write_raw
 
 from lightning_tt.data.arrays import bfloat16_to_float32, float32_to_bfloat16
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset, play_weight
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData
-from lightning_tt.data.schema import DAY  # noqa: E402
+from lightning_tt.data.schema import DAY
 from lightning_tt.errors import InputError
+from tests.rawdata import END, event, hand_rows, write_raw
 
 
 @pytest.fixture
-def hand(hand_raw, tmp_path):
-    prepare(hand_raw, tmp_path / "out", audio_dim=4, progress=False)
-    return PreparedData(tmp_path / "out")
+def hand(hand_prepared):
+    return PreparedData(hand_prepared)
 
 
 def arr(data, name):
