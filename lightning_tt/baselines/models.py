@@ -1,54 +1,20 @@
-"""Non-neural baselines on a prepared split, scored with the model's metric code (lightning_tt.eval)
-and names (``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``).
-
-Training data = the training positives (Listen+ events before train_end). Each baseline ranks the
-catalogue (padding and unknown never recommended) for a query = (user, seed track, history window),
-``h_1`` = the seed (the latest listen), ``h_j`` the j-th latest listen of the window:
-
-- Random: uniform items (seeded).
-- MostPop: items by number of training positives, ``pop(x)``.
-- DecayPop: by recency-weighted positives, weight ``0.5 ** (age / half_life)``, age = train_max_timestamp - t.
-- Transitions: a first-order chain over the last ``previous`` listens with additive backoff to
-  popularity: ``score(x) = sum_j (1/j) (c(h_j -> x) + backoff * p(x)) / (c(h_j) + backoff)``, where
-  ``c(a -> b)`` counts training examples whose seed is ``a`` and target ``b``, ``c(a) = sum_b c(a -> b)``
-  and ``p(x) = pop(x) / sum pop`` (an unseen seed backs off to popularity entirely).
-- ItemKNN: ``score(x) = sum over the last ``history`` listens h of s(h, x)``, from the co-occurrence
-  ``c_ij`` (users with both items among their training positives) and ``n_i`` (users with item i):
-  ``cosine`` ``s = c_ij / (sqrt(n_i n_j) + shrink)`` or ``conditional`` ``s = c_ij / (n_i + shrink)``;
-  each item keeps its ``neighbours`` most similar items (None: all), ``s(i, i) = 0``.
-- iALS, BPR: matrix factorisation of the binary user x item positives with the ``implicit`` library;
-  they rank for the user (seed and history are not used). iALS weighs a positive ``1 + alpha``
-  (confidence) against 1 for every other cell.
-
-Items scored equally (e.g. no successor of the seed) are ranked by ``pop``. Every baseline but Random
-has ``exclude_seen``: drop the user's own training positives from the list. It matters on data
-without repeats: on the development set (MovieLens) no evaluation target is a training positive of its
-user, and iALS with low regularisation fills three quarters of its top 10 with those items.
-
-``tune`` chooses each baseline's hyperparameters on the validation window (the model's protocol: fit
-on the training positives only, select by one validation metric) from the small grids of
-``Baseline.grid``, then reports the test window with the chosen values.
-
-Next-track queries are the split's cases; paper queries are one per user, from the state at the
-window start (seed = the last listen before it).
-"""
+"""The baselines themselves (the package docstring states each one's score): a common interface,
+``Baseline.fit(data)`` on the training positives, then ``recommend(users, seeds, history, k)``, and
+``ALL``, the ones ``lightning-tt baselines`` runs, with the small grids ``tune`` searches."""
 
 from __future__ import annotations
 
 import inspect
-import itertools
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
-from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
+from lightning_tt.data.batches import NextTrackDataset
 from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.data.schema import DAY
 from lightning_tt.data.seen import positives
 from lightning_tt.errors import InputError
-from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
 
 #: Ranked lists are built for at most this many (query, candidate) pairs at a time.
 CHUNK_ENTRIES = 1 << 24
@@ -391,142 +357,3 @@ class BPR(Factorization):
 
 
 ALL = (Random, MostPop, DecayPop, Transitions, ItemKNN, IALS, BPR)
-DEFAULT_TUNE_METRIC = "val/next/recall@100"
-
-
-#: ``tune`` selects on at most this many validation cases per protocol (a seeded sample of them).
-TUNE_CASES = 5_000
-
-
-class _Cases:
-    """The next-track cases and paper lists of one split, gathered once for every baseline; with
-    ``limit``, a seeded sample of at most that many of each, in their order."""
-
-    def __init__(self, data: PreparedData, split: str, history: int, limit: int | None = None):
-        self.split = split
-        rng = np.random.default_rng(0)
-
-        def chosen(n: int) -> np.ndarray:
-            return np.sort(rng.choice(n, limit, replace=False)) if limit and n > limit else np.arange(n)
-
-        nxt = NextTrackDataset(data, split, history, lean=True)
-        self.next = nxt.arrays(chosen(len(nxt)))
-        paper = PaperListDataset(data, split, history, lean=True)
-        self.paper = paper.arrays(chosen(len(paper)))
-        self.num_items = data.vocab["num_items"]
-
-    def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = ("next", "paper")
-              ) -> dict[str, float]:
-        """{``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``: value} of a fitted baseline."""
-        k, values = max(ks), {}
-        if "next" in protocols:
-            nxt = self.next
-            # All cases are in this process (also when called from rank zero of a DDP test): no syncing.
-            recall = NextTrackRecall(ks, sync_on_compute=False)
-            recall.update(torch.from_numpy(baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)),
-                          torch.from_numpy(nxt["target_item"]))
-            values.update({f"{self.split}/next/recall@{kk}": float(v) for kk, v in recall.compute().items()})
-        if "paper" in protocols:
-            paper = self.paper
-            lists = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
-            metrics = PaperMetrics(ks, self.num_items, FIRST_ITEM, sync_on_compute=False)
-            metrics.update(torch.from_numpy(lists), torch.from_numpy(paper["target_items"]),
-                           torch.from_numpy(paper["target_count"]))
-            for name, per_k in metrics.compute().items():
-                values.update({f"{self.split}/paper/{name}@{kk}": float(v) for kk, v in per_k.items()})
-        return values
-
-
-def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) -> PreparedData:
-    known = [cls.name for cls in ALL]
-    unknown = [name for name in names or [] if name not in known]
-    if unknown or names == []:
-        raise InputError(f"--only: unknown baseline(s) {unknown}; choose from {', '.join(known)}")
-    data = PreparedData(data_dir)
-    catalogue = data.vocab["num_items"] - FIRST_ITEM
-    if not ks or min(ks) < 1 or max(ks) > catalogue:
-        raise InputError(f"--k: cut-offs must lie in 1..{catalogue:,} (the catalogue), got {list(ks)}")
-    if split not in ("val", "test"):
-        raise InputError(f"--split must be val or test, got {split!r}")
-    if data.num_examples(split) == 0:
-        raise InputError(f"{data.path}: the {split} window has no cases (prepared with --split.val_days 0?); nothing to "
-                         f"evaluate")
-    return data
-
-
-def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
-             history: int | None = None, params: dict[str, dict] | None = None) -> dict[str, dict]:
-    """{baseline name: {metric name: value, ..., "params": {hyperparameter: value}}} on ``split``'s
-    next-track cases and paper lists, each baseline with its defaults updated by ``params[name]``.
-
-    Refused before any work (InputError): an unknown baseline name, a cut-off k below 1 or above the
-    catalogue, a split with no case."""
-    data = _checked(data_dir, split, ks, names)
-    cases = _Cases(data, split, history or data.default_history)
-    results = {}
-    for cls in ALL:
-        if names and cls.name not in names:
-            continue
-        baseline = cls(**(params or {}).get(cls.name, {})).fit(data)
-        results[cls.name] = {**cases.score(baseline, ks), "params": baseline.params()}
-    return results
-
-
-def _parse_metric(metric: str, catalogue: int) -> tuple[str, str, int]:
-    """``val/next/recall@100`` -> ("next", "recall", 100); InputError naming --tune_metric otherwise."""
-    choices = "val/next/recall@K or val/paper/{recall,ndcg,coverage}@K"
-    try:
-        split, protocol, rest = metric.split("/")
-        name, k = rest.split("@")
-        k = int(k)
-    except ValueError:
-        raise InputError(f"--tune_metric: {metric!r} is not a metric name; use {choices}") from None
-    if split != "val" or (protocol, name) not in {("next", "recall"), ("paper", "recall"), ("paper", "ndcg"),
-                                                  ("paper", "coverage")}:
-        raise InputError(f"--tune_metric: {metric!r} is not a validation metric; use {choices}")
-    if not 1 <= k <= catalogue:
-        raise InputError(f"--tune_metric: k must lie in 1..{catalogue:,} (the catalogue), got {k}")
-    return protocol, name, k
-
-
-def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
-         metric: str = DEFAULT_TUNE_METRIC, history: int | None = None, progress: bool = True) -> dict[str, dict]:
-    """Each baseline's hyperparameters chosen on the validation window, then the test window.
-
-    For every point of ``cls.grid(data)`` the baseline is fitted on the training positives (once per
-    combination of the parameters outside ``RANK_PARAMS``) and ``metric`` is measured on the
-    validation cases (at most TUNE_CASES of each protocol, a seeded sample); the best point (the first
-    of equals, in grid order) is fitted again, on the same training positives, and scored on the test
-    cases. Returns, per baseline, the test metrics, the chosen ``params`` and ``tuning``: {"metric",
-    "value" (its validation value), "points"}."""
-    data = _checked(data_dir, "test", ks, names)
-    if data.num_examples("val") == 0:
-        raise InputError(f"{data.path}: no validation window to tune on (prepared with --split.val_days 0); prepare it "
-                         f"with --split.val_days > 0 or run baselines without --tune")
-    protocol, _, k = _parse_metric(metric, data.vocab["num_items"] - FIRST_ITEM)
-    history = history or data.default_history
-    val, test = _Cases(data, "val", history, limit=TUNE_CASES), _Cases(data, "test", history)
-    results = {}
-    for cls in ALL:
-        if names and cls.name not in names:
-            continue
-        grid = cls.grid(data)
-        points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
-        best, best_value = points[0], -np.inf
-        bar = tqdm(total=len(points), desc=f"tune {cls.name}", disable=not progress, leave=False)
-        fitted_key, baseline = None, None  # one fitted model held at a time
-        for point in points:
-            fit_key = tuple((name, value) for name, value in point.items() if name not in cls.RANK_PARAMS)
-            if fit_key != fitted_key:
-                fitted_key, baseline = fit_key, cls(**dict(fit_key)).fit(data)
-            for name, value in point.items():
-                setattr(baseline, name, value)
-            value = val.score(baseline, [k], (protocol,))[metric]
-            if value > best_value:
-                best, best_value = point, value
-            bar.update()
-        bar.close()
-        baseline = cls(**best).fit(data)
-        results[cls.name] = {**test.score(baseline, ks), "params": baseline.params(),
-                             "tuning": {"metric": metric, "value": best_value, "points": len(points)}}
-    return results

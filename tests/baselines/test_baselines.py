@@ -12,11 +12,10 @@ from lightning_tt.baselines import (
     MostPop,
     Random,
     Transitions,
-    _by_prior,
-    _top_scored,
     evaluate,
     tune,
 )
+from lightning_tt.baselines.models import _by_prior, _top_scored
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.data.schema import DAY
@@ -214,7 +213,7 @@ def test_on_the_development_set_no_target_is_a_past_item_and_ials_finds_them(dev
     """The real-data case behind the iALS fix: in the development set no validation target is one of
     its user's training positives, iALS's default list is mostly such items, and with them excluded
     iALS finds targets (Recall@100 several times higher)."""
-    from lightning_tt.baselines import _Cases
+    from lightning_tt.baselines.evaluation import _Cases
 
     data = PreparedData(dev_prepared)
     val = _Cases(data, "val", data.default_history)

@@ -1,0 +1,40 @@
+"""Non-neural baselines on a prepared split, scored with the model's metric code (lightning_tt.eval)
+and names (``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``).
+
+Training data = the training positives (Listen+ events before train_end). Each baseline ranks the
+catalogue (padding and unknown never recommended) for a query = (user, seed track, history window),
+``h_1`` = the seed (the latest listen), ``h_j`` the j-th latest listen of the window:
+
+- Random: uniform items (seeded).
+- MostPop: items by number of training positives, ``pop(x)``.
+- DecayPop: by recency-weighted positives, weight ``0.5 ** (age / half_life)``, age = train_max_timestamp - t.
+- Transitions: a first-order chain over the last ``previous`` listens with additive backoff to
+  popularity: ``score(x) = sum_j (1/j) (c(h_j -> x) + backoff * p(x)) / (c(h_j) + backoff)``, where
+  ``c(a -> b)`` counts training examples whose seed is ``a`` and target ``b``, ``c(a) = sum_b c(a -> b)``
+  and ``p(x) = pop(x) / sum pop`` (an unseen seed backs off to popularity entirely).
+- ItemKNN: ``score(x) = sum over the last ``history`` listens h of s(h, x)``, from the co-occurrence
+  ``c_ij`` (users with both items among their training positives) and ``n_i`` (users with item i):
+  ``cosine`` ``s = c_ij / (sqrt(n_i n_j) + shrink)`` or ``conditional`` ``s = c_ij / (n_i + shrink)``;
+  each item keeps its ``neighbours`` most similar items (None: all), ``s(i, i) = 0``.
+- iALS, BPR: matrix factorisation of the binary user x item positives with the ``implicit`` library;
+  they rank for the user (seed and history are not used). iALS weighs a positive ``1 + alpha``
+  (confidence) against 1 for every other cell.
+
+Items scored equally (e.g. no successor of the seed) are ranked by ``pop``. Every baseline but Random
+has ``exclude_seen``: drop the user's own training positives from the list. It matters on data
+without repeats: on the development set (MovieLens) no evaluation target is a training positive of its
+user, and iALS with low regularisation fills three quarters of its top 10 with those items.
+
+``tune`` chooses each baseline's hyperparameters on the validation window (the model's protocol: fit
+on the training positives only, select by one validation metric) from the small grids of
+``Baseline.grid``, then reports the test window with the chosen values.
+
+Next-track queries are the split's cases; paper queries are one per user, from the state at the
+window start (seed = the last listen before it).
+"""
+
+from lightning_tt.baselines.evaluation import evaluate, tune
+from lightning_tt.baselines.models import ALL, BPR, IALS, Baseline, DecayPop, ItemKNN, MostPop, Random, Transitions
+
+__all__ = ["ALL", "BPR", "IALS", "Baseline", "DecayPop", "ItemKNN", "MostPop", "Random", "Transitions", "evaluate",
+           "tune"]
