@@ -77,7 +77,7 @@ def datamodule_speed(prepared: Path, batch_size: int, history: int, batches: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_twin_arguments(p, "/tmp/lightning-tt-bench", DATA_TWIN, data=False)
+    add_twin_arguments(p, "runs/bench/data", DATA_TWIN, data=False)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--batches", type=int, default=100)
     p.add_argument("--out", default=str(BENCHMARKS))

@@ -63,7 +63,7 @@ def doubled_copy(raw: Path, size: str, work: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_twin_arguments(p, "/tmp/lightning-tt-bench", DATA_TWIN, data=False)
+    add_twin_arguments(p, "runs/bench/data", DATA_TWIN, data=False)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()

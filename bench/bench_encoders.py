@@ -49,7 +49,7 @@ VARIANTS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_twin_arguments(p, "/tmp/lightning-tt-bench-train")
+    add_twin_arguments(p, "runs/bench/train")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--warmup", type=int, default=3)

@@ -52,7 +52,7 @@ class PerStepLog(TwoTowerModule):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_twin_arguments(p, "/tmp/lightning-tt-bench-train")
+    add_twin_arguments(p, "runs/bench/train")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--steps", type=int, default=300)

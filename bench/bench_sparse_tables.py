@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--items", type=int, nargs="+", default=[20_000, 1_000_000])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=5_000)
-    p.add_argument("--workdir", default="/tmp/lightning-tt-bench-sparse")
+    p.add_argument("--workdir", default="runs/bench/sparse")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--workers", type=int, default=0)

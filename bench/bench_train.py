@@ -129,7 +129,7 @@ def fit_loop(model: TwoTowerModule, data, accelerator: str, precision: str, warm
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_twin_arguments(p, "/tmp/lightning-tt-bench-train", DEMO_TWIN)
+    add_twin_arguments(p, "runs/bench/train", DEMO_TWIN)
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--accelerator", default="cpu")

@@ -1,7 +1,7 @@
 """Warm-starting the index between validation epochs (``retrieval.warm_start``): does recall hold, and
 how many build seconds does it save?
 
-    python bench/bench_warm_start.py [--workdir /tmp/lightning-tt-bench] [--size 1000000] [--dim 64]
+    python bench/bench_warm_start.py [--workdir runs/bench/warm-start] [--size 1000000] [--dim 64]
 
 1. **How far item vectors move between epochs**, on the embedded default (its synthetic twin,
    common.prepared_twin, made once in ``--workdir``): ``configs/demo.yaml`` fitted
@@ -69,7 +69,7 @@ def moved(x: np.ndarray, cosine: float, seed: int = 5) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/lightning-tt-bench"))
+    p.add_argument("--workdir", type=Path, default=Path("runs/bench/warm-start"))
     p.add_argument("--size", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=5000)

@@ -17,7 +17,7 @@ steps=${*:-sparse compiled sparse_fit cudagraphs}
 accel=${ACCEL:-gpu} preset=${PRESET:-500m} workers=${WORKERS:-12}
 rows=${ROWS:-8000000} users=${USERS:-40000} items=${ITEMS:-"1000000 3000000"}
 timed=${STEPS:-80} warmup=${WARMUP:-10}
-work=/tmp/lightning-tt-gpu-session
+work=runs/gpu-session
 mkdir -p "$out"
 first_items=${items%% *}
 data=$work/items-$first_items/prepared  # made by the sparse step (or here, when it is skipped)
