@@ -100,7 +100,7 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
         k: cut-offs: one, or a list such as [10,100]
         only: baseline names to run: one, or a list such as [MostPop,iALS] (default: all)
         tune: choose each baseline's hyperparameters on the validation window (grids in
-            lightning_tt/baselines.py), then report the test window with them
+            lightning_tt/baselines/models.py), then report the test window with them
         tune_metric: the validation metric tune maximises
         out: where metrics.json goes
         overwrite: replace an existing out file
