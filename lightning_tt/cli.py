@@ -165,7 +165,9 @@ def _bare_booleans(args: list[str]) -> list[str]:
 
     from lightning_tt.commands import COMMANDS, DATA_COMMANDS
 
-    function = DATA_COMMANDS.get(args[1]) if args[:1] == ["data"] and len(args) > 1 else COMMANDS.get(args[0])
+    if not args:
+        return args
+    function = DATA_COMMANDS.get(args[1]) if args[0] == "data" and len(args) > 1 else COMMANDS.get(args[0])
     if function is None:
         return args
     flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
@@ -188,15 +190,13 @@ def _run(args: list[str], fit_flags: list[str]) -> None:
         config = parser.parse_args(_bare_booleans(args))
         init = parser.instantiate(config)
     except ArgumentError as err:  # a mistyped option or value: one line that names it, exit 2 (argparse's)
-        where = " ".join(args[:2] if args[:1] == ["data"] else args[:1])
-        print(f"lightning-tt {where}: error: {' '.join(str(err).split())} (see lightning-tt {where} --help)".replace(
-            "lightning-tt : ", "lightning-tt: "), file=sys.stderr)
+        command = " ".join(["lightning-tt", *(args[:2] if args[:1] == ["data"] else args[:1])])
+        print(f"{command}: error: {' '.join(str(err).split())} (see {command} --help)", file=sys.stderr)
         raise SystemExit(2) from err
-    name = init.command
-    if name == "data":
-        name, options, function = init.data.command, init.data[init.data.command], DATA_COMMANDS[init.data.command]
+    if init.command == "data":
+        options, function = init.data[init.data.command], DATA_COMMANDS[init.data.command]
     else:
-        options, function = init[name], COMMANDS[name]
+        options, function = init[init.command], COMMANDS[init.command]
     options = dict(options.items())  # instantiated: a dataclass option is its object
     if function is COMMANDS["sweep"]:
         options["fit_flags"] = fit_flags

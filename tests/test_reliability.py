@@ -309,6 +309,7 @@ def test_split_options_out_of_range_name_the_option(hand_raw, tmp_path, capsys, 
     (["export", "--ckpt_path", "c", "--out", "o", "--index.kind", "ivf"], 'Parser key "index.kind"'),
     (["data", "prepare", "--raw", "r", "--out", "o", "--test-days", "2"], "unrecognized arguments: --test-days"),
     (["data", "prepare", "--raw", "r"], "data.prepare.out"),
+    ([], 'expected "command" to be one of'),
 ])
 def test_a_mistyped_option_gets_one_line_naming_it(capsys, args, says):
     """Refused by the parser before any work: status 2 (argparse's), one line with the option and where
