@@ -19,7 +19,8 @@ quantizer's efSearch) and ``train_sample`` (how many vectors, a seeded sample, t
 unset (None) are chosen from the catalogue's size n and dim d (``resolved``); values the user sets
 always win:
 
-- ivfflat, ivfpq, ivfhnsw: nlist 1024, m 32, nprobe 128, k_factor 16, coarse flat, quantizer_ef_search
+- ivfflat, ivfpq, ivfhnsw: nlist 1024, m 32 (d when d < 32: never more sub-quantizers than
+  dimensions), nprobe 128, k_factor 16, coarse flat, quantizer_ef_search
   = ef_search, train_sample 256 x nlist (Faiss's own k-means cap: training sees as many points as
   before). These kept
   0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4
@@ -134,7 +135,7 @@ def resolved(config: IndexConfig, n: int, dim: int) -> IndexConfig:
                 "k_factor": 4 if n <= 1_500_000 else 8, "coarse": "flat", "quantizer_ef_search": 64}
     else:
         nlist = config.nlist or 1024
-        auto = {"nlist": 1024, "m": 32, "nprobe": 128, "k_factor": 16,
+        auto = {"nlist": 1024, "m": min(32, dim), "nprobe": 128, "k_factor": 16,
                 "coarse": "hnsw" if config.kind == "ivfhnsw" else "flat", "quantizer_ef_search": config.ef_search}
     auto["train_sample"] = TRAIN_POINTS_PER_LIST.get(config.kind, FAISS_POINTS_PER_CENTROID) * nlist
     return replace(config, **{name: value for name, value in auto.items() if getattr(config, name) is None})

@@ -25,6 +25,8 @@ def test_factory_strings():
     assert factory_string(IndexConfig(kind="hnsw", hnsw_m=16), 10, 64)[0] == "HNSW16"
     assert factory_string(IndexConfig(kind="ivfhnsw", nlist=512), 100_000, 64)[0] == "IVF512_HNSW32,Flat"
     assert factory_string(IndexConfig(kind="ivfpq", rerank=False, m=16), 100_000, 64)[0] == "IVF1024,PQ16x8"
+    # Never more sub-quantizers than dimensions (32 on 8-d vectors padded them to 32 columns).
+    assert factory_string(IndexConfig(kind="ivfpq"), 100_000, 8)[0] == "IVF1024,PQ8x8,RFlat"
     with pytest.raises(InputError, match="index kind"):
         IndexConfig(kind="annoy")
 
