@@ -21,8 +21,6 @@ import platform
 import time
 from pathlib import Path
 
-import yaml
-
 from lightning_tt.cli import CONFIGS
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData, PreparedDataError
@@ -144,8 +142,11 @@ MODEL_SIZES = ("embedding_dim", "hidden_dims", "output_dim", "estimator_buckets"
 
 
 def preset(name: str) -> dict:
-    """``{"model": sizes, "batch_size": data.batch_size, "precision": trainer.precision}`` of a config."""
-    config = yaml.safe_load(PRESETS[name].read_text())
+    """``{"model": sizes, "batch_size": data.batch_size, "precision": trainer.precision}`` of a config,
+    its ``${...}`` references resolved as LightningCLI's omegaconf mode resolves them."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(PRESETS[name]), resolve=True)
     return {"model": {k: config["model"][k] for k in MODEL_SIZES if k in config["model"]},
             "batch_size": config["data"]["batch_size"],
             "precision": config["trainer"].get("precision") or "32-true"}
