@@ -5,7 +5,8 @@ for every evaluation query of the epoch (leaving out the items the model's exact
 
     {stage}/next/recall@k, {stage}/paper/{recall,ndcg,coverage}@k         ANN results
     {stage}/index/build_seconds, {stage}/index/queries_per_second, {stage}/index/bytes,
-    {stage}/index/nprobe, {stage}/index/k_factor (the search parameters used: resolved or calibrated)
+    {stage}/index/nlist (0 without lists), {stage}/index/nprobe, {stage}/index/k_factor (the search
+    parameters used: resolved or calibrated)
     {stage}/index/warm_start (1 when the build reused the trained quantizer), {stage}/index/drift (with
     ``warm_start``: the mean cosine of the items' vectors to those the quantizer was trained on)
     test/tradeoff/{nprobe|efSearch}_{value}/{queries_per_second,recall@K}   the speed/recall trade-off
@@ -19,6 +20,7 @@ and searches, and the values are broadcast back, so every process logs the same 
 
 from __future__ import annotations
 
+import faiss
 import lightning as L
 import numpy as np
 import torch
@@ -127,6 +129,7 @@ class FaissRetrieval(L.Callback):
         values[f"{stage}/index/queries_per_second"] = float(np.mean(qps)) if qps else 0.0
         values[f"{stage}/index/bytes"] = float(built.bytes)
         values[f"{stage}/index/warm_start"] = float(built.warm)
+        values[f"{stage}/index/nlist"] = float(faiss.extract_index_ivf(built.index).nlist if "IVF" in built.factory else 0)
         values[f"{stage}/index/nprobe"] = float(built.config.nprobe)
         values[f"{stage}/index/k_factor"] = float(built.config.k_factor)
         if drift is not None:
@@ -159,8 +162,6 @@ class FaissRetrieval(L.Callback):
         """(parameter, [(value, queries/s, Recall@k)]): the speed/recall trade-off of the search
         parameter, ``nprobe`` (IVF: 1, 2, 4, ... up to the configured value) or ``efSearch`` (HNSW: 16,
         32, ... up to it); the configured value is set again afterwards."""
-        import faiss
-
         params, points = faiss.ParameterSpace(), []
         if built.factory.startswith("HNSW"):
             name, configured, first = "efSearch", built.config.ef_search, 16

@@ -99,8 +99,10 @@ class RunReport(L.Callback):
         if tradeoff is not None:
             parameter, points = tradeoff
             exact = values[f"test/next/exact_recall@{max(ks)}"] or 1.0
+            nlist = int(values.get("test/index/nlist", 0))
+            index = f"IVF{nlist} index" if nlist else "HNSW index"
             written.append(plots.ann_tradeoff([(n, q, r / exact) for n, q, r in points], run_dir / "ann_tradeoff.png",
-                                              "the test's Faiss index", parameter))
+                                              index, parameter))
         return written
 
     def _wandb(self, trainer: L.Trainer, module: L.LightningModule, values: dict[str, float], figures: list) -> None:
