@@ -6,7 +6,7 @@
   ``<!-- NAME:end -->``), replaced atomically through lightning_tt.outputs.Output;
 - the synthetic twins: ``synthetic_raw`` (a raw twin in the Yambda layout; the data benchmarks'
   is ``DATA_TWIN``) and ``prepared_twin`` (a prepared twin, by default of the embedded default's size,
-  ``DEMO_TWIN`` from ``lightning_tt.cli.DEMO_SYNTH``), with ``add_twin_arguments`` / ``twin_from`` for
+  ``DEMO_TWIN`` from ``lightning_tt.demo.DEMO_SYNTH``), with ``add_twin_arguments`` / ``twin_from`` for
   the scripts that take ``--data``, ``--workdir`` and the twin's size;
 - the model presets: ``PRESETS`` / ``preset`` read the model sizes, batch size and precision of a
   config in configs/ (``demo``, ``50m``, ``500m``), ``build_model`` builds a TwoTowerModule on a
