@@ -94,42 +94,6 @@ def _duplicate_rows(same_user: np.ndarray, ts: np.ndarray, item: np.ndarray, cod
     return np.sort(rows[order[1:][key[1:] == key[:-1]]])
 
 
-def _runs(same_user: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(first rows, lengths) of the runs of ``n`` rows, where ``same_user[i]`` says row i + 1 has row i's uid."""
-    run_start = np.flatnonzero(np.concatenate([[n > 0], ~same_user]))
-    return run_start, np.diff(np.append(run_start, n))
-
-
-def _event_keys(item: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """(item_id, event_type code) packed into one int64 per row (codes are < 8)."""
-    return item.astype(np.int64) * 8 + code
-
-
-def _duplicate_rows(same_user: np.ndarray, ts: np.ndarray, item: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """Sorted indices of the rows that repeat an earlier row's (uid, timestamp, item_id, event_type);
-    ``same_user[i]`` says row i + 1 has row i's uid (computed once, for the sort check and the runs).
-
-    In a file sorted by (uid, timestamp) equal rows lie in one block of equal (uid, timestamp), though
-    not always next to each other (a like between two copies of a listen), so only the rows of blocks
-    of two or more are compared: each gets the key (block number << 33 | item_id << 3 | type code)
-    (item ids < 2^30, codes < 8), and after a stable sort a key equal to its predecessor is a later copy.
-    """
-    same = same_user & (ts[1:] == ts[:-1])  # row i + 1 continues the block of row i
-    continued = np.flatnonzero(same)
-    if not len(continued):
-        return np.zeros(0, dtype=np.intp)
-    shared = np.zeros(len(ts), dtype=bool)
-    shared[continued] = True
-    shared[continued + 1] = True
-    rows = np.flatnonzero(shared)
-    new_block = np.ones(len(rows), dtype=bool)
-    new_block[1:] = ~same[rows[1:] - 1]
-    key = (np.cumsum(new_block).astype(np.int64) << 33) | _event_keys(item[rows], code[rows])
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    return np.sort(rows[order[1:][key[1:] == key[:-1]]])
-
-
 def decode_row_group(table: pa.Table, path: Path, first_row: int, item_limit: int) -> RowGroup:
     """Columns of one row group as numpy, validated, exact duplicates dropped (in the reader thread)."""
     uid = schema.checked_ints(table, "uid", path, schema.MAX_RAW_ID)
