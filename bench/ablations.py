@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import is_current, machine, prepared_twin  # noqa: E402
 
-from lightning_tt.cli import CONFIGS, lightning_cli  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
+from lightning_tt.lightning_cli import CONFIGS, lightning_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SET_VARIABLE = "LIGHTNING_TT_DEV_SET"

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import clustered, user_queries  # noqa: E402
 from common import BENCHMARKS, machine, prepared_twin, write_section  # noqa: E402
 
-from lightning_tt.cli import CONFIGS, lightning_cli  # noqa: E402
 from lightning_tt.eval.index import IndexConfig, build_index  # noqa: E402
+from lightning_tt.lightning_cli import CONFIGS, lightning_cli  # noqa: E402
 
 
 def fit_epochs(data: Path, run_dir: Path, warm_start: float | None) -> list[dict]:

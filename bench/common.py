@@ -21,11 +21,11 @@ import platform
 import time
 from pathlib import Path
 
-from lightning_tt.cli import CONFIGS
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData, PreparedDataError
 from lightning_tt.data.synth import size_label, synthesize
 from lightning_tt.demo import DEMO_SYNTH
+from lightning_tt.lightning_cli import CONFIGS
 from lightning_tt.outputs import Output
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@
 
 Every command is parsed by jsonargparse, the library LightningCLI is built on: the Lightning loops by
 LightningCLI, the others (lightning_tt.commands) from their functions' signatures and docstrings. So
-options are spelled alike everywhere (``--index.nprobe`` here, ``--retrieval.nprobe`` in fit), lists
+options are spelled alike everywhere (``--index.nprobe`` here, ``--retrieval.index.nprobe`` in fit), lists
 are written ``[10,100]``, each command's ``--help`` lists its options with their types, defaults and
 choices, and a boolean given alone (``--overwrite``) means true.
 
@@ -23,110 +23,18 @@ option and exit with status 1; a mistyped option or value exits with status 2 an
 Anything else is a bug and keeps its traceback. Every output goes
 through lightning_tt.outputs (never overlapping an input, replaced only with ``--overwrite``, atomic).
 
-The Lightning commands link the DataModule's sizes (``num_users``, ``num_items``, ``num_artists``,
-``num_albums``, ``audio_dim``, read from meta.json) and ``data_dir`` into the model, so a config never
-repeats them. The resolved config is saved as ``config.yaml`` in the run's log directory, next to its
-``checkpoints/``; ``test --config that/config.yaml --ckpt_path that/checkpoints/X.ckpt`` rebuilds the run
-in a fresh process, and ``fit ... --ckpt_path last.ckpt`` resumes it.
+The Lightning commands are lightning_tt.lightning_cli (its config sections, the links from the data
+into the model, the saved ``config.yaml``); this module only dispatches, and no module imports it.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 from lightning_tt.errors import InputError
 
+#: Handed to LightningCLI (lightning_tt.lightning_cli); the other commands are lightning_tt.commands.
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def lightning_cli(args: list[str], run: bool = True, callbacks: list | None = None):
-    """Run (or, with ``run=False``, only build) the LightningCLI over TwoTowerModule and YambdaDataModule.
-    ``callbacks`` are added to the Trainer's (the sweep's pruning callback).
-
-    W&B runs offline unless the user set WANDB_MODE or WANDB_API_KEY (no account or network needed).
-    """
-    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-    from lightning_tt.outputs import Output
-    from lightning_tt.runs import run_directory
-
-    if not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
-        os.environ["WANDB_MODE"] = "offline"
-
-    class RunConfigSaver(SaveConfigCallback):
-        """config.yaml in the run's own directory (lightning_tt.runs), for every logger; the full
-        config also goes to W&B."""
-
-        def setup(self, trainer, pl_module, stage):
-            if self.already_saved:
-                return
-            if trainer.is_global_zero:
-                path = run_directory(trainer) / self.config_filename
-                output = Output(path, "file", option=self.config_filename, overwrite=self.overwrite)
-                with output.writing() as tmp:
-                    self.parser.save(self.config, tmp, multifile=self.multifile)
-                for logger in trainer.loggers:
-                    if type(logger).__name__ == "WandbLogger":
-                        logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
-            self.already_saved = True
-
-    from lightning_tt.data.datamodule import YambdaDataModule
-    from lightning_tt.eval.callback import FaissRetrieval
-    from lightning_tt.eval.predictions import ParquetPredictionWriter
-    from lightning_tt.eval.report import RunReport
-    from lightning_tt.model.module import TwoTowerModule
-
-    class TwoTowerCLI(LightningCLI):
-        def _parse_ckpt_path(self):
-            # LightningCLI reads the checkpoint's hyperparameters here with a bare torch.load: check first
-            # that --ckpt_path is a checkpoint at all, so a wrong path gets one line, not an unpickling
-            # traceback. (Whether it belongs to --data.data_dir is checked by the model's on_load_checkpoint.)
-            subcommand = self.config.get("subcommand")
-            path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if path is not None:
-                from lightning_tt.provenance import read_checkpoint
-
-                read_checkpoint(path)
-            super()._parse_ckpt_path()
-
-        def add_arguments_to_parser(self, parser):
-            # The index callback is a top-level section (``retrieval:``, ``--retrieval.nprobe 32``), so
-            # configs and sweeps set its options by name.
-            parser.add_lightning_class_args(FaissRetrieval, "retrieval")
-            parser.add_lightning_class_args(ParquetPredictionWriter, "predictions")  # --predictions.output
-            parser.add_lightning_class_args(RunReport, "report")  # --report.baselines_file
-            parser.link_arguments("data.data_dir", "model.data_dir")
-            # The window length sizes the history encoder's positions; K sizes the feedback bags; serving
-            # leaves the past out as evaluation did.
-            for name in ("num_users", "num_items", "num_artists", "num_albums", "audio_dim", "history", "feedback",
-                         "exclude_seen"):
-                parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-            # The checkpoint records which prepared data it was trained on (lightning_tt.provenance).
-            parser.link_arguments("data.fingerprint", "model.data_fingerprint", apply_on="instantiate")
-
-    # From the command line, LightningCLI reads sys.argv itself (DDP's launcher re-runs that command
-    # line in each new process). Called from Python with other arguments (the demo, tests), it sees only
-    # the program name in sys.argv, since it warns when sys.argv holds arguments of its own.
-    from_command_line = list(args) == sys.argv[1:]
-    argv = sys.argv
-    if not from_command_line:
-        sys.argv = sys.argv[:1]
-    try:
-        # omegaconf: a config may refer to its own values (``output_dim: ${model.embedding_dim}``); the
-        # references are resolved when the file is read, and config.yaml records the resolved values.
-        omegaconf = {"parser_mode": "omegaconf"}
-        return TwoTowerCLI(TwoTowerModule, YambdaDataModule, args=None if from_command_line else args, run=run,
-                           parser_kwargs={**omegaconf, **{name: omegaconf for name in LIGHTNING_COMMANDS}},
-                           seed_everything_default=0, save_config_callback=RunConfigSaver,
-                           # the DataModule's samplers shard by rank themselves
-                           trainer_defaults={"use_distributed_sampler": False, "callbacks": list(callbacks or [])})
-    finally:
-        sys.argv = argv
-        if run and "wandb" in sys.modules:  # one W&B run per command, also when several run in one process
-            sys.modules["wandb"].finish()
 
 
 def _parser():
@@ -208,6 +116,8 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else list(args)
     try:
         if args and args[0] in LIGHTNING_COMMANDS:
+            from lightning_tt.lightning_cli import lightning_cli
+
             lightning_cli(args)
             return
         fit_flags = []

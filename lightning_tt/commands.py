@@ -107,6 +107,7 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
     """
     from lightning_tt.baselines import evaluate
     from lightning_tt.baselines import tune as tune_baselines
+    from lightning_tt.eval.table import print_table
     from lightning_tt.outputs import Output
     from lightning_tt.runs import write_json
 
@@ -214,17 +215,6 @@ def demo(workdir: Path = Path("runs/demo"), epochs: int | None = None) -> None:
     from lightning_tt.demo import run_demo
 
     run_demo(workdir, epochs)
-
-
-def print_table(rows: dict[str, dict], columns: list[str], params: bool = False) -> None:
-    """A fixed-width table: one row per model, one column per metric name; with ``params``, each row's
-    ``params`` entry (a baseline's hyperparameters) after the numbers."""
-    short = [c.split("/", 1)[1] for c in columns]
-    print("    " + f"{'':<12}" + "".join(f"{c:>20}" for c in short) + ("  params" if params else ""))
-    for name, values in rows.items():
-        chosen = ", ".join(f"{k}={v}" for k, v in values.get("params", {}).items()) if params else ""
-        print("    " + f"{name:<12}" + "".join(f"{values.get(c, float('nan')):>20.4f}" for c in columns)
-              + (f"  {chosen}" if chosen else ""))
 
 
 #: Subcommand -> function; ``data`` groups the dataset commands. Sweep takes its file as a positional.

@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning_tt.baselines import evaluate
-from lightning_tt.cli import CONFIGS, lightning_cli
-from lightning_tt.commands import print_table
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.prepared import PreparedData, PreparedDataError
 from lightning_tt.data.schema import RawDataError, find_size
 from lightning_tt.data.summary import summarize
 from lightning_tt.data.synth import synthesize
 from lightning_tt.errors import InputError
+from lightning_tt.eval.table import print_table
+from lightning_tt.lightning_cli import CONFIGS, lightning_cli
 from lightning_tt.outputs import Output
 from lightning_tt.runs import run_directory, write_json
 
@@ -59,9 +59,7 @@ def run_demo(workdir: str | Path, epochs: int | None = None) -> None:
         prepare(raw, prepared, config=SplitConfig())
     print(summarize(str(prepared)))
 
-    config = CONFIGS / "demo.yaml"
-    if not config.is_file():
-        raise InputError(f"{config}: not found; run the demo from a checkout (pip install -e .)")
+    config = CONFIGS / "demo.yaml"  # package data: there also outside a checkout
     overrides = ["--data.data_dir", str(prepared), "--trainer.logger.init_args.save_dir", str(workdir / "logs")]
     if epochs is not None:
         overrides += ["--trainer.max_epochs", str(epochs)]

@@ -230,7 +230,7 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
     import optuna
     from optuna.storages import RDBStorage
 
-    from lightning_tt.cli import lightning_cli
+    from lightning_tt.lightning_cli import lightning_cli
 
     if trials < 1:
         raise InputError(f"--trials must be >= 1, got {trials}")

@@ -96,8 +96,8 @@ def test_predict_writes_top_k_to_parquet(prepared, tmp_path):
     import numpy as np
     import pyarrow.parquet as pq
 
-    from lightning_tt.cli import lightning_cli
     from lightning_tt.data.prepared import PreparedData
+    from lightning_tt.lightning_cli import lightning_cli
 
     out_file = tmp_path / "top.parquet"
     cli = lightning_cli(["predict", "--config", str(CONF), "--data.data_dir", str(prepared),
@@ -122,7 +122,7 @@ def test_a_mistyped_option_fails_clearly(prepared, capsys):
 
 
 def test_configs_in_the_repository_parse(prepared):
-    from lightning_tt.cli import CONFIGS, lightning_cli
+    from lightning_tt.lightning_cli import CONFIGS, lightning_cli
 
     for config in sorted(CONFIGS.glob("*.yaml")):
         cli = lightning_cli(["--config", str(config), "--data.data_dir", str(prepared),
@@ -136,7 +136,7 @@ def test_a_config_may_interpolate_its_own_values(prepared, tmp_path):
     file is read (so a later flag for the named value does not move it)."""
     from omegaconf import OmegaConf
 
-    from lightning_tt.cli import CONFIGS, lightning_cli
+    from lightning_tt.lightning_cli import CONFIGS, lightning_cli
 
     config = yaml.safe_load(CONF.read_text())
     config["model"].update(embedding_dim=12, output_dim="${model.embedding_dim}", hidden_dims=["${model.embedding_dim}"])

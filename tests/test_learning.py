@@ -4,17 +4,17 @@ and seed-to-next transition counts on next-track Recall@10 and Recall@100 (slow:
 import pytest
 
 from lightning_tt.baselines import evaluate
-from lightning_tt.cli import lightning_cli
 from lightning_tt.data.prepare import SplitConfig, prepare
 from lightning_tt.data.synth import synthesize
 from lightning_tt.demo import DEMO_SYNTH
+from lightning_tt.lightning_cli import lightning_cli
 
 
 @pytest.mark.slow
 def test_two_tower_beats_popularity_and_transitions(tmp_path):
     synthesize(tmp_path / "raw", **DEMO_SYNTH, progress=False)
     prepare(tmp_path / "raw", tmp_path / "prepared", config=SplitConfig(), progress=False)
-    from lightning_tt.cli import CONFIGS
+    from lightning_tt.lightning_cli import CONFIGS
 
     args = ["--config", str(CONFIGS / "demo.yaml"), "--data.data_dir", str(tmp_path / "prepared"),
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "2",

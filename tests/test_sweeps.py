@@ -50,7 +50,7 @@ def test_sweep_file_runs_offline(path, tiny_prepared, tmp_path, monkeypatch):
     # best.yaml is a config fragment that --config accepts on top of the sweep's config.
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert set(best) <= {"model", "data", "retrieval", "trainer"}
-    from lightning_tt.cli import lightning_cli
+    from lightning_tt.lightning_cli import lightning_cli
 
     cli = lightning_cli(["--config", "configs/demo.yaml", "--config", str(out / "best.yaml"),
                          f"--data.data_dir={tiny_prepared}"], run=False)
