@@ -121,7 +121,7 @@ def run(data: Path, flags: list[str], seed: int, epochs: int, run_dir: Path) -> 
                          "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs),
                          "--trainer.logger", "false", "--trainer.default_root_dir", str(run_dir),
                          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                         "--retrieval.kind", "flat", *flags])
+                         "--retrieval.index.kind", "flat", *flags])
     trainer, best = cli.trainer, cli.trainer.checkpoint_callback.best_model_path
     fit_seconds = time.perf_counter() - start
     values = {}

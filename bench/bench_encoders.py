@@ -63,7 +63,7 @@ def main() -> None:
     data = twin_from(args)
     batches = {}
     for feedback in sorted({v.get("feedback", 0) for v in VARIANTS.values()}):
-        dm = YambdaDataModule(str(data), batch_size=config["batch_size"], history=50, lean=True, feedback=feedback)
+        dm = YambdaDataModule(str(data), batch_size=config["batch_size"], history=50, feedback=feedback)
         batches[feedback] = (dm, take_batches(dm, args.warmup + args.steps))
     best = dict.fromkeys(VARIANTS, 0.0)
     for _ in range(args.rounds):

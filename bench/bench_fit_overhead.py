@@ -63,8 +63,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     torch.set_num_threads(1)
     data = twin_from(args)
-    dm = YambdaDataModule(str(data), batch_size=args.batch_size, lean=True)
-    batches = take_batches(YambdaDataModule(str(data), batch_size=args.batch_size, lean=True),
+    dm = YambdaDataModule(str(data), batch_size=args.batch_size)
+    batches = take_batches(YambdaDataModule(str(data), batch_size=args.batch_size),
                            args.warmup + args.steps)
     cpu = torch.device("cpu")
     ms = {"bare": [], "fit": [], "per_step_log": []}

@@ -49,8 +49,7 @@ def main() -> None:
     for items in args.items:
         twin = Path(args.workdir) / f"items-{items}"
         data = prepared_twin(twin / "prepared", twin / "raw", args.rows, args.users, items)
-        dm = YambdaDataModule(str(data), batch_size=config["batch_size"], num_workers=args.workers, lean=gpu,
-                              pin_memory=gpu)
+        dm = YambdaDataModule(str(data), batch_size=config["batch_size"], num_workers=args.workers, pin_memory=gpu)
         speed = {}
         for sparse in (False, True):
             model = build_model(dm, config["model"], compile=args.compile, sparse_embeddings=sparse)

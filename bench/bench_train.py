@@ -150,10 +150,9 @@ def main() -> None:
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
 
     data = twin_from(args)
-    lean = device.type == "cuda"
     pin = device.type == "cuda" and not args.no_pin
-    dm = YambdaDataModule(str(data), batch_size=batch_size, num_workers=args.workers, lean=lean, pin_memory=pin)
-    batches = take_batches(YambdaDataModule(str(data), batch_size=batch_size, lean=lean), args.warmup + args.steps)
+    dm = YambdaDataModule(str(data), batch_size=batch_size, num_workers=args.workers, pin_memory=pin)
+    batches = take_batches(YambdaDataModule(str(data), batch_size=batch_size), args.warmup + args.steps)
 
     bf16 = config["precision"].startswith("bf16")
     sparse = args.sparse_embeddings
@@ -173,8 +172,7 @@ def main() -> None:
 
 Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__};
 `python bench/bench_train.py --preset {args.preset} --accelerator {args.accelerator} --workers {args.workers} --batch-size {batch_size}{f' --steps {args.steps} --rounds {args.rounds}' if args.rounds > 1 else ''}{' --compile' if args.compile else ''}{f' --compile-mode {args.compile_mode}' if args.compile_mode != 'default' else ''}{' --sparse-embeddings' if sparse else ''}`
-on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {config['precision']},
-{'lean' if lean else 'full'} batches). {args.steps} timed steps after {args.warmup} warm-up steps, both loops in one run{f', best of {args.rounds} interleaved rounds' if args.rounds > 1 else ''}.
+on a prepared dataset of {dm.num_items:,} items, model preset `{args.preset}` (precision {config['precision']}). {args.steps} timed steps after {args.warmup} warm-up steps, both loops in one run{f', best of {args.rounds} interleaved rounds' if args.rounds > 1 else ''}.
 
 | loop | examples/s |
 |---|---|

@@ -51,8 +51,8 @@ def fit_epochs(data: Path, run_dir: Path, warm_start: float | None) -> list[dict
 
     flags = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.data_dir", str(data), "--trainer.logger", "false",
              "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
-             "--trainer.enable_model_summary", "false", "--retrieval.kind", "ivfpqfs", "--retrieval.nlist", "null",
-             "--retrieval.nprobe", "null"]
+             "--trainer.enable_model_summary", "false", "--retrieval.index.kind", "ivfpqfs", "--retrieval.index.nlist", "null",
+             "--retrieval.index.nprobe", "null"]
     if warm_start is not None:
         flags += ["--retrieval.warm_start", str(warm_start)]
     lightning_cli(flags, callbacks=[Record()])
@@ -109,7 +109,7 @@ def main() -> None:
 Measured {dt.date.today().isoformat()} on {machine()}, faiss {faiss.__version__};
 `python bench/bench_warm_start.py --size {args.size} --dim {args.dim}`.
 
-**1. The embedded default**: `configs/demo.yaml`, 3 epochs, seed 0, `--retrieval.kind ivfpqfs` with
+**1. The embedded default**: `configs/demo.yaml`, 3 epochs, seed 0, `--retrieval.index.kind ivfpqfs` with
 automatic options; cold trains the index at every validation, warm reuses the first epoch's quantizer
 and codebooks (`warm_start: -1`). Drift = mean cosine of the items' vectors to those the index was
 trained on.

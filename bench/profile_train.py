@@ -3,7 +3,7 @@
     python bench/profile_train.py fit DATA [--workers 12]   # cProfile of the main process during Trainer.fit
     python bench/profile_train.py step DATA                 # torch.profiler of the training step
 
-``fit``: bench_train.py's ``fit_loop`` (``Trainer.fit`` on the DataModule, lean batches, pinned memory on
+``fit``: bench_train.py's ``fit_loop`` (``Trainer.fit`` on the DataModule, pinned memory on
 a GPU; ``--warmup`` 10 and ``--steps`` 60) under cProfile: what the training loop waits on. Prints the
 loop's examples/s and the 14 functions with the most time of their own.
 
@@ -37,7 +37,7 @@ from lightning_tt.data.datamodule import YambdaDataModule  # noqa: E402
 
 def profile_fit(data: str, config: dict, accelerator: str, workers: int, warmup: int, steps: int) -> None:
     gpu = accelerator == "gpu"
-    dm = YambdaDataModule(data, batch_size=config["batch_size"], num_workers=workers, lean=True, pin_memory=gpu)
+    dm = YambdaDataModule(data, batch_size=config["batch_size"], num_workers=workers, pin_memory=gpu)
     model = build_model(dm, config["model"])
     profile = cProfile.Profile()
     profile.enable()
@@ -50,7 +50,7 @@ def profile_fit(data: str, config: dict, accelerator: str, workers: int, warmup:
 def profile_step(data: str, config: dict, accelerator: str, warmup: int, steps: int) -> None:
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     bf16 = config["precision"].startswith("bf16")
-    dm = YambdaDataModule(data, batch_size=config["batch_size"], lean=True)
+    dm = YambdaDataModule(data, batch_size=config["batch_size"])
     model = build_model(dm, config["model"]).to(device).train()
     opt = model.configure_optimizers()
     batches = [{k: v.to(device) for k, v in b.items()} for b in take_batches(dm, warmup + steps)]

@@ -29,7 +29,7 @@ def main() -> None:
     output = Output(args.out, "file", option="--out", overwrite=args.overwrite,  # checked before any work
                     inputs={"--ckpt_path": args.ckpt_path, "the checkpoint's data_dir": data.path})
     hp = model.hparams
-    module = YambdaDataModule(str(data.path), eval_batch_size=1024, history=hp.history, lean=True,
+    module = YambdaDataModule(str(data.path), eval_batch_size=1024, history=hp.history,
                               feedback=hp.feedback, exclude_seen=False)
     queries, targets = [], []
     with torch.no_grad():

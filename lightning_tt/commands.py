@@ -107,6 +107,7 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
     """
     from lightning_tt.baselines import evaluate
     from lightning_tt.baselines import tune as tune_baselines
+    from lightning_tt.eval.metrics import comparison_columns
     from lightning_tt.eval.table import print_table
     from lightning_tt.outputs import Output
     from lightning_tt.runs import write_json
@@ -123,8 +124,7 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
     write_json(output, results)
     if tune:
         print(f"chosen on the validation window by {tune_metric}; the test window:")
-    print_table(results, [f"{split}/next/recall@{k}" for k in ks] + [f"{split}/paper/ndcg@{ks[0]}",
-                                                                     f"{split}/paper/recall@{ks[-1]}"], params=True)
+    print_table(results, split, comparison_columns(ks), params=True)
     print(f"metrics written to {output.path}")
 
 

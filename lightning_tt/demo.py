@@ -18,6 +18,7 @@ from lightning_tt.data.schema import RawDataError, find_size
 from lightning_tt.data.summary import summarize
 from lightning_tt.data.synth import synthesize
 from lightning_tt.errors import InputError
+from lightning_tt.eval.metrics import comparison_columns
 from lightning_tt.eval.table import print_table
 from lightning_tt.lightning_cli import CONFIGS, lightning_cli
 from lightning_tt.outputs import Output
@@ -78,11 +79,8 @@ def run_demo(workdir: str | Path, epochs: int | None = None) -> None:
           f"--report.baselines_file {baselines_file}")
     test = lightning_cli(["test", "--config", str(run_config), "--ckpt_path", best,
                           "--report.baselines_file", str(baselines_file)])
-    found = {name: float(value) for name, value in test.trainer.callback_metrics.items()}
-    model = {name.replace("exact_", ""): value for name, value in found.items() if "/exact_" in name}
-    paper_k = 100 if 100 in ks else ks[-1]
-    columns = [f"test/next/recall@{k}" for k in ks] + [f"test/paper/ndcg@{ks[0]}", f"test/paper/recall@{paper_k}"]
+    model = {name: float(value) for name, value in test.trainer.callback_metrics.items()}
     print("[demo] the test split, exact rankings (the model's ANN values are in its metrics.json):")
-    print_table({"TwoTower": model, **baselines}, columns)
+    print_table({"TwoTower": model, **baselines}, "test", comparison_columns(ks), exact_rows=("TwoTower",))
     print(f"[demo] checkpoint: {best}")
     print(f"[demo] run directory (config, checkpoints, W&B offline run under {workdir / 'logs' / 'wandb'}): {run_dir}")

@@ -89,7 +89,7 @@ def _calibration_queries(model: TwoTowerModule, data: PreparedData) -> np.ndarra
     validation window (the test window's when validation has none): what export calibrates the index's
     search parameters on."""
     split = "val" if data.num_examples("val") else "test"
-    cases = NextTrackDataset(data, split, model.hparams.history, lean=True, feedback=model.hparams.feedback)
+    cases = NextTrackDataset(data, split, model.hparams.history, feedback=model.hparams.feedback)
     rows = np.arange(len(cases))
     if len(rows) > CALIBRATION_QUERIES:
         rows = np.sort(np.random.default_rng(0).choice(len(rows), CALIBRATION_QUERIES, replace=False))
@@ -142,10 +142,10 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
 
 def _query_gatherer(data: PreparedData, model, history: int | None) -> FeatureGatherer:
     """The batch gatherer training used for this model: its history window (``history`` overrides it)
-    and its number of recent likes and dislikes; lean (the model holds the item features). With the
-    model's ``exclude_seen``, queries carry the user's positives of every split (all are past now)."""
+    and its number of recent likes and dislikes. With the model's ``exclude_seen``, queries carry the
+    user's positives of every split (all are past now)."""
     seen = ("train", "val", "test") if model.hparams.get("exclude_seen") else ()
-    return FeatureGatherer(data, history or model.hparams.history, lean=True, feedback=model.hparams.feedback,
+    return FeatureGatherer(data, history or model.hparams.history, feedback=model.hparams.feedback,
                            seen=seen)
 
 
@@ -159,7 +159,7 @@ def _search(index: faiss.Index, model, batch: dict[str, torch.Tensor], k: int) -
 
 
 def _query_batch(gather: FeatureGatherer, user_index: np.ndarray, seed_index: np.ndarray) -> dict[str, torch.Tensor]:
-    """A lean batch of R requests, asked now: each user's state after their last listen in the stream
+    """A batch of R requests, asked now: each user's state after their last listen in the stream
     (the last N listens with their play ratios; every like and dislike counts), the given seed (organic:
     the user's own play), example age 0: the same features as training's (FeatureGatherer.query). Indices are [R]."""
     offsets = np.asarray(gather.data["user_offsets"])

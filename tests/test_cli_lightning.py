@@ -51,8 +51,8 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
     result = subprocess.run(
         [sys.executable, "-m", "lightning_tt.cli", "test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best),
          "--trainer.enable_progress_bar", "false", "--report.baselines_file", str(baselines),
-         "--retrieval.kind", "ivfflat", "--retrieval.nlist", "16", "--retrieval.nprobe", "1",
-         "--retrieval.target_overlap", "0.99"],
+         "--retrieval.index.kind", "ivfflat", "--retrieval.index.nlist", "16", "--retrieval.index.nprobe", "1",
+         "--retrieval.index.target_overlap", "0.99"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -326,7 +326,7 @@ def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
     metrics = {}
     for devices in (1, 2):
         out = _cli(tmp_path, "test", *common, *NEW_INPUTS, "--trainer.devices", str(devices), "--ckpt_path", ckpt,
-                   "--retrieval.kind", "flat", "--trainer.logger.init_args.save_dir", f"test{devices}").stdout
+                   "--retrieval.index.kind", "flat", "--trainer.logger.init_args.save_dir", f"test{devices}").stdout
         metrics[devices] = json.loads((tmp_path / out.split("metrics written to ")[1].split()[0]).read_text())
     assert metrics[1].keys() == metrics[2].keys()
     assert "test/paper/ndcg@10" in metrics[2] and "test/next/ann_exact_ratio@100" in metrics[2]
@@ -401,7 +401,7 @@ def test_two_nodes_shard_by_global_rank_and_give_the_numbers_of_one(prepared, tm
     assert len(runs) == 1 and len(list(tmp_path.rglob("config.yaml"))) == 1  # one process wrote the run
     ckpt = str(runs[0] / "checkpoints" / "last.ckpt")
     metrics = {}
-    test = ["test", *common, "--ckpt_path", ckpt, "--retrieval.kind", "flat"]
+    test = ["test", *common, "--ckpt_path", ckpt, "--retrieval.index.kind", "flat"]
     found = _two_nodes(tmp_path, probe, *test, "--trainer.logger.init_args.save_dir", "test2")
     metrics[2] = json.loads((tmp_path / found[0].stdout.split("metrics written to ")[1].split()[0]).read_text())
     assert "metrics written to" not in found[1].stdout  # node 1 writes nothing
@@ -411,3 +411,38 @@ def test_two_nodes_shard_by_global_rank_and_give_the_numbers_of_one(prepared, tm
     for name, value in metrics[1].items():
         if "/index/" not in name:
             assert metrics[2][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def option_help(help_text: str) -> dict[str, str]:
+    """{--option: its help text, less the '(type: ..., default: ...)' jsonargparse adds} from --help output."""
+    found, current = {}, None
+    for line in help_text.splitlines():
+        stripped = line.strip()
+        if line.startswith("  --"):
+            current = stripped.split()[0].split(",")[0]
+            found[current] = " ".join(stripped.split()[1:])
+        elif current is not None and line.startswith("      ") and stripped:
+            found[current] += " " + stripped
+        else:
+            current = None
+    return {name: text.split("(type:")[0].replace(name.split(".")[-1].upper(), "").strip()
+            for name, text in found.items()}
+
+
+def test_fit_help_explains_every_option_of_ours(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--help"])
+    assert stop.value.code == 0
+    options = option_help(capsys.readouterr().out)
+    ours = {name: text for name, text in options.items()
+            if name.startswith(("--model.", "--data.", "--retrieval.", "--report.", "--predictions."))}
+    assert {"--model.temperature", "--data.batch_size", "--retrieval.index.nprobe", "--retrieval.warm_start",
+            "--report.baselines_file", "--predictions.output"} <= set(ours)
+    unexplained = sorted(name for name, text in ours.items() if len(text) < 10 and not name.endswith(".help"))
+    assert unexplained == []
+    assert "width d of the user, item, artist and album embeddings" in ours["--model.embedding_dim"]
+
+
+def test_option_help_sees_an_option_without_help():
+    text = "options:\n  --model.a A           what a does (type: int, default: 1)\n  --model.b B           (type: int, default: 2)\n"
+    assert option_help(text) == {"--model.a": "what a does", "--model.b": ""}

@@ -17,7 +17,7 @@ from lightning_tt.sweep import base_flags, distribution, flag_value, grid_points
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
-        "--retrieval.nlist=16"]
+        "--retrieval.index.nlist=16"]
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
@@ -40,8 +40,9 @@ def test_sweep_file_runs_offline(path, tiny_prepared, tmp_path, monkeypatch):
     for row in rows:
         saved = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())
         for key, spec in sweep["parameters"].items():
-            section, name = key.split(".")
-            value = saved[section][name] if section != "retrieval" else saved["retrieval"][name]
+            value = saved
+            for part in key.split("."):  # retrieval.index.nprobe is nested one level deeper
+                value = value[part]
             assert str(value) == row[key]
             if "values" in spec:
                 assert value in spec["values"]

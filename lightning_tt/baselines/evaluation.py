@@ -13,9 +13,9 @@ from lightning_tt.baselines.models import ALL, Baseline
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.errors import InputError
-from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
+from lightning_tt.eval.metrics import PROTOCOLS, metric_name, parse_metric_name, score_lists
 
-DEFAULT_TUNE_METRIC = "val/next/recall@100"
+DEFAULT_TUNE_METRIC = metric_name("val", "next", "recall", 100)
 
 
 #: ``tune`` selects on at most this many validation cases per protocol (a seeded sample of them).
@@ -33,32 +33,26 @@ class _Cases:
         def chosen(n: int) -> np.ndarray:
             return np.sort(rng.choice(n, limit, replace=False)) if limit and n > limit else np.arange(n)
 
-        nxt = NextTrackDataset(data, split, history, lean=True)
+        nxt = NextTrackDataset(data, split, history)
         self.next = nxt.arrays(chosen(len(nxt)))
-        paper = PaperListDataset(data, split, history, lean=True)
+        paper = PaperListDataset(data, split, history)
         self.paper = paper.arrays(chosen(len(paper)))
         self.num_items = data.vocab["num_items"]
 
-    def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = ("next", "paper")
-              ) -> dict[str, float]:
-        """{``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``: value} of a fitted baseline."""
-        k, values = max(ks), {}
+    def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, float]:
+        """{metric_name: value} of a fitted baseline's lists (lightning_tt.eval.metrics), on the protocols
+        asked. All cases are in this process (also when called from rank zero of a DDP test)."""
+        k, lists = max(ks), {}
         if "next" in protocols:
             nxt = self.next
-            # All cases are in this process (also when called from rank zero of a DDP test): no syncing.
-            recall = NextTrackRecall(ks, sync_on_compute=False)
-            recall.update(torch.from_numpy(baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)),
-                          torch.from_numpy(nxt["target_item"]))
-            values.update({f"{self.split}/next/recall@{kk}": float(v) for kk, v in recall.compute().items()})
+            top = baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)
+            lists["next_track"] = (torch.from_numpy(top), torch.from_numpy(nxt["target_item"]))
         if "paper" in protocols:
             paper = self.paper
-            lists = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
-            metrics = PaperMetrics(ks, self.num_items, FIRST_ITEM, sync_on_compute=False)
-            metrics.update(torch.from_numpy(lists), torch.from_numpy(paper["target_items"]),
-                           torch.from_numpy(paper["target_count"]))
-            for name, per_k in metrics.compute().items():
-                values.update({f"{self.split}/paper/{name}@{kk}": float(v) for kk, v in per_k.items()})
-        return values
+            top = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
+            lists["paper"] = (torch.from_numpy(top), torch.from_numpy(paper["target_items"]),
+                              torch.from_numpy(paper["target_count"]))
+        return score_lists(self.split, ks, self.num_items, **lists)
 
 
 def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) -> PreparedData:
@@ -99,14 +93,12 @@ def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], name
 def _parse_metric(metric: str, catalogue: int) -> tuple[str, str, int]:
     """``val/next/recall@100`` -> ("next", "recall", 100); InputError naming --tune_metric otherwise."""
     choices = "val/next/recall@K or val/paper/{recall,ndcg,coverage}@K"
-    try:
-        split, protocol, rest = metric.split("/")
-        name, k = rest.split("@")
-        k = int(k)
-    except ValueError:
-        raise InputError(f"--tune_metric: {metric!r} is not a metric name; use {choices}") from None
-    if split != "val" or (protocol, name) not in {("next", "recall"), ("paper", "recall"), ("paper", "ndcg"),
-                                                  ("paper", "coverage")}:
+    parsed = parse_metric_name(metric)
+    if parsed is None:
+        raise InputError(f"--tune_metric: {metric!r} is not a metric name; use {choices}")
+    stage, protocol, name, k, exact = parsed
+    if stage != "val" or exact or (protocol, name) not in {("next", "recall"), ("paper", "recall"),
+                                                           ("paper", "ndcg"), ("paper", "coverage")}:
         raise InputError(f"--tune_metric: {metric!r} is not a validation metric; use {choices}")
     if not 1 <= k <= catalogue:
         raise InputError(f"--tune_metric: k must lie in 1..{catalogue:,} (the catalogue), got {k}")

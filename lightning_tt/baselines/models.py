@@ -207,7 +207,7 @@ class Transitions(Baseline):
 
     def fit(self, data):
         super().fit(data)
-        dataset = NextTrackDataset(data, "train", history=1, lean=True)
+        dataset = NextTrackDataset(data, "train", history=1)
         batch = dataset.arrays(np.arange(len(dataset)))
         seeds, targets = batch["seed_item"], batch["target_item"]
         keep = seeds >= FIRST_ITEM

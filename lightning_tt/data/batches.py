@@ -5,34 +5,28 @@ is ``stream[max(off[u], p - N) : p]`` and its seed track is ``stream[p - 1]`` (t
 listen), so no feature can contain the target (at ``p``) or anything later. Everything is vectorised
 over the batch: one fancy-index gather per array, no Python loop per example.
 
-Keys of a next-track batch (``B`` examples, ``N`` history length, ``D`` audio dim; item, artist and
-album indices use 0 for padding and 1 for unknown)::
+Keys of a next-track batch (``B`` examples, ``N`` history length; item indices use 0 for padding and
+1 for unknown). A batch holds indices only: the model holds the item table (artist, album, track
+length, audio) on its device and looks every other item feature up there::
 
     user                                   [B]     int64
-    history_item, history_artist,
-    history_album                          [B, N]  int64   right-aligned: the most recent is last
+    history_item                           [B, N]  int64   right-aligned: the most recent is last
     history_mask                           [B, N]  bool    True on real entries
+    history_length                         [B]     int64   number of real entries (<= N)
     history_ratio                          [B, N]  float32 play_weight of each listen (0 on padding)
     liked_item, disliked_item              [B, K]  int64   the user's last K likes (dislikes) set
                                                            strictly before the query time and not
                                                            cancelled by then (data/feedback.py),
                                                            right-aligned; only with ``feedback`` K > 0
-    history_length                         [B]     int64   number of real entries (<= N)
     seen_items                             [B, S]  int64   the user's distinct positives, 0-padded
                                                            (data/seen.py): the training ones for
                                                            evaluation with exclude_seen, every split's
                                                            when serving; the lists leave them out
-    history_track_length_mean              [B]     float32 seconds, 0 when the history is empty
-    seed_item, seed_artist, seed_album     [B]     int64   0 when the user has no previous listen
+    seed_item                              [B]     int64   the previous listen; 0 when there is none
     seed_organic                           [B]     int64   is_organic of the seed listen (0 without one)
-    seed_audio                             [B, D]  float32 zeros when the item has no embedding
-    seed_has_audio                         [B]     bool
-    seed_track_length                      [B]     float32 seconds
     example_age                            [B]     float32 seconds: train_max_timestamp - timestamp
                                                            in training, 0 for evaluation cases
-    target_item, target_artist,
-    target_album, target_audio,
-    target_has_audio, target_track_length          as for the seed
+    target_item                            [B]     int64
     weight                                 [B]     float32 play-ratio weight, see play_weight
 
 The query time is the target listen's timestamp for a next-track example, the window start for a
@@ -42,15 +36,6 @@ With ``target_horizon`` H > 0 (training only) a training example's target is not
 one drawn uniformly from the same user's Listen+ training examples in ``[t, t + H]`` (its own listen
 included), where ``t`` is its time; the query stays the state before the example's own listen. This
 teaches the query the day-ahead (paper) protocol's question rather than only the next track.
-
-A *lean* batch (``lean=True``) holds only the indices (``user``, ``history_item``, ``history_mask``,
-``history_length``, ``history_ratio``, ``liked_item``, ``disliked_item``, ``seed_item``,
-``seed_organic``, ``seen_items``, ``target_item``) and ``example_age`` and ``weight``: a model that
-holds the item table (as TwoTowerModule does) looks every other item feature up on its device, and the
-loader moves a third of the bytes.
-
-The history's mean audio embedding is left to the model (a masked mean over ``history_item`` rows of
-the item audio table it holds): gathering B x N x D floats here would dominate batch time.
 
 A paper-protocol batch has the query keys (``user``, ``history_*``, ``seed_*``, ``example_age``) and
 ``target_items`` [B, T] int64 (the user's Listen+ items in the window, with repeats, 0-padded to the
@@ -62,7 +47,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lightning_tt.data.arrays import bfloat16_to_float32
 from lightning_tt.data.feedback import recent_feedback
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.data.seen import seen_items
@@ -75,19 +59,17 @@ def play_weight(played_ratio_pct: np.ndarray) -> np.ndarray:
 
 
 class FeatureGatherer:
-    """Gathers query and item features from one prepared dataset (small item tables held in memory).
+    """Gathers the query's and the target's indices from one prepared dataset's event stream.
     ``feedback`` K > 0 adds the user's last K likes and dislikes to every query; ``seen`` (split names)
     adds the user's distinct positives of those splits as ``seen_items``."""
 
-    def __init__(self, data: PreparedData, history: int, lean: bool = False, feedback: int = 0,
-                 seen: tuple[str, ...] = ()):
+    def __init__(self, data: PreparedData, history: int, feedback: int = 0, seen: tuple[str, ...] = ()):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         if feedback < 0:
             raise ValueError(f"feedback must be >= 0, got {feedback}")
         self.data = data
         self.history = history
-        self.lean = lean
         self.feedback = feedback
         self.seen = tuple(seen)
         self.stream_item = data["stream_item"]
@@ -95,40 +77,20 @@ class FeatureGatherer:
         self.stream_ratio = data["stream_ratio"]
         self.stream_organic = data["stream_organic"]
         self.user_offsets = np.asarray(data["user_offsets"])
-        self.item_artist = np.asarray(data["item_artist"]).astype(np.int64)
-        self.item_album = np.asarray(data["item_album"]).astype(np.int64)
-        self.item_length = np.asarray(data["item_length"])
-        self.item_has_audio = np.asarray(data["item_has_audio"])
-        self.item_audio = data["item_audio"]  # bfloat16 bits, uint16 memmap [num_items, D]
         self.signals = {kind: recent_feedback(data, kind) for kind in ("liked", "disliked")} if feedback else {}
         self.seen_items = seen_items(data, self.seen) if self.seen else None
         self._window = np.arange(-history, 0, dtype=np.int64)
 
     def __getstate__(self):
         """Pickle (for spawned DataLoader workers) the directory, not the memory-mapped arrays."""
-        return {"data": self.data, "history": self.history, "lean": self.lean, "feedback": self.feedback,
-                "seen": self.seen}
+        return {"data": self.data, "history": self.history, "feedback": self.feedback, "seen": self.seen}
 
     def __setstate__(self, state):
-        self.__init__(state["data"], state["history"], state["lean"], state["feedback"], state["seen"])
+        self.__init__(state["data"], state["history"], state["feedback"], state["seen"])
 
     def user_of(self, pos: np.ndarray) -> np.ndarray:
         """User index owning each stream position (the last user whose range starts at or before it)."""
         return np.searchsorted(self.user_offsets, pos, side="right") - 1
-
-    def items(self, items: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
-        """Features of item indices ``items`` [B] under keys ``{prefix}_item`` etc. (only the index
-        when the gatherer is lean)."""
-        if self.lean:
-            return {f"{prefix}_item": items}
-        return {
-            f"{prefix}_item": items,
-            f"{prefix}_artist": self.item_artist[items],
-            f"{prefix}_album": self.item_album[items],
-            f"{prefix}_audio": bfloat16_to_float32(self.item_audio[items]),
-            f"{prefix}_has_audio": self.item_has_audio[items],
-            f"{prefix}_track_length": self.item_length[items],
-        }
 
     def query(self, pos: np.ndarray, user: np.ndarray, time: np.ndarray) -> dict[str, np.ndarray]:
         """Query features for targets at stream positions ``pos`` [B] of users ``user`` [B] asked at
@@ -146,11 +108,7 @@ class FeatureGatherer:
             out[f"{kind}_item"] = signals.recent(user, time, self.feedback)
         if self.seen_items is not None:
             out["seen_items"] = self.seen_items.padded(user)
-        if not self.lean:
-            out["history_artist"] = np.where(mask, self.item_artist[history], 0)
-            out["history_album"] = np.where(mask, self.item_album[history], 0)
-            out["history_track_length_mean"] = (self.item_length[history] * mask).sum(axis=1) / np.maximum(count, 1)
-        out.update(self.items(history[:, -1], "seed"))
+        out["seed_item"] = history[:, -1]
         out["seed_organic"] = np.where(mask[:, -1], self.stream_organic[safe[:, -1]], 0)
         return out
 
@@ -179,13 +137,13 @@ class NextTrackDataset(torch.utils.data.Dataset):
     Use with :class:`BatchIndexSampler` and ``DataLoader(batch_size=None)``.
     """
 
-    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False, feedback: int = 0,
-                 target_horizon: int = 0, exclude_seen: bool = False):
+    def __init__(self, data: PreparedData, split: str, history: int, feedback: int = 0, target_horizon: int = 0,
+                 exclude_seen: bool = False):
         if target_horizon < 0 or (target_horizon and split != "train"):
             raise ValueError(f"target_horizon must be >= 0 and only for training, got {target_horizon} for {split}")
         if exclude_seen and split == "train":
             raise ValueError("exclude_seen is for evaluation cases, not training examples")
-        self.gather = FeatureGatherer(data, history, lean, feedback, ("train",) if exclude_seen else ())
+        self.gather = FeatureGatherer(data, history, feedback, ("train",) if exclude_seen else ())
         self.split = split
         self.target_horizon = target_horizon
         self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
@@ -232,7 +190,7 @@ class NextTrackDataset(torch.utils.data.Dataset):
         else:
             out["example_age"] = (self.age_reference - g.stream_ts[pos].astype(np.int64)).astype(np.float32)
         target = np.asarray(self.pos[self.targets(index)], dtype=np.int64)
-        out.update(g.items(g.stream_item[target].astype(np.int64), "target"))
+        out["target_item"] = g.stream_item[target].astype(np.int64)
         out["weight"] = play_weight(g.stream_ratio[target])
         return out
 
@@ -245,9 +203,8 @@ class PaperListDataset(torch.utils.data.Dataset):
     start, with that user's Listen+ targets in the window (repeats kept); ``exclude_seen`` adds
     ``seen_items`` as for NextTrackDataset."""
 
-    def __init__(self, data: PreparedData, split: str, history: int, lean: bool = False, feedback: int = 0,
-                 exclude_seen: bool = False):
-        self.gather = FeatureGatherer(data, history, lean, feedback, ("train",) if exclude_seen else ())
+    def __init__(self, data: PreparedData, split: str, history: int, feedback: int = 0, exclude_seen: bool = False):
+        self.gather = FeatureGatherer(data, history, feedback, ("train",) if exclude_seen else ())
         self.split = split
 
     def __len__(self) -> int:

@@ -26,8 +26,6 @@ class YambdaDataModule(L.LightningDataModule):
         history: history window length N (default: the ``--split.history`` the data was prepared with).
         num_workers: DataLoader worker processes (0 assembles batches in the training process).
         seed: seed of the per-epoch shuffling of training examples.
-        lean: batches of indices only (see :mod:`lightning_tt.data.batches`); the model looks the
-            item features up itself, and the loader does a third of the work.
         pin_memory: page-locked batches, for fast copies to a GPU.
         feedback: K, the number of the user's most recent likes and of their most recent dislikes
             every query carries (``liked_item``, ``disliked_item``; 0 = none). Linked into the model.
@@ -42,7 +40,7 @@ class YambdaDataModule(L.LightningDataModule):
     """
 
     def __init__(self, data_dir: str, batch_size: int = 4096, eval_batch_size: int | None = None,
-                 history: int | None = None, num_workers: int = 0, seed: int = 0, lean: bool = False,
+                 history: int | None = None, num_workers: int = 0, seed: int = 0,
                  pin_memory: bool = False, feedback: int = 0, target_horizon: int = 0,
                  exclude_seen: bool | None = None):
         super().__init__()
@@ -120,7 +118,7 @@ class YambdaDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> NextTrackDataset:
         """Next-track examples of ``split`` in {train, val, test}."""
         horizon = self.hparams.target_horizon if split == "train" else 0
-        return NextTrackDataset(self.data, split, self.history, self.hparams.lean, self.feedback, horizon,
+        return NextTrackDataset(self.data, split, self.history, self.feedback, horizon,
                                 exclude_seen=self.exclude_seen and split != "train")
 
     def train_dataloader(self) -> DataLoader:
@@ -141,6 +139,5 @@ class YambdaDataModule(L.LightningDataModule):
     def paper_dataloader(self, split: str) -> DataLoader:
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets; batches of
         ``eval_batch_size // 16`` users, since each carries all its targets)."""
-        dataset = PaperListDataset(self.data, split, self.history, self.hparams.lean, self.feedback,
-                                   self.exclude_seen)
+        dataset = PaperListDataset(self.data, split, self.history, self.feedback, self.exclude_seen)
         return self._loader(dataset, max(1, self.eval_batch_size // 16), train=False)

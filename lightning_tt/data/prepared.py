@@ -101,9 +101,6 @@ class PreparedData:
     def num_examples(self, split: str) -> int:
         return int(self.meta["arrays"][f"{split}_pos"]["shape"][0])
 
-    def num_paper_lists(self, split: str) -> int:
-        return int(self.meta["arrays"][f"paper_{split}_user"]["shape"][0])
-
     def item_features(self) -> dict[str, np.ndarray]:
         """The item side tables, read into memory, indexed by item index [num_items] (row 0 = padding, with
         no features): ``artist``, ``album`` int64, ``track_length`` float32 (seconds, 0 = unknown),

@@ -28,8 +28,8 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_tt.data.prepared import FIRST_ITEM
 from lightning_tt.errors import InputError
-from lightning_tt.eval.index import Coarse, IndexConfig, Kind, build_index
-from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
+from lightning_tt.eval.index import IndexConfig, build_index
+from lightning_tt.eval.metrics import score_lists
 
 #: What the callback keeps of each protocol's step outputs, in order.
 FIELDS = {"next": ("queries", "target_item", "seen_items"),
@@ -37,30 +37,26 @@ FIELDS = {"next": ("queries", "target_item", "seen_items"),
 
 
 class FaissRetrieval(L.Callback):
-    """Index settings as primitives (configs and sweeps set them); see IndexConfig.
+    """Builds the index and logs the ANN metrics at the end of every validation epoch and of ``test``
+    (see the module docstring)."""
 
-    ``warm_start`` (a cosine, e.g. 0.95): rebuild from the trained quantizer and codebooks of the last
-    index that trained them (build_index's ``warm_from``) while the items' vectors keep a mean cosine of
-    at least this to the vectors of that training (measured on a sample of ``DRIFT_SAMPLE`` items);
-    train afresh otherwise. None trains at every build.
-
-    ``target_overlap`` (e.g. 0.98) calibrates nprobe and k_factor at each build on a sample of the
-    epoch's next-track queries (paper queries when there are none; lightning_tt.eval.index.calibrate),
-    so the ANN metrics stay within that share of the exact top 100 as the embeddings change. The
-    ANN/exact ratios are then measured on queries that include the calibration sample."""
-
+    #: Items whose vectors measure the drift from the last index that trained (``warm_start``).
     DRIFT_SAMPLE = 10_000
 
-    def __init__(self, kind: Kind = IndexConfig.kind, nlist: int | None = None, m: int | None = None, nbits: int = 8,
-                 rerank: bool = True, hnsw_m: int = 32, nprobe: int | None = None, ef_search: int = 128,
-                 k_factor: int | None = None, coarse: Coarse | None = None, quantizer_ef_search: int | None = None,
-                 train_sample: int | None = None, warm_start: float | None = None,
-                 target_overlap: float | None = None):
-        """Unset (None) options are chosen from the catalogue's size and dim (lightning_tt.eval.index)."""
-        self.config = IndexConfig(kind, nlist, m, nbits, rerank, hnsw_m, nprobe, ef_search, k_factor, coarse,
-                                  quantizer_ef_search, train_sample, target_overlap)
+    def __init__(self, index: IndexConfig = IndexConfig(), warm_start: float | None = None):  # noqa: B008
+        """
+        Args:
+            index: the Faiss index (lightning_tt/eval/index.py); options left unset are chosen from the
+                catalogue's size and dim. With ``index.target_overlap``, nprobe and k_factor are calibrated
+                at each build on a sample of the epoch's next-track queries (paper queries when there are
+                none), so the ANN metrics keep that share of the exact top 100 as the embeddings change
+            warm_start: a cosine in [-1, 1]: rebuild from the quantizer and codebooks of the last index
+                that trained them while the items' vectors keep at least this mean cosine to those it
+                was trained on (measured on DRIFT_SAMPLE items); None trains at every build
+        """
         if warm_start is not None and not -1 <= warm_start <= 1:
             raise InputError(f"retrieval.warm_start is a cosine in [-1, 1] (or null), got {warm_start}")
+        self.config = index
         self.warm_start = warm_start
         self._trained: tuple | None = None  # (BuiltIndex that trained, its sample rows, their vectors)
         self._rows: dict[str, list[tuple[torch.Tensor, ...]]] = {"next": [], "paper": []}  # this epoch's, on the CPU
@@ -107,24 +103,20 @@ class FaissRetrieval(L.Callback):
         asked = gathered["next"] or gathered["paper"]
         built, drift = self._build(items, asked[0].numpy() if asked else None)
         ks = list(module.hparams.recall_k)
-        values: dict[str, float] = {}
         qps = []
-        # The cases of all processes are here already: no synchronisation on compute.
+        lists = {}
         if gathered["next"]:
             queries, targets, seen = gathered["next"]
             top, speed = self._search(built, queries, max(ks), seen)
             qps.append(speed)
-            metric = NextTrackRecall(ks, sync_on_compute=False)
-            metric.update(top, targets)
-            values.update({f"{stage}/next/recall@{k}": float(v) for k, v in metric.compute().items()})
+            lists["next_track"] = (top, targets)
         if gathered["paper"]:
             queries, target_items, target_count, seen = gathered["paper"]
             top, speed = self._search(built, queries, max(ks), seen)
             qps.append(speed)
-            metric = PaperMetrics(ks, module.hparams.num_items, FIRST_ITEM, sync_on_compute=False)
-            metric.update(top, target_items, target_count)
-            for name, per_k in metric.compute().items():
-                values.update({f"{stage}/paper/{name}@{k}": float(v) for k, v in per_k.items()})
+            lists["paper"] = (top, target_items, target_count)
+        # The cases of all processes are here already: no synchronisation on compute.
+        values = score_lists(stage, ks, module.hparams.num_items, **lists)
         values[f"{stage}/index/build_seconds"] = built.build_seconds
         values[f"{stage}/index/queries_per_second"] = float(np.mean(qps)) if qps else 0.0
         values[f"{stage}/index/bytes"] = float(built.bytes)

@@ -80,18 +80,18 @@ class IndexConfig:
     """A Faiss index (see the module docstring); None: chosen from the catalogue's size and dim.
 
     Args:
-        kind: the index kind
-        nlist: IVF lists
-        m: PQ sub-quantizers
+        kind: the index kind (see the table above)
+        nlist: IVF lists (k-means cells) the vectors are divided into
+        m: PQ sub-quantizers (bytes or half-bytes per code)
         nbits: bits per PQ code (ivfpq; fast-scan uses 4)
         rerank: re-rank the PQ candidates exactly (RFlat)
-        hnsw_m: HNSW graph degree
+        hnsw_m: HNSW graph degree (hnsw, and an HNSW coarse quantizer)
         nprobe: IVF lists visited per query
-        ef_search: HNSW search depth
+        ef_search: HNSW search depth (efSearch)
         k_factor: candidates re-ranked exactly = k_factor x k
-        coarse: the IVF coarse quantizer
+        coarse: the IVF coarse quantizer: flat (exact assignment) or hnsw
         quantizer_ef_search: the HNSW coarse quantizer's efSearch
-        train_sample: vectors (a seeded sample) the training sees
+        train_sample: vectors (a seeded sample) the index is trained on
         target_overlap: calibrate nprobe and k_factor to keep this share of the exact top 100
     """
 
@@ -111,18 +111,18 @@ class IndexConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise InputError(f"index kind (--index.kind, retrieval.kind) must be one of {', '.join(KINDS)}, got "
+            raise InputError(f"index kind (--index.kind, retrieval.index.kind) must be one of {', '.join(KINDS)}, got "
                              f"{self.kind!r}")
         if self.coarse not in (None, *COARSE):
-            raise InputError(f"index option coarse (--index.coarse, retrieval.coarse) must be flat or hnsw, got "
+            raise InputError(f"index option coarse (--index.coarse, retrieval.index.coarse) must be flat or hnsw, got "
                              f"{self.coarse!r}")
         for name in ("nlist", "m", "nbits", "hnsw_m", "nprobe", "ef_search", "k_factor", "quantizer_ef_search",
                      "train_sample"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise InputError(f"index option {name} (--index.{name}, retrieval.{name}) must be >= 1, got {value}")
+                raise InputError(f"index option {name} (--index.{name}, retrieval.index.{name}) must be >= 1, got {value}")
         if self.target_overlap is not None and not 0 < self.target_overlap <= 1:
-            raise InputError(f"index option target_overlap (--index.target_overlap, retrieval.target_overlap) must be "
+            raise InputError(f"index option target_overlap (--index.target_overlap, retrieval.index.target_overlap) must be "
                              f"in (0, 1], got {self.target_overlap}")
 
 

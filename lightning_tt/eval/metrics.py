@@ -14,12 +14,42 @@ paper (one list per user, targets = the user's Listen+ items in the window, repe
     Coverage@k = #distinct items in any top k / #training items
 
 Users without targets are left out of Recall and NDCG (their lists still count for Coverage).
+
+Every value is named ``{stage}/{protocol}/{metric}@{k}`` (``metric_name``): ``val/next/recall@100``,
+``test/paper/ndcg@10``. The model's brute-force (exact) values carry ``exact_`` before the metric
+(``val/next/exact_recall@100``); without it a value comes from the Faiss index or from a baseline.
+``RetrievalMetrics`` scores both protocols and names the values; the model, the index callback, the
+baselines, the report, the demo and the commands all read and write values through it.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torchmetrics import Metric
+
+from lightning_tt.data.prepared import FIRST_ITEM
+
+#: The two protocols: next-track cases and paper-protocol (day-ahead) lists.
+PROTOCOLS = ("next", "paper")
+
+
+def metric_name(stage: str, protocol: str, metric: str, k: int, exact: bool = False) -> str:
+    """``{stage}/{protocol}/{exact_}{metric}@{k}``, e.g. ``metric_name("val", "next", "recall", 100, exact=True)``
+    = ``val/next/exact_recall@100``."""
+    return f"{stage}/{protocol}/{'exact_' if exact else ''}{metric}@{k}"
+
+
+_NAME = re.compile(r"(?P<stage>\w+)/(?P<protocol>next|paper)/(?P<exact>exact_)?(?P<metric>[a-z_]+)@(?P<k>\d+)")
+
+
+def parse_metric_name(name: str) -> tuple[str, str, str, int, bool] | None:
+    """(stage, protocol, metric, k, exact) of a metric_name; None when ``name`` is not one."""
+    found = _NAME.fullmatch(name)
+    if found is None:
+        return None
+    return found["stage"], found["protocol"], found["metric"], int(found["k"]), found["exact"] is not None
 
 
 class NextTrackRecall(Metric):
@@ -97,3 +127,61 @@ class PaperMetrics(Metric):
             "ndcg": {k: self.dcg_sum[i] / self.idcg_sum[i].clamp(min=1e-12) for i, k in enumerate(self.ks)},
             "coverage": {k: coverage[i] for i, k in enumerate(self.ks)},
         }
+
+
+class RetrievalMetrics(torch.nn.Module):
+    """Both protocols' metrics of one stage (a module, so they follow the model's device), named by
+    ``metric_name``: next-track ``recall``, paper ``recall``, ``ndcg`` and ``coverage``, at every k of
+    ``ks``, with ``exact_`` for the model's brute-force lists. ``metric_options`` go to torchmetrics
+    (``sync_on_compute=False`` when every case is in this process)."""
+
+    def __init__(self, stage: str, ks: list[int], num_items: int, exact: bool = False, **metric_options):
+        super().__init__()
+        self.stage, self.exact = stage, exact
+        self.next = NextTrackRecall(ks, **metric_options)
+        self.paper = PaperMetrics(ks, num_items, FIRST_ITEM, **metric_options)
+
+    def update(self, protocol: str, top_items: torch.Tensor, *targets: torch.Tensor) -> None:
+        """top_items [B, K] ranked item indices; targets: ``target_item`` [B] (next) or ``target_items``
+        [B, T], ``target_count`` [B] (paper)."""
+        getattr(self, protocol).update(top_items, *targets)
+
+    def updated(self) -> tuple[str, ...]:
+        """The protocols this process has updated since the last reset."""
+        return tuple(p for p in PROTOCOLS if getattr(self, p).update_count > 0)
+
+    def compute(self, protocols: tuple[str, ...] | None = None) -> dict[str, float]:
+        """{metric_name: value} of ``protocols`` (default: the updated ones; under DDP every process must
+        compute the same protocols, since compute synchronises)."""
+        values = {}
+        for protocol in self.updated() if protocols is None else protocols:
+            found = getattr(self, protocol).compute()
+            per_metric = {"recall": found} if protocol == "next" else found
+            for metric, per_k in per_metric.items():
+                for k, value in per_k.items():
+                    values[metric_name(self.stage, protocol, metric, k, self.exact)] = float(value)
+        return values
+
+    def reset(self) -> None:
+        self.next.reset()
+        self.paper.reset()
+
+
+def score_lists(stage: str, ks: list[int], num_items: int, next_track: tuple[torch.Tensor, ...] | None = None,
+                paper: tuple[torch.Tensor, ...] | None = None, exact: bool = False) -> dict[str, float]:
+    """{metric_name: value} of ranked lists held whole in this process (no synchronisation):
+    ``next_track`` = (top_items [B, K], target_item [B]), ``paper`` = (top_items [U, K], target_items
+    [U, T], target_count [U]); a protocol given as None is left out."""
+    metrics = RetrievalMetrics(stage, ks, num_items, exact, sync_on_compute=False)
+    for protocol, lists in (("next", next_track), ("paper", paper)):
+        if lists is not None:
+            metrics.update(protocol, *lists)
+    return metrics.compute()
+
+
+def comparison_columns(ks: list[int]) -> list[tuple[str, str, int]]:
+    """The (protocol, metric, k) columns of a comparison table: next-track Recall at every k, then the
+    paper protocol's NDCG at the smallest k and Recall at 100 (the largest k when 100 is not one)."""
+    ks = sorted(ks)
+    return [("next", "recall", k) for k in ks] + [("paper", "ndcg", ks[0]),
+                                                   ("paper", "recall", 100 if 100 in ks else ks[-1])]

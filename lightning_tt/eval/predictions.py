@@ -24,11 +24,17 @@ from lightning_tt.runs import run_directory
 
 
 class ParquetPredictionWriter(Callback):
-    """``output``: the parquet file (relative: in the run's directory). It is checked when the predict
-    loop starts, before any case is scored (lightning_tt.outputs): not one of the command's inputs, an
-    existing file replaced only with ``overwrite`` and never a directory."""
+    """Writes ``predict``'s top-k lists to one parquet file (see the module docstring).
+
+    The file is checked when the predict loop starts, before any case is scored (lightning_tt.outputs):
+    not one of the command's inputs, an existing file replaced only with ``overwrite``, never a directory."""
 
     def __init__(self, output: str = "predictions.parquet", overwrite: bool = False):
+        """
+        Args:
+            output: the parquet file of predict's top-k lists (a relative path is in the run's directory)
+            overwrite: replace an existing output file
+        """
         self.output = output
         self.overwrite = overwrite
         self._outputs: list[dict[str, torch.Tensor]] = []

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lightning_tt.errors import InputError
+from lightning_tt.eval.metrics import metric_name
 from lightning_tt.outputs import Output
 from lightning_tt.runs import run_directory, write_json
 
@@ -36,7 +37,16 @@ SAMPLES = 20
 
 
 class RunReport(L.Callback):
+    """Writes what a run leaves besides checkpoints: the ANN/exact ratios, metrics.json and the figures.
+
+    See the module docstring."""
+
     def __init__(self, baselines_file: str | None = None):
+        """
+        Args:
+            baselines_file: a metrics.json of ``lightning-tt baselines --split test`` whose next-track
+                Recall@k curves the test figure shows beside the model's (none without it)
+        """
         self.baselines_file = baselines_file
         self._samples: list[dict[str, torch.Tensor]] = []
 
@@ -76,9 +86,10 @@ class RunReport(L.Callback):
         found = trainer.callback_metrics
         ratios = {}
         for k in module.hparams.recall_k:
-            ann, exact = found.get(f"{stage}/next/recall@{k}"), found.get(f"{stage}/next/exact_recall@{k}")
+            ann = found.get(metric_name(stage, "next", "recall", k))
+            exact = found.get(metric_name(stage, "next", "recall", k, exact=True))
             if ann is not None and exact is not None and float(exact) > 0:
-                ratios[f"{stage}/next/ann_exact_ratio@{k}"] = float(ann) / float(exact)
+                ratios[metric_name(stage, "next", "ann_exact_ratio", k)] = float(ann) / float(exact)
         if not ratios:
             return
         found.update({name: torch.tensor(value) for name, value in ratios.items()})
@@ -89,16 +100,16 @@ class RunReport(L.Callback):
         from lightning_tt.eval import plots
 
         ks = sorted(module.hparams.recall_k)
-        curves = {"TwoTower (exact)": {k: values[f"test/next/exact_recall@{k}"] for k in ks}}
-        if all(f"test/next/recall@{k}" in values for k in ks):
-            curves["TwoTower (ANN)"] = {k: values[f"test/next/recall@{k}"] for k in ks}
+        curves = {"TwoTower (exact)": recall_curve(values, ks, exact=True)}
+        if all(metric_name("test", "next", "recall", k) in values for k in ks):
+            curves["TwoTower (ANN)"] = recall_curve(values, ks)
         if self.baselines_file:
             curves.update(read_recall_curves(self.baselines_file, ks))
         written = [plots.recall_curves(curves, run_dir / "recall_at_k.png")]
         tradeoff = _tradeoff_points(values, max(ks))
         if tradeoff is not None:
             parameter, points = tradeoff
-            exact = values[f"test/next/exact_recall@{max(ks)}"] or 1.0
+            exact = values[metric_name("test", "next", "recall", max(ks), exact=True)] or 1.0
             nlist = int(values.get("test/index/nlist", 0))
             index = f"IVF{nlist} index" if nlist else "HNSW index"
             written.append(plots.ann_tradeoff([(n, q, r / exact) for n, q, r in points], run_dir / "ann_tradeoff.png",
@@ -150,9 +161,15 @@ def read_recall_curves(baselines_file: str, ks: list[int]) -> dict[str, dict[int
         raise InputError(f"{path}: cannot read the baselines' metrics (report.baselines_file): {err}") from err
     curves = {}
     for name, values in found.items():
-        missing = [f"test/next/recall@{k}" for k in ks if f"test/next/recall@{k}" not in values]
+        missing = [metric_name("test", "next", "recall", k) for k in ks]
+        missing = [m for m in missing if m not in values]
         if missing:
             raise InputError(f"{path}: baseline {name} has no {missing[0]} (report.baselines_file must come from "
                              f"`lightning-tt baselines --split test --k [{','.join(map(str, sorted(ks)))}]`)")
-        curves[name] = {k: float(values[f"test/next/recall@{k}"]) for k in ks}
+        curves[name] = recall_curve(values, ks)
     return curves
+
+
+def recall_curve(values: dict[str, float], ks: list[int], exact: bool = False) -> dict[int, float]:
+    """{k: test next-track Recall@k} of a model's or a baseline's values (``exact``: the model's exact ones)."""
+    return {k: float(values[metric_name("test", "next", "recall", k, exact)]) for k in ks}

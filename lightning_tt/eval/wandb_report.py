@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from lightning_tt.eval.metrics import metric_name
+
 
 def log_test_report(logger, values: dict[str, float], ks: list[int], samples: dict[str, np.ndarray] | None,
                     figures: list | None = None) -> None:
     """Log to a Lightning WandbLogger (nothing is written when W&B is disabled)."""
     import wandb
 
-    rows = [[k, values.get(f"test/next/exact_recall@{k}"), values.get(f"test/next/recall@{k}")] for k in sorted(ks)]
+    rows = [[k, values.get(metric_name("test", "next", "recall", k, exact=True)),
+             values.get(metric_name("test", "next", "recall", k))] for k in sorted(ks)]
     curve = wandb.Table(columns=["k", "exact_recall", "ann_recall"], data=rows)
     payload = {"test/next/recall_curve": wandb.plot.line(curve, "k", "exact_recall", title="next-track Recall@k")}
     if samples is not None:

@@ -6,15 +6,18 @@ validation/test: exact metrics of both protocols by brute force: the whole catal
                 per epoch (retrieval_items, [V, o']), every query (retrieval_query, [B, o']) scores all
                 items (padding and unknown excluded, and the user's training positives when the batch
                 carries ``seen_items``) and its top k goes to lightning_tt.eval.metrics. Dataloader 0
-                holds next-track cases, dataloader 1 paper-protocol lists. Logged as ``{stage}/next/exact_recall@{k}`` and
-                ``{stage}/paper/exact_{recall,ndcg,coverage}@{k}``. Each step returns its queries, lists and
-                targets (_evaluate), which the callbacks take in on_*_batch_end: FaissRetrieval searches
-                the queries with an index, RunReport writes metrics.json and the figures. The module
-                writes no files.
+                holds next-track cases, dataloader 1 paper-protocol lists. Logged as
+                ``{stage}/next/exact_recall@{k}`` and ``{stage}/paper/exact_{recall,ndcg,coverage}@{k}``.
+                Each step returns its queries, lists and targets (_evaluate), which the callbacks take in
+                on_*_batch_end: FaissRetrieval searches the queries with an index, RunReport writes
+                metrics.json and the figures. The module writes no files.
 predict_step:   top-k item indices and scores per case.
 
-Size: one module (about 430 lines) because it is one LightningModule; its hooks (training, the exact
-evaluation, checks before the loops, the optimizers) are Lightning's interface and read best together.
+Retrieval ranks items by ``s(u, i) = u . v_i + beta * tau * (log q(i) - mean_j log q(j))``, the same
+order as ``(u . v_i) / tau + beta * log q(i)``, with ``beta = popularity_weight`` and ``q`` the
+frequency estimator's probability: one more column of both vectors (retrieval_items,
+retrieval_query), so exact search, the Faiss index and serving all rank by it. Why each option exists
+and how the shipped values were chosen: docs/design.md (Model options) and docs/ablations.md.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from lightning_tt.data.prepared import FIRST_ITEM
 from lightning_tt.errors import InputError
-from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
+from lightning_tt.eval.metrics import PROTOCOLS, RetrievalMetrics, metric_name
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
 from lightning_tt.model.history import HistoryEncoder
 from lightning_tt.model.loss import corrected_softmax_loss
@@ -39,51 +42,13 @@ COMPILE_MODES = get_args(CompileMode)
 
 
 class TwoTowerModule(L.LightningModule):
-    """Two-tower retrieval model. Every argument is a primitive, so configs and sweeps can set it and
-    checkpoints reload with ``weights_only=True``; the ``num_*``/``audio_dim`` sizes and ``data_dir`` are
-    linked from the DataModule by the CLI.
+    """The two-tower retrieval model: towers, corrected loss, frequency estimator and exact evaluation.
 
-    Feature switches (``use_*``) turn feature groups off for ablations; ``share_tables`` shares the item,
-    artist and album tables between the towers; ``logq_correction`` subtracts log q (Yi et al.);
-    ``mixed_negatives`` adds M uniformly sampled catalogue items as extra negative columns;
-    ``compile`` runs the towers through torch.compile, in ``compile_mode`` (one of COMPILE_MODES;
-    ``reduce-overhead`` also captures CUDA graphs, for steps bound by kernel launches).
+    Every argument is a primitive, so configs and sweeps can set it and checkpoints reload with
+    ``weights_only=True`` (see the module docstring)."""
 
-    ``sparse_embeddings``: the id tables (user, item, artist, album) get sparse gradients and a lazy
-    Adam (``torch.optim.SparseAdam``) that updates only the rows the batch looked up, while Adam
-    updates the dense rest (two optimizers, so the step is written out: manual optimization). The
-    step then no longer grows with the catalogue: dense Adam reads and writes every row of every table
-    each step. The two differ in what they do to rows a batch did not touch (dense Adam keeps moving
-    them with their momentum, SparseAdam leaves them alone). Weight decay is not available for the
-    tables then, and ``compile`` compiles only the MLPs (Inductor cannot compile sparse gradients).
-
-    The query's inputs (lightning_tt.model.towers.QueryTower): ``history_encoder`` is ``mean``,
-    ``recency`` (learned position weights) or ``attention`` (``attention_blocks`` causal Transformer
-    layers of ``attention_heads`` heads, SASRec-style) over ``history`` learned positions (linked from
-    ``data.history``); ``use_play_ratio`` feeds each listen's play ratio in (an input of attention, a
-    pooling weight otherwise); see lightning_tt.model.history. ``feedback`` (linked from
-    ``data.feedback``) > 0 adds the bags of the user's recent likes and of their recent dislikes.
-    ``use_organic`` adds whether the seed listen was the user's own choice (is_organic; serving takes
-    1, a request being the user's own play).
-
-    The day-ahead (paper) protocol: ``seed_dropout`` hides the seed track (it becomes the padding item)
-    from that share of training examples, so the query also learns to answer without it; with
-    ``paper_seed`` false the paper protocol's queries are asked without the seed (its question is the
-    next day, not the next track). They go with ``data.target_horizon``, which draws the training
-    targets from a horizon after the query time.
-
-    Retrieval ranks items by ``s(u, i) = u . v_i + beta * tau * (log q(i) - mean_j log q(j))``, i.e. by
-    ``(u . v_i) / tau + beta * log q(i)`` (the same order), with ``beta = popularity_weight``,
-    ``q(i)`` the frequency estimator's per-step probability of the item at the end of training and the
-    mean over the catalogue (a constant per query: it changes no ranking, but a centred column keeps
-    more of the exact top 100 in an IVF index, 0.79 against 0.74 at nprobe 8 on a trained model). The
-    logQ correction takes ``log q`` out of the training logits so that in-batch negatives do not
-    punish popular items; ``beta`` says how much of it retrieval puts back: 0 ranks by ``u . v``, 1 by
-    the logits as the in-batch softmax saw them before the correction. The term is one more column of
-    both vectors (retrieval_items, retrieval_query), so exact search, the Faiss index and serving all
-    rank by it. ``exclude_seen`` (linked from ``data.exclude_seen``) leaves the user's past positives
-    out of the lists: evaluation batches carry them as ``seen_items``, and serving does the same.
-    """
+    #: Items embedded per forward when the whole catalogue is embedded (retrieval_items).
+    ITEM_CHUNK = 65536
 
     def __init__(
         self,
@@ -117,7 +82,6 @@ class TwoTowerModule(L.LightningModule):
         estimator_alpha: float = 0.01,
         mixed_negatives: int = 0,
         recall_k: list[int] = [10, 50, 100, 200],  # noqa: B006
-        eval_chunk: int = 65536,
         compile: bool = False,
         compile_mode: CompileMode = "default",
         sparse_embeddings: bool = False,
@@ -133,6 +97,57 @@ class TwoTowerModule(L.LightningModule):
         popularity_weight: float = 0.0,
         exclude_seen: bool = False,
     ):
+        """
+        Args:
+            data_dir: the prepared directory (linked from data.data_dir); the item side tables are read from it
+            data_fingerprint: the prepared data's fingerprint (linked); a checkpoint of other data is refused
+            num_users: users in the vocabulary, padding included (linked from the data)
+            num_items: items in the vocabulary, padding and unknown included (linked from the data)
+            num_artists: artists in the vocabulary (linked from the data)
+            num_albums: albums in the vocabulary (linked from the data)
+            audio_dim: width D of the audio embeddings (linked from the data)
+            embedding_dim: width d of the user, item, artist and album embeddings
+            hidden_dims: widths of both towers' hidden MLP layers
+            output_dim: width o of both towers' L2-normalised outputs
+            dropout: dropout after each hidden layer (and in attention)
+            temperature: tau of the logits <u, v> / tau
+            learning_rate: Adam's learning rate
+            weight_decay: Adam's weight decay (0 with sparse_embeddings)
+            share_tables: the query tower uses the item tower's item, artist and album tables
+            use_user: the query sees the user's embedding
+            use_history: the query sees the history window
+            use_seed: the query sees the seed track (the previous listen)
+            use_age: the query sees the example's age (0 at serving)
+            use_item_id: tracks are described by their item embedding
+            use_artist: tracks are described by their artist embedding
+            use_album: tracks are described by their album embedding
+            use_length: tracks are described by their log track length
+            use_audio: tracks are described by their audio embedding (a learned vector where one is missing)
+            logq_correction: subtract log q of the streaming estimator from each logit (Yi et al. 2019)
+            estimator_hashes: hash functions m of the frequency estimator
+            estimator_buckets: buckets H per hash function
+            estimator_alpha: the estimator's moving-average rate alpha in (0, 1]
+            mixed_negatives: M catalogue items drawn uniformly per batch as extra negative columns
+            recall_k: the cut-offs k of every Recall@k, NDCG@k and Coverage@k
+            compile: run the towers and the loss through torch.compile
+            compile_mode: torch.compile's mode (reduce-overhead also captures CUDA graphs)
+            sparse_embeddings: sparse gradients and SparseAdam for the id tables, Adam for the rest
+            history_encoder: how the history window is pooled: mean, recency (learned position weights) or
+                attention (causal Transformer layers)
+            history: history window length N (linked from data.history)
+            attention_blocks: Transformer layers of the attention encoder
+            attention_heads: heads per layer of the attention encoder
+            use_play_ratio: feed each history listen's play ratio in (an input of attention, a pooling weight
+                otherwise)
+            feedback: K, the user's recent likes and dislikes the query sees as two bags (linked from
+                data.feedback; 0 = none)
+            seed_dropout: share of training examples whose seed track is hidden
+            paper_seed: ask the paper protocol's queries with the seed track (false: without it)
+            use_organic: the query sees whether the seed listen was the user's own choice (1 at serving)
+            popularity_weight: beta, how much of log q retrieval puts back (0: rank by u.v; 1: by the
+                logits before the logQ correction)
+            exclude_seen: leave the user's past positives out of the lists (linked from data.exclude_seen)
+        """
         super().__init__()
         self.save_hyperparameters()
         if not temperature > 0:
@@ -145,7 +160,7 @@ class TwoTowerModule(L.LightningModule):
             raise InputError("model.weight_decay must be 0 with model.sparse_embeddings (SparseAdam has no weight decay)")
         if not recall_k or min(recall_k) < 1:
             raise InputError(f"model.recall_k must be cut-offs >= 1, got {recall_k}")
-        for name, value in (("embedding_dim", embedding_dim), ("output_dim", output_dim), ("eval_chunk", eval_chunk),
+        for name, value in (("embedding_dim", embedding_dim), ("output_dim", output_dim),
                             ("estimator_hashes", estimator_hashes), ("estimator_buckets", estimator_buckets)):
             if value < 1:
                 raise InputError(f"model.{name} must be >= 1, got {value}")
@@ -173,10 +188,8 @@ class TwoTowerModule(L.LightningModule):
                                       attention_blocks=attention_blocks, attention_heads=attention_heads,
                                       use_play_ratio=use_play_ratio, feedback=feedback, use_organic=use_organic)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
-        self.metrics = torch.nn.ModuleDict()
-        for stage in ("val", "test"):
-            self.metrics[f"{stage}_next"] = NextTrackRecall(recall_k)
-            self.metrics[f"{stage}_paper"] = PaperMetrics(recall_k, num_items, FIRST_ITEM)
+        self.metrics = torch.nn.ModuleDict({stage: RetrievalMetrics(stage, recall_k, num_items, exact=True)
+                                            for stage in ("val", "test")})
         self.loss_function = corrected_softmax_loss  # compiled in configure_model with ``compile``
         self._catalogue: torch.Tensor | None = None
         # This epoch's [sum of loss * batch size, examples], kept on the device.
@@ -261,7 +274,7 @@ class TwoTowerModule(L.LightningModule):
         hp = self.hparams
         if items is None:
             return self.retrieval_items(torch.arange(hp.num_items, device=self.device))
-        vectors = torch.cat([self.item_tower(chunk) for chunk in items.split(hp.eval_chunk)])
+        vectors = torch.cat([self.item_tower(chunk) for chunk in items.split(self.ITEM_CHUNK)])
         if hp.popularity_weight == 0:
             return vectors
         catalogue = torch.arange(FIRST_ITEM, hp.num_items, device=self.device)
@@ -306,37 +319,31 @@ class TwoTowerModule(L.LightningModule):
             seen = torch.zeros(len(queries), 1, dtype=torch.int64, device=queries.device)
         out = {"protocol": torch.tensor(dataloader_idx), "queries": queries.float(), "top": top, "seen_items": seen}
         if dataloader_idx == 0:
-            self.metrics[f"{stage}_next"].update(top, batch["target_item"])
+            self.metrics[stage].update("next", top, batch["target_item"])
             return {**out, "user": batch["user"], "seed_item": batch["seed_item"], "target_item": batch["target_item"]}
-        self.metrics[f"{stage}_paper"].update(top, batch["target_items"], batch["target_count"])
+        self.metrics[stage].update("paper", top, batch["target_items"], batch["target_count"])
         return {**out, "target_items": batch["target_items"], "target_count": batch["target_count"]}
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         """Compute (synchronised across processes), log and reset the stage's exact metrics."""
         self._catalogue = None
-        values = {}
-        next_track, paper = self.metrics[f"{stage}_next"], self.metrics[f"{stage}_paper"]
-        if self._updated_anywhere(next_track):
-            for k, v in next_track.compute().items():
-                values[f"{stage}/next/exact_recall@{k}"] = float(v)
-        if self._updated_anywhere(paper):
-            for name, per_k in paper.compute().items():
-                for k, v in per_k.items():
-                    values[f"{stage}/paper/exact_{name}@{k}"] = float(v)
+        metrics = self.metrics[stage]
+        values = metrics.compute(self._updated_anywhere(metrics))
+        shown = metric_name(stage, "next", "recall", 100, exact=True)
         for name, value in values.items():  # already synchronised: the mean over processes changes nothing
-            self.log(name, value, add_dataloader_idx=False, prog_bar=name.endswith("next/exact_recall@100"),
-                     sync_dist=True)
-        next_track.reset()
-        paper.reset()
+            self.log(name, value, add_dataloader_idx=False, prog_bar=name == shown, sync_dist=True)
+        metrics.reset()
         return values
 
-    def _updated_anywhere(self, metric) -> bool:
-        """Whether any process updated ``metric`` (compute synchronises, so all must agree to call it;
+    def _updated_anywhere(self, metrics: RetrievalMetrics) -> tuple[str, ...]:
+        """The protocols any process updated (compute synchronises, so all must agree on what to compute;
         under DDP a process may have had no batch of a protocol)."""
+        mine = metrics.updated()
         if self.trainer.world_size == 1:
-            return metric.update_count > 0
-        count = torch.tensor(float(metric.update_count), device=self.device)
-        return float(self.trainer.strategy.reduce(count, reduce_op="sum")) > 0
+            return mine
+        counts = torch.tensor([float(p in mine) for p in PROTOCOLS], device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        return tuple(p for p, n in zip(PROTOCOLS, counts.tolist()) if n > 0)
 
     def on_validation_epoch_start(self) -> None:
         self._catalogue = None  # the towers changed since the last epoch
@@ -367,8 +374,8 @@ class TwoTowerModule(L.LightningModule):
         values = self._log_metrics("val")
         if not self.trainer.sanity_checking:
             loss = self._epoch_train_loss()  # validation runs before on_train_epoch_end
-            shown = {k: v for k, v in values.items() if "/next/" in k and "@100" in k or k.endswith("next/exact_recall@10")}
-            summary = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+            shown = [metric_name("val", "next", "recall", k, exact=True) for k in (10, 100)]
+            summary = ", ".join(f"{name} {values[name]:.4f}" for name in shown if name in values)
             self.print(f"epoch {self.current_epoch}: train/loss {loss:.4f}, {summary}" if loss is not None
                        else f"epoch {self.current_epoch}: {summary}")
 

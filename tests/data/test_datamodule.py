@@ -31,21 +31,15 @@ def test_batch_shapes_and_dtypes(prepared):
     batches = list(dm.train_dataloader())
     assert len(batches) == 1  # 4 training examples, batch 3, last partial batch dropped
     b = batches[0]
-    B, N, D = 3, 5, 4
-    shapes = {
-        "user": (B,), "history_item": (B, N), "history_artist": (B, N), "history_album": (B, N),
-        "history_mask": (B, N), "history_length": (B,), "history_track_length_mean": (B,), "history_ratio": (B, N),
-        "seed_organic": (B,),
-        "seed_item": (B,), "seed_artist": (B,), "seed_album": (B,), "seed_audio": (B, D),
-        "seed_has_audio": (B,), "seed_track_length": (B,), "example_age": (B,), "target_item": (B,),
-        "target_artist": (B,), "target_album": (B,), "target_audio": (B, D), "target_has_audio": (B,),
-        "target_track_length": (B,), "weight": (B,),
-    }
+    B, N = 3, 5
+    shapes = {"user": (B,), "history_item": (B, N), "history_mask": (B, N), "history_length": (B,),
+              "history_ratio": (B, N), "seed_item": (B,), "seed_organic": (B,), "example_age": (B,),
+              "target_item": (B,), "weight": (B,)}
     assert {k: tuple(v.shape) for k, v in b.items()} == shapes
     for key, value in b.items():
-        if key.endswith(("_mask", "has_audio")):
+        if key.endswith("_mask"):
             assert value.dtype == torch.bool, key
-        elif key.endswith(("_audio", "_mean", "_track_length", "age", "weight", "_ratio")):
+        elif key.endswith(("age", "weight", "_ratio")):
             assert value.dtype == torch.float32, key
         else:
             assert value.dtype == torch.int64, key
@@ -82,14 +76,6 @@ def test_sampler_shards_across_ranks():
     evals = [BatchIndexSampler(11, 2, shuffle=False, drop_last=False, num_replicas=2, rank=r) for r in (0, 1)]
     covered = sorted(np.concatenate([np.concatenate(list(s)) for s in evals]).tolist())
     assert covered == list(range(11))  # evaluation loses no case
-
-
-def test_lean_batches_hold_the_same_indices(prepared):
-    full = YambdaDataModule(str(prepared), batch_size=4, history=3).dataset("train")[np.arange(4)]
-    lean = YambdaDataModule(str(prepared), batch_size=4, history=3, lean=True).dataset("train")[np.arange(4)]
-    assert set(lean) == {"user", "history_item", "history_mask", "history_length", "history_ratio", "seed_item",
-                         "seed_organic", "example_age", "target_item", "weight"}
-    assert all(torch.equal(lean[k], full[k]) for k in lean)
 
 
 def test_lightning_trainer_drives_the_loaders(prepared):

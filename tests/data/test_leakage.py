@@ -157,7 +157,7 @@ def test_serving_queries_are_the_state_after_the_last_listen(synthetic):
     to_index = lambda raw: index_of.get(raw, 1)  # noqa: E731
     user_raw = np.asarray(data["user_ids"])
     users = np.arange(2, len(user_raw))
-    batch = {k: v.numpy() for k, v in _query_batch(FeatureGatherer(data, HISTORY, True, FEEDBACK), users,
+    batch = {k: v.numpy() for k, v in _query_batch(FeatureGatherer(data, HISTORY, FEEDBACK), users,
                                                    np.full(len(users), 7)).items()}
     assert (batch["seed_item"] == 7).all() and not batch["example_age"].any()
     for k, u in enumerate(users):

@@ -51,14 +51,14 @@ def test_evaluation_batches_carry_only_training_positives(tiny_prepared):
     train_end = data.boundaries["train_max_timestamp"]
     users, items, ts = (np.asarray(a) for a in (data["user_offsets"], data["stream_item"], data["stream_ts"]))
     train = set(np.asarray(data["train_pos"]).tolist())
-    for dataset in (NextTrackDataset(data, "test", 5, lean=True, exclude_seen=True),
-                    PaperListDataset(data, "val", 5, lean=True, exclude_seen=True)):
+    for dataset in (NextTrackDataset(data, "test", 5, exclude_seen=True),
+                    PaperListDataset(data, "val", 5, exclude_seen=True)):
         batch = dataset.arrays(np.arange(len(dataset)))
         for user, row in zip(batch["user"], batch["seen_items"]):
             expected = {int(items[p]) for p in range(users[user], users[user + 1]) if p in train}
             assert set(row[row > 0].tolist()) == expected
             assert all(ts[p] <= train_end for p in range(users[user], users[user + 1]) if p in train)
-    assert "seen_items" not in NextTrackDataset(data, "test", 5, lean=True).arrays(np.arange(3))
+    assert "seen_items" not in NextTrackDataset(data, "test", 5).arrays(np.arange(3))
     with pytest.raises(ValueError, match="evaluation"):
         NextTrackDataset(data, "train", 5, exclude_seen=True)
 
@@ -128,7 +128,7 @@ def test_exact_and_ann_lists_leave_the_same_items_out(tiny_prepared):
     model = tiny_model(tiny_prepared, popularity_weight=1.0)
     data = PreparedData(tiny_prepared)
     batch = {k: torch.from_numpy(np.asarray(v)) for k, v in
-             NextTrackDataset(data, "test", 5, lean=True, exclude_seen=True).arrays(np.arange(64)).items()}
+             NextTrackDataset(data, "test", 5, exclude_seen=True).arrays(np.arange(64)).items()}
     with torch.no_grad():
         queries = model.retrieval_query(batch)
         _, top = model._top_k(queries, 20, batch["seen_items"])

@@ -162,7 +162,7 @@ def test_the_callback_warm_starts_while_the_vectors_stay_close():
     from lightning_tt.eval.callback import FaissRetrieval
 
     items = unit(3_000, 16, clusters=30)
-    callback = FaissRetrieval(kind="ivfpqfs", nlist=16, m=8, nprobe=4, warm_start=0.9)
+    callback = FaissRetrieval(IndexConfig(kind="ivfpqfs", nlist=16, m=8, nprobe=4), warm_start=0.9)
     built, drift = callback._build(items)
     assert not built.warm and drift is None  # nothing trained before
     built, drift = callback._build(items + 0.01 * unit(3_000, 16, seed=4))
@@ -171,7 +171,7 @@ def test_the_callback_warm_starts_while_the_vectors_stay_close():
     assert not built.warm and drift < 0.5
     built, drift = callback._build(unit(3_000, 16, seed=5))  # measured from the last training
     assert built.warm and drift == pytest.approx(1.0)
-    assert FaissRetrieval(kind="ivfpqfs")._build(items)[1] is None  # warm_start unset: always trained
+    assert FaissRetrieval(IndexConfig(kind="ivfpqfs"))._build(items)[1] is None  # warm_start unset: always trained
     with pytest.raises(InputError, match="warm_start"):
         FaissRetrieval(warm_start=2.0)
 

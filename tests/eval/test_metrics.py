@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from lightning_tt.eval.metrics import NextTrackRecall, PaperMetrics
+from lightning_tt.eval.metrics import (
+    NextTrackRecall,
+    PaperMetrics,
+    comparison_columns,
+    metric_name,
+    parse_metric_name,
+    score_lists,
+)
+from lightning_tt.eval.table import print_table
 
 L2, L3, L4 = math.log2(2), math.log2(3), math.log2(4)
 
@@ -49,3 +57,35 @@ def test_paper_metrics_chunking_does_not_change_results():
         chunked.update(top[i : i + 7], targets[i : i + 7], count[i : i + 7])
     a, b = whole.compute(), chunked.compute()
     assert all(torch.allclose(a[m][k], b[m][k]) for m in a for k in a[m])
+
+
+def test_metric_names_round_trip():
+    assert metric_name("val", "next", "recall", 100, exact=True) == "val/next/exact_recall@100"
+    assert metric_name("test", "paper", "ndcg", 10) == "test/paper/ndcg@10"
+    assert parse_metric_name("val/next/exact_recall@100") == ("val", "next", "recall", 100, True)
+    assert parse_metric_name("test/paper/coverage@50") == ("test", "paper", "coverage", 50, False)
+    assert parse_metric_name("val/index/nprobe") is None and parse_metric_name("val/next/recall") is None
+
+
+def test_score_lists_names_both_protocols():
+    # The hand-worked cases above, through the one helper: names carry the stage and exact_.
+    values = score_lists("test", [1, 2], 10, next_track=(torch.tensor([[5, 6], [7, 8]]), torch.tensor([6, 1])),
+                         paper=(torch.tensor([[5, 6], [2, 3]]), torch.tensor([[6, 6, 9], [4, 0, 0]]),
+                                torch.tensor([3, 1])), exact=True)
+    assert values["test/next/exact_recall@1"] == 0 and values["test/next/exact_recall@2"] == pytest.approx(1 / 2)
+    assert values["test/paper/exact_recall@2"] == pytest.approx(1 / 3)  # A: 2 of 3 targets, B: none
+    assert values["test/paper/exact_coverage@2"] == pytest.approx(4 / 8)
+    assert {parse_metric_name(name)[2] for name in values} == {"recall", "ndcg", "coverage"}
+    only_next = score_lists("val", [1], 10, next_track=(torch.tensor([[6]]), torch.tensor([6])))
+    assert only_next == {"val/next/recall@1": 1.0}
+
+
+def test_comparison_columns_and_table(capsys):
+    assert comparison_columns([100, 10]) == [("next", "recall", 10), ("next", "recall", 100), ("paper", "ndcg", 10),
+                                             ("paper", "recall", 100)]
+    assert comparison_columns([5, 20])[-1] == ("paper", "recall", 20)
+    print_table({"Model": {"test/next/exact_recall@5": 0.25, "test/next/recall@5": 0.5},
+                 "Baseline": {"test/next/recall@5": 0.125}}, "test", [("next", "recall", 5)], exact_rows=("Model",))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["next/recall@5"]
+    assert lines[1].split() == ["Model", "0.2500"] and lines[2].split() == ["Baseline", "0.1250"]

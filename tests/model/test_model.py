@@ -142,8 +142,10 @@ def test_recall_counts_hits_in_the_top_k(data):
     model.query_tower.forward = lambda b: queries
     model._evaluate(batch, "val", dataloader_idx=0)
     # @1: targets 2..5 (rank 0) -> 4 / 32; @3: targets 2..13 (ranks 0..2) -> 12 / 32.
-    recall = model.metrics["val_next"].compute()
-    assert recall[1].item() == pytest.approx(4 / 32) and recall[3].item() == pytest.approx(12 / 32)
+    recall = model.metrics["val"].compute()
+    assert set(recall) == {"val/next/exact_recall@1", "val/next/exact_recall@3"}  # only the updated protocol
+    assert recall["val/next/exact_recall@1"] == pytest.approx(4 / 32)
+    assert recall["val/next/exact_recall@3"] == pytest.approx(12 / 32)
 
 
 @pytest.mark.filterwarnings("ignore:The number of training batches")
@@ -151,6 +153,7 @@ def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_
     import lightning as L
 
     from lightning_tt.eval.callback import FaissRetrieval
+    from lightning_tt.eval.index import IndexConfig
     from lightning_tt.eval.report import RunReport
 
     dm, _ = data
@@ -158,7 +161,7 @@ def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_
     torch.manual_seed(0)  # deterministic; an untrained model still hits some targets in its top 20
     model = build(dm, recall_k=[20, 100])
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[FaissRetrieval(kind="flat"), RunReport()],
+                        enable_model_summary=False, callbacks=[FaissRetrieval(IndexConfig(kind="flat")), RunReport()],
                         default_root_dir=tmp_path)
     trainer.test(model, datamodule=dm, verbose=False)
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
