@@ -12,9 +12,6 @@ validation/test: exact metrics of both protocols by brute force: the whole catal
                 the queries with an index, RunReport writes metrics.json and the figures. The module
                 writes no files.
 predict_step:   top-k item indices and scores per case.
-
-Size: one module (about 430 lines) because it is one LightningModule; its hooks (training, the exact
-evaluation, checks before the loops, the optimizers) are Lightning's interface and read best together.
 """
 
 from __future__ import annotations
