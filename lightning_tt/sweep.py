@@ -2,9 +2,6 @@
 
     lightning-tt sweep sweeps/two-tower-bayes.yaml --trials 20 [--storage sqlite:///FILE] [--out DIR] [-- fit flags]
 
-Size: one module (about 380 lines): reading the sweep file, mapping it to Optuna, running trials and
-writing the leaderboard are one flow, each step used only by the next.
-
 The sweep file is the one ``wandb sweep`` reads (``method``, ``metric``, ``parameters``, ``command``,
 ``early_terminate``); no W&B server is needed. Each trial draws one value per parameter and runs
 ``lightning-tt fit <the command's own flags> --KEY=VALUE ... <fit flags given after -->`` (flags after

@@ -202,7 +202,7 @@ def check_raw_dir(raw_dir: str | Path, size: str | None = None) -> str:
 DAY = 86_400
 #: Raw ids index dense lookup tables, so they must stay below this bound.
 MAX_RAW_ID = 1 << 30
-#: played_ratio_pct above this is treated as corrupt (real values reach ~160 with rewinds).
+#: played_ratio_pct above this is treated as corrupt (far above the real range, docs/design.md §2).
 MAX_PLAYED_RATIO_PCT = 1000
 #: The events file's columns that prepare reads.
 EVENT_COLUMNS = ["uid", "item_id", "timestamp", "event_type", "played_ratio_pct", "track_length_seconds", "is_organic"]

@@ -41,9 +41,6 @@ Events of a user, in time order
 
 Memory stays flat in ``rows``: users are simulated in chunks of about ``row_group_size`` events, each written as
 one row group, vectorised over all sessions of the chunk (one numpy step per position in a session).
-
-Size: one module (about 460 lines) because it is one generative story, told above and followed in order
-below; split into files, each part would need the others' distributions to be read.
 """
 
 from __future__ import annotations

@@ -22,18 +22,17 @@ always win:
 - ivfflat, ivfpq, ivfhnsw: nlist 1024, m 32 (d when d < 32: never more sub-quantizers than
   dimensions), nprobe 128, k_factor 16, coarse flat, quantizer_ef_search
   = ef_search, train_sample 256 x nlist (Faiss's own k-means cap: training sees as many points as
-  before). These kept
-  0.99999 of the exact top-100 on 3M clustered 128-d vectors; PQ16 with nprobe 64 and k_factor 4
-  kept only 0.77 there (docs/benchmarks.md).
+  before). They replaced the first defaults (m 16, nprobe 64, k_factor 4), which lost much of the
+  exact top 100 at 3M items (docs/benchmarks.md, bench_index and bench_index_3m_tuned).
 - ivfpqfs: nlist = the power of two nearest 4 sqrt(n) (4,096 at 1M, 8,192 at 3M), m = ceil(d / 2),
   nprobe = max(8, nlist / 1024), k_factor 4 up to 1.5M vectors and 8 above, coarse flat,
   quantizer_ef_search 64, train_sample 64 x nlist. Chosen on 1M x 64 and 3M x 128 clustered vectors
-  with queries that are not the items' own (docs/benchmarks.md): there they ran 24x and 46x faster
-  than exact search at 0.98 and 0.998 of its top 100. m = d / 4 or k_factor 4 at 3M lost a tenth of
-  the top 100 for such queries; a flat coarse quantizer was faster and more exact than HNSW up to
-  8,192 lists (HNSW stays an option for more). A trained model's own vectors need more lists: at
-  270k items nprobe 8 kept 0.79 of the exact top 100 and 0.98 took nprobe 128 with k_factor 16, so
-  the large configs calibrate (``target_overlap``, below).
+  with queries that are not the items' own, to keep nearly all of the exact top 100 there at a
+  fraction of exact search's cost; k_factor 4 is not enough at 3M, hence 8 above 1.5M (docs/benchmarks.md,
+  bench_index_1m_users and bench_index_3m_users). The coarse quantizer is flat up to 8,192 lists
+  (docs/design.md §9 says why); HNSW stays an option for more. A trained model's own vectors need
+  more lists than clustered ones (docs/benchmarks.md, bench_index_trained), so the large configs
+  calibrate (``target_overlap``, below).
 
 ``target_overlap`` (e.g. 0.98) calibrates nprobe and k_factor to the vectors instead: given queries,
 build_index searches a seeded sample of ``CALIBRATION_QUERIES`` of them exactly and with the index, and

@@ -17,7 +17,7 @@ Retrieval ranks items by ``s(u, i) = u . v_i + beta * tau * (log q(i) - mean_j l
 order as ``(u . v_i) / tau + beta * log q(i)``, with ``beta = popularity_weight`` and ``q`` the
 frequency estimator's probability: one more column of both vectors (retrieval_items,
 retrieval_query), so exact search, the Faiss index and serving all rank by it. Why each option exists
-and how the shipped values were chosen: docs/design.md (Model options) and docs/ablations.md.
+and how the shipped values were chosen: docs/design.md §10 and docs/ablations.md.
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ class TwoTowerModule(L.LightningModule):
         self._catalogue: torch.Tensor | None = None
         # This epoch's [sum of loss * batch size, examples], kept on the device.
         self.register_buffer("_train_loss", torch.zeros(2), persistent=False)
-        # DDP would broadcast every buffer from rank zero before each forward: the item table (constant;
-        # about 0.8 GB at 3M items), the estimator (identical on every rank: it gathers all ranks' items)
+        # DDP would broadcast every buffer from rank zero before each forward: the item table (constant, and
+        # [V, D] audio wide), the estimator (identical on every rank: it gathers all ranks' items)
         # and the loss sum above (per rank). None needs it.
         self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
 
@@ -252,7 +252,7 @@ class TwoTowerModule(L.LightningModule):
             log_q = candidates.new_zeros(len(columns))
         loss = self.loss_function(query, candidates, targets, columns, log_q, batch["weight"], hp.temperature)
         # Summed on the device (two small kernels, no sync); the epoch mean is logged at its end. A
-        # self.log per step costs about 0.4 ms of host time (bench/bench_fit_overhead.py).
+        # self.log per step costs host time (docs/benchmarks.md, bench_fit_overhead).
         self._train_loss[0].add_(loss.detach(), alpha=len(targets))
         self._train_loss[1].add_(len(targets))
         if not self.automatic_optimization:  # sparse_embeddings: SparseAdam for the tables, Adam for the rest
