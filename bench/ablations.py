@@ -4,7 +4,7 @@ budget, over several seeds, on the embedded default (the synthetic twin) and the
 
     python bench/ablations.py [--dev DIR] [--seeds 0 1 2] [--workdir DIR (default runs/ablations)]
 
-Each run is ``lightning-tt fit --config configs/demo.yaml`` with ``BASE`` (the part-1 design, set
+Each run is ``lightning-tt fit --config configs/demo.yaml`` with ``BASE`` (the first design, set
 explicitly so that the rows keep their meaning when the shipped config changes), the variant's flags,
 the dataset's epoch budget and ``--seed_everything S``; the checkpoint with the best ``val/next/exact_recall@100``
 is then validated and tested. Exact (brute-force) rankings, so the index plays no part. Results are
@@ -37,7 +37,7 @@ from lightning_tt.lightning_cli import CONFIGS, lightning_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SET_VARIABLE = "LIGHTNING_TT_DEV_SET"
-#: The part-1 design every row starts from, whatever configs/demo.yaml ships today: temperature 0.05, no
+#: The first design every row starts from, whatever configs/demo.yaml ships today: temperature 0.05, no
 #: mixed negatives, the masked-mean history, no feedback, next-track targets, the seed always shown,
 #: ranking by u . v over the whole catalogue (no popularity term, the user's past kept).
 BASE = ["--model.temperature", "0.05", "--model.mixed_negatives", "0", "--model.history_encoder", "mean",
@@ -45,7 +45,7 @@ BASE = ["--model.temperature", "0.05", "--model.mixed_negatives", "0", "--model.
         "--model.seed_dropout", "0", "--model.paper_seed", "true", "--model.embedding_dim", "64",
         "--model.dropout", "0", "--model.weight_decay", "0", "--data.exclude_seen", "false",
         "--model.popularity_weight", "0"]
-#: Part 2's starting point: the two cheapest gains of part 1 together.
+#: The second round's starting point: the two cheapest gains over the first design together.
 NT = ["--model.mixed_negatives", "256", "--model.temperature", "0.1"]
 ATTENTION = ["--model.history_encoder", "attention", "--model.use_play_ratio", "true"]
 #: Part 2's cheap winners: 20 recent likes and dislikes, the seed hidden from half the training examples
@@ -182,14 +182,14 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
     lines = [
         "# Ablations", "",
         f"Written by `python bench/ablations.py` on {dt.date.today()} ({machine()}).", "",
-        "Each row starts from `configs/demo.yaml` with the part-1 design set explicitly (`BASE` in the script: "
+        "Each row starts from `configs/demo.yaml` with the first design set explicitly (`BASE` in the script: "
         "temperature 0.05, no mixed negatives, logQ correction on, every feature group on, the masked-mean "
         "history, no likes or dislikes, next-track targets, the seed always shown, lists ranked by u . v "
         "over the whole catalogue) and flips one switch. "
-        "The rows marked NT start from mixed negatives 256 and temperature 0.1 instead (part 2's starting "
-        "point); \"past out (auto)\" leaves the user's training positives out of the lists where the data "
+        "The rows marked NT start from mixed negatives 256 and temperature 0.1 instead (the starting point "
+        "of the second round of changes); \"past out (auto)\" leaves the user's training positives out of the lists where the data "
         "has no repeats (the development set, not the twin), and \"popularity weight\" adds beta log q to "
-        "the ranking (README, Model); the last row is `configs/demo.yaml` exactly as shipped. Every run trains with the same budget: "
+        "the ranking (`docs/training.md`); the last row is `configs/demo.yaml` exactly as shipped. Every run trains with the same budget: "
         + ", ".join(f"{n}: {e} epochs" for n, e in EPOCHS.items()) + ". The checkpoint with the best "
         "`val/next/exact_recall@100` is validated and tested; values are exact (brute-force) rankings, as "
         f"mean ± std over seeds {', '.join(map(str, seeds))}. `Δ` is the change of test next-track Recall@100 "
@@ -219,7 +219,7 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
             lines.append("| best tuned baseline | " + " | ".join(cells) + " | | | |")
             shipped = "configs/demo.yaml as shipped"
             lines += ["", *comparison(rows.get(shipped, rows["default"]), baselines[name],
-                                      shipped if shipped in rows else "the part-1 default")]
+                                      shipped if shipped in rows else "the first design")]
         lines.append("")
         means = [statistics.mean(r["test/next/exact_recall@100"] for r in found) for found in rows.values()]
         stds = [statistics.stdev(r["test/next/exact_recall@100"] for r in found) if len(found) > 1 else 0
