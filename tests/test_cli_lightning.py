@@ -311,6 +311,7 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
     assert top == np.asarray(data["item_ids"])[best].tolist()  # the exact index returns the model's own lists
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_two_processes_give_the_numbers_of_one(prepared, tmp_path):
     """fit, test and predict under 2-process DDP (gloo on the CPU), with the Faiss callback on. With
@@ -375,6 +376,7 @@ def _two_nodes(cwd, probe_dir, *args) -> list[subprocess.CompletedProcess]:
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_two_nodes_shard_by_global_rank_and_give_the_numbers_of_one(prepared, tmp_path):
     """fit and test as 2 nodes x 1 process (gloo): each node trains on its own half of the examples (by

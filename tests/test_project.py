@@ -18,11 +18,11 @@ def quick_start_commands() -> list[str]:
     return re.findall(r"```bash\n(.+?)\n```", section)
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_then_the_slow_checks_and_the_linter():
     script = (ROOT / ".ci" / "run").read_text()
     test_command = quick_start_commands()[1]
     commands = [line for line in script.splitlines() if line.strip() and not line.startswith(("#", "set ", "cd "))]
-    assert commands == [test_command]
+    assert commands == [test_command, "python -m pytest -q -m slow", "ruff check ."]
 
 
 def actionlint() -> str:

@@ -110,6 +110,7 @@ def test_the_training_step_never_waits_for_the_device(data, mixed):
     assert reads.seen == []
 
 
+@pytest.mark.slow
 def test_the_compiled_step_computes_what_the_eager_one_does(data):
     # model.compile (the 500m config's setting) compiles both towers and the loss (about 35 s on 2 cores
     # without Inductor's cache, under 10 s with it).
