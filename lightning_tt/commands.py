@@ -53,7 +53,8 @@ def download(size: Literal["50m", "500m", "5b"], out: Path, revision: str | None
     print(f"downloaded Yambda {size} into {fetch(size, out, revision=revision)}")
 
 
-def prepare(raw: Path, out: Path, size: str | None = None, split: SplitConfig = SplitConfig(), audio_dim: int = 128,
+def prepare(raw: Path, out: Path, size: str | None = None, split: SplitConfig = SplitConfig(),  # noqa: B008
+            audio_dim: int = 128,
             overwrite: bool = False) -> None:
     """Raw parquet -> prepared arrays + meta.json.
 
@@ -149,7 +150,8 @@ def sweep(sweep_file: Path, trials: int = 20, storage: str | None = None, out: P
           f"best: lightning-tt fit <the sweep's --config> --config {found / 'best.yaml'}")
 
 
-def export(ckpt_path: Path, out: Path, index: IndexConfig = IndexConfig(), overwrite: bool = False) -> None:
+def export(ckpt_path: Path, out: Path, index: IndexConfig = IndexConfig(), overwrite: bool = False  # noqa: B008
+           ) -> None:
     """Write item embeddings, the Faiss index and the id mapping of a checkpoint.
 
     Args:

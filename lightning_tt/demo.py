@@ -71,7 +71,8 @@ def run_demo(workdir: str | Path, epochs: int | None = None) -> None:
     run_config = run_dir / "config.yaml"
     ks = sorted(fit.model.hparams.recall_k)
     baselines_file = workdir / "baselines" / "metrics.json"
-    print(f"[demo] baselines: lightning-tt baselines --data {prepared} --k [{','.join(map(str, ks))}] --out {baselines_file}")
+    print(f"[demo] baselines: lightning-tt baselines --data {prepared} --k [{','.join(map(str, ks))}] "
+          f"--out {baselines_file}")
     baselines = evaluate(str(prepared), "test", ks)
     # The demo's own file, made again at every demo run.
     write_json(Output(baselines_file, "file", inputs={"--data": prepared}, overwrite=True), baselines)

@@ -358,7 +358,8 @@ def _figure(trials: list, keys: list[str], metric: str, path: Path) -> None:
     rows = math.ceil(len(keys) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.5 * rows), squeeze=False)
     for axis, key in zip(axes.ravel(), keys):
-        for state, color, label in (("COMPLETE", "tab:blue", "complete"), ("PRUNED", "tab:gray", "pruned (last value)")):
+        states = (("COMPLETE", "tab:blue", "complete"), ("PRUNED", "tab:gray", "pruned (last value)"))
+        for state, color, label in states:
             points = [(t.user_attrs.get("flags", t.params).get(key), t.value if t.value is not None else
                        (t.user_attrs.get("values") or [None])[-1]) for t in trials if t.state.name == state]
             points = [(x, y) for x, y in points if x is not None and y is not None]

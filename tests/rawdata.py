@@ -38,8 +38,8 @@ def events_table(rows: list[dict]) -> pa.Table:
 def write_raw(root: Path, rows: list[dict], items=None, size: str = "tiny", dim: int = 4,
               row_group_size: int | None = None, no_artist=(), no_album=(), no_audio=(), second_album=()):
     """Write a raw directory. Item ``i`` gets artist ``1000 + i // 2``, album ``2000 + i``, and the
-    embedding ``[i + 1, 1, 0, ...]`` (normalised in ``normalized_embed``) (``dim`` wide); items in ``second_album`` are also on
-    album ``1999`` (smaller id, so it is the one prepare keeps)."""
+    embedding ``[i + 1, 1, 0, ...]`` (normalised in ``normalized_embed``) (``dim`` wide); items in
+    ``second_album`` are also on album ``1999`` (smaller id, so it is the one prepare keeps)."""
     root = Path(root)
     (root / "flat" / size).mkdir(parents=True, exist_ok=True)
     pq.write_table(events_table(rows), schema.events_path(root, size), row_group_size=row_group_size)

@@ -43,6 +43,7 @@ def test_workflow_runs_ci_script_and_passes_actionlint():
 def test_actionlint_rejects_a_broken_workflow(tmp_path):
     broken = tmp_path / ".github" / "workflows" / "broken.yml"
     broken.parent.mkdir(parents=True)
-    broken.write_text("on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    broken.write_text("on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n"
+                      "      - run: echo ${{ matrix.nope }}\n")
     result = subprocess.run([actionlint(), str(broken)], capture_output=True, text=True)
     assert result.returncode != 0

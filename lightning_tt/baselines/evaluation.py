@@ -67,7 +67,8 @@ def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) 
     if split not in ("val", "test"):
         raise InputError(f"--split must be val or test, got {split!r}")
     if data.num_examples(split) == 0:
-        raise InputError(f"{data.path}: the {split} window has no cases (prepared with --split.val_days 0?); nothing to "
+        raise InputError(f"{data.path}: the {split} window has no cases (prepared with --split.val_days 0?); "
+                         f"nothing to "
                          f"evaluate")
     return data
 

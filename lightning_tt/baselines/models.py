@@ -96,7 +96,7 @@ class Baseline:
     def grid(cls, data: PreparedData) -> dict[str, list]:
         return {"exclude_seen": [False, True]}
 
-    def fit(self, data: PreparedData) -> "Baseline":
+    def fit(self, data: PreparedData) -> Baseline:
         self.num_items = data.vocab["num_items"]
         self.users, self.items, self.ts = positives(data)
         self.train_max = data.boundaries["train_max_timestamp"]

@@ -47,7 +47,7 @@ class RowGroup:
     run_len: np.ndarray
     duplicates: int = 0
 
-    def without(self, rows: np.ndarray) -> "RowGroup":
+    def without(self, rows: np.ndarray) -> RowGroup:
         """This group without ``rows`` (indices of duplicates), its runs recomputed."""
         keep = np.ones(len(self.uid), dtype=bool)
         keep[rows] = False

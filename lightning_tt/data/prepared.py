@@ -48,7 +48,8 @@ class PreparedData:
             raise PreparedDataError(
                 f"{meta_path}: schema_version {version}, this code reads {SCHEMA_VERSION}; prepare it again"
             )
-        missing = [key for key in ("fingerprint", "config", "vocab", "boundaries", "counts", "arrays") if key not in self.meta]
+        required = ("fingerprint", "config", "vocab", "boundaries", "counts", "arrays")
+        missing = [key for key in required if key not in self.meta]
         if missing:
             raise PreparedDataError(f"{meta_path}: no '{missing[0]}' entry; prepare the data again")
         for name, entry in self.meta["arrays"].items():

@@ -269,7 +269,8 @@ def listen_columns(table: pa.Table, is_listen: np.ndarray, path: Path, first_row
     if column.null_count:  # nulls are allowed on other event types only
         null = is_listen & column.is_null().to_numpy(zero_copy_only=False)
         if null.any():
-            raise RawDataError(f"{path}: column 'played_ratio_pct' is null on listen row {first_row + int(np.argmax(null))}")
+            row = first_row + int(np.argmax(null))
+            raise RawDataError(f"{path}: column 'played_ratio_pct' is null on listen row {row}")
     ratio = pc.fill_null(column, 0).to_numpy()  # in the column's own integer type
     bad = is_listen & ((ratio < 0) | (ratio > MAX_PLAYED_RATIO_PCT))
     if bad.any():
@@ -288,7 +289,8 @@ def listen_columns(table: pa.Table, is_listen: np.ndarray, path: Path, first_row
     bad = is_listen & (organic != 0) & (organic != 1)
     if bad.any():
         i = int(np.argmax(bad))
-        raise RawDataError(f"{path}: column 'is_organic' has value {organic[i]} at row {first_row + i} (allowed 0 or 1)")
+        raise RawDataError(f"{path}: column 'is_organic' has value {organic[i]} at row {first_row + i} "
+                           f"(allowed 0 or 1)")
     return ratio, length, organic.astype(np.uint8)
 
 

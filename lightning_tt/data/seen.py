@@ -34,7 +34,8 @@ def positives(data: PreparedData, splits: tuple[str, ...] = ("train",)) -> tuple
     parts = [np.asarray(data[f"{split}_pos"], dtype=np.int64) for split in splits]
     pos = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))  # each split's is sorted already
     user = np.searchsorted(np.asarray(data["user_offsets"]), pos, side="right") - 1
-    return user, np.asarray(data["stream_item"])[pos].astype(np.int64), np.asarray(data["stream_ts"])[pos].astype(np.int64)
+    items, times = np.asarray(data["stream_item"])[pos], np.asarray(data["stream_ts"])[pos]
+    return user, items.astype(np.int64), times.astype(np.int64)
 
 
 def repeat_share(data: PreparedData, limit: int = REPEAT_SAMPLE) -> float:

@@ -26,7 +26,8 @@ def summarize(data_dir: str, batch_size: int = 4, history: int | None = None) ->
         f"  source: {data.meta['source']['raw_dir']} (size {data.meta['source']['size']}), "
         f"{c['raw_rows']:,} raw rows ({c['duplicate_events_dropped']:,} exact duplicates dropped), "
         f"{c['stream_listens']:,} listens in the stream, "
-        f"{c['signals']:,} other events, {c['users_dropped_no_train_history']:,} users without training history dropped",
+        f"{c['signals']:,} other events, {c['users_dropped_no_train_history']:,} users without training history "
+        f"dropped",
         f"  vocab: {v['num_users']:,} users, {v['num_items']:,} items, {v['num_artists']:,} artists, "
         f"{v['num_albums']:,} albums (incl. padding and unknown), audio dim {v['audio_dim']}, "
         f"{c['items_with_audio']:,} items with audio",
@@ -52,6 +53,7 @@ def summarize(data_dir: str, batch_size: int = 4, history: int | None = None) ->
             tail = key.startswith("history_") and tensor.dim() == 2
             shown = [round(x, 3) if isinstance(x, float) else x for x in (row[-6:] if tail else row[:6]).tolist()]
             more = len(row) > 6
-            preview = ("..., " if tail and more else "") + ", ".join(map(str, shown)) + (", ..." if more and not tail else "")
+            preview = (("..., " if tail and more else "") + ", ".join(map(str, shown))
+                       + (", ..." if more and not tail else ""))
             lines.append(f"    {key:<27} {str(tensor.dtype).replace('torch.', ''):<8} [{shape}]  [{preview}]")
     return "\n".join(lines)

@@ -121,7 +121,8 @@ class FaissRetrieval(L.Callback):
         values[f"{stage}/index/queries_per_second"] = float(np.mean(qps)) if qps else 0.0
         values[f"{stage}/index/bytes"] = float(built.bytes)
         values[f"{stage}/index/warm_start"] = float(built.warm)
-        values[f"{stage}/index/nlist"] = float(faiss.extract_index_ivf(built.index).nlist if "IVF" in built.factory else 0)
+        nlist = faiss.extract_index_ivf(built.index).nlist if "IVF" in built.factory else 0
+        values[f"{stage}/index/nlist"] = float(nlist)
         values[f"{stage}/index/nprobe"] = float(built.config.nprobe)
         values[f"{stage}/index/k_factor"] = float(built.config.k_factor)
         if drift is not None:
@@ -140,8 +141,10 @@ class FaissRetrieval(L.Callback):
         if self.warm_start is None:
             return build_index(items, self.config, queries=queries), None
         drift = None
-        if self._trained is not None and self._trained[2].shape[1] == items.shape[1] and len(items) > self._trained[1].max():
-            drift = _mean_cosine(items[self._trained[1]], self._trained[2])
+        if self._trained is not None:
+            _, rows, vectors = self._trained
+            if vectors.shape[1] == items.shape[1] and len(items) > rows.max():
+                drift = _mean_cosine(items[rows], vectors)
         warm = self._trained[0] if drift is not None and drift >= self.warm_start else None
         built = build_index(items, self.config, warm_from=warm, queries=queries)
         if not built.warm and built.trained is not None:  # trained now: later builds measure drift from here
@@ -200,9 +203,12 @@ def _gather_rows(trainer: L.Trainer, rows: list[tuple[torch.Tensor, ...]], field
         return mine
     device = trainer.strategy.root_device
     if not mine:
-        mine = [torch.zeros(0, dim) if name == "queries" else torch.zeros((0, 1) if name in ("seen_items", "target_items")
-                                                                          else (0,), dtype=torch.int64)
-                for name in fields]
+        def empty(name: str) -> torch.Tensor:
+            if name == "queries":
+                return torch.zeros(0, dim)
+            return torch.zeros((0, 1) if name in ("seen_items", "target_items") else (0,), dtype=torch.int64)
+
+        mine = [empty(name) for name in fields]
     # gather_all_tensors gives each process's part at its own shape: widths are padded again here.
     gathered = [_cat_padded(tuple(part.cpu() for part in gather_all_tensors(t.to(device)))) for t in mine]
     return gathered if len(gathered[0]) else []

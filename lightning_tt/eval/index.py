@@ -119,9 +119,11 @@ class IndexConfig:
                      "train_sample"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise InputError(f"index option {name} (--index.{name}, retrieval.index.{name}) must be >= 1, got {value}")
+                raise InputError(f"index option {name} (--index.{name}, retrieval.index.{name}) must be >= 1, "
+                                 f"got {value}")
         if self.target_overlap is not None and not 0 < self.target_overlap <= 1:
-            raise InputError(f"index option target_overlap (--index.target_overlap, retrieval.index.target_overlap) must be "
+            raise InputError(f"index option target_overlap (--index.target_overlap, retrieval.index.target_overlap) "
+                             f"must be "
                              f"in (0, 1], got {self.target_overlap}")
 
 

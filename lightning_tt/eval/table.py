@@ -5,8 +5,8 @@ from __future__ import annotations
 from lightning_tt.eval.metrics import metric_name
 
 
-def print_table(rows: dict[str, dict], stage: str, columns: list[tuple[str, str, int]], exact_rows: tuple[str, ...] = (),
-                params: bool = False) -> None:
+def print_table(rows: dict[str, dict], stage: str, columns: list[tuple[str, str, int]],
+                exact_rows: tuple[str, ...] = (), params: bool = False) -> None:
     """One row per model (``rows``: {name: {metric_name: value}}), one column per (protocol, metric, k) of
     ``stage``; the rows named in ``exact_rows`` show their exact (``exact_``) values. With ``params``,
     each row's ``params`` entry (a baseline's hyperparameters) follows the numbers."""

@@ -153,11 +153,13 @@ class TwoTowerModule(L.LightningModule):
         if not temperature > 0:
             raise InputError(f"model.temperature must be > 0, got {temperature}")
         if num_items <= FIRST_ITEM:
-            raise InputError(f"model.num_items must be > {FIRST_ITEM} (padding and unknown come first), got {num_items}")
+            raise InputError(f"model.num_items must be > {FIRST_ITEM} (padding and unknown come first), "
+                             f"got {num_items}")
         if compile_mode not in COMPILE_MODES:
             raise InputError(f"model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         if sparse_embeddings and weight_decay > 0:  # (fp16's GradScaler is refused in on_fit_start)
-            raise InputError("model.weight_decay must be 0 with model.sparse_embeddings (SparseAdam has no weight decay)")
+            raise InputError("model.weight_decay must be 0 with model.sparse_embeddings "
+                             "(SparseAdam has no weight decay)")
         if not recall_k or min(recall_k) < 1:
             raise InputError(f"model.recall_k must be cut-offs >= 1, got {recall_k}")
         for name, value in (("embedding_dim", embedding_dim), ("output_dim", output_dim),
@@ -421,7 +423,8 @@ class TwoTowerModule(L.LightningModule):
             return
         if str(self.trainer.precision).startswith("16"):
             raise InputError("model.sparse_embeddings needs trainer.precision 32-true, bf16-mixed or bf16-true "
-                             f"(fp16's gradient scaler would not see the tables' optimizer), got {self.trainer.precision}")
+                             f"(fp16's gradient scaler would not see the tables' optimizer), "
+                             f"got {self.trainer.precision}")
         dist = torch.distributed
         if self.trainer.world_size > 1 and dist.is_initialized() and dist.get_backend() == "nccl":
             raise InputError("model.sparse_embeddings does not work with several GPUs, on one machine or several: "

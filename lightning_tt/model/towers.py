@@ -107,7 +107,8 @@ def track_features(table: ItemTable, ids: Embeddings, use: dict[str, bool], item
 
 def track_width(ids: Embeddings, audio_dim: int, use: dict[str, bool]) -> int:
     """k, the width of track_features under ``use``."""
-    return ids.item.embedding_dim * (use["item"] + use["artist"] + use["album"]) + use["length"] + audio_dim * use["audio"]
+    ids_width = ids.item.embedding_dim * (use["item"] + use["artist"] + use["album"])
+    return ids_width + use["length"] + audio_dim * use["audio"]
 
 
 class ItemTower(nn.Module):
@@ -121,7 +122,8 @@ class ItemTower(nn.Module):
                     "audio": use_audio}
         width = track_width(ids, table.audio.shape[1], self.use)
         if width == 0:
-            raise InputError("the item tower needs at least one feature: turn one of model.use_item_id, use_artist, use_album, use_length, use_audio on")
+            raise InputError("the item tower needs at least one feature: turn one of model.use_item_id, use_artist, "
+                             "use_album, use_length, use_audio on")
         self.mlp = mlp(width, hidden, output_dim, dropout)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
@@ -171,7 +173,8 @@ class QueryTower(nn.Module):
         width = (dim * use_user + history_width * use_history + per_track * (use_seed + 2 * (feedback > 0))
                  + self.use["organic"] + use_age)
         if width == 0:
-            raise InputError("the query tower needs at least one feature: turn one of model.use_user, use_history, use_seed, use_age (or an item feature) on")
+            raise InputError("the query tower needs at least one feature: turn one of model.use_user, use_history, "
+                             "use_seed, use_age (or an item feature) on")
         self.mlp = mlp(width, hidden, output_dim, dropout)
 
     def _mean_bags(self, items: torch.Tensor) -> list[torch.Tensor]:

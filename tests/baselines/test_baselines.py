@@ -59,7 +59,8 @@ def test_item_knn_window_and_neighbours(data):
     assert rec(ItemKNN(), data, history=((4, 5),), k=4) == [[2, 4, 5, 3]]  # 2 scores 2; 4, 5 one each
     assert rec(ItemKNN(history=1), data, history=((4, 5),), k=4) == [[2, 4, 3, 5]]  # only 5's neighbours
     # One neighbour per item (ties by lower index): 4 -> 2 and 5 -> 2 only.
-    assert rec(ItemKNN(neighbours=1, similarity="conditional", shrink=10.0), data, history=((4, 5),), k=4) == [[2, 3, 4, 5]]
+    knn = ItemKNN(neighbours=1, similarity="conditional", shrink=10.0)
+    assert rec(knn, data, history=((4, 5),), k=4) == [[2, 3, 4, 5]]
     with pytest.raises(InputError, match="similarity"):
         ItemKNN(similarity="jaccard")
 
@@ -86,7 +87,8 @@ def test_scored_ranking_matches_a_full_sort():
 
 
 def test_params_are_reported(data):
-    out = evaluate(str(data.path), "test", ks=[1, 2], names=["DecayPop", "iALS"], params={"DecayPop": {"half_life_days": 3.0}})
+    out = evaluate(str(data.path), "test", ks=[1, 2], names=["DecayPop", "iALS"],
+                   params={"DecayPop": {"half_life_days": 3.0}})
     assert out["DecayPop"]["params"] == {"half_life_days": 3.0, "exclude_seen": False}
     assert out["iALS"]["params"] == {"factors": 64, "regularization": 0.01, "alpha": 1.0, "iterations": 15,
                                      "exclude_seen": False}
@@ -190,7 +192,8 @@ def test_the_report_takes_the_baselines_file_as_written(tmp_path):
     from lightning_tt.eval.report import read_recall_curves
 
     path = tmp_path / "baselines.json"
-    path.write_text(json.dumps({"iALS": {"test/next/recall@1": 0.25, "test/next/recall@2": 0.5, "test/paper/ndcg@1": 0.1},
+    path.write_text(json.dumps({"iALS": {"test/next/recall@1": 0.25, "test/next/recall@2": 0.5,
+                                         "test/paper/ndcg@1": 0.1},
                                 "Transitions": {"test/next/recall@1": 0.9, "test/next/recall@2": 0.95}}))
     assert read_recall_curves(str(path), [1, 2]) == {"iALS": {1: 0.25, 2: 0.5}, "Transitions": {1: 0.9, 2: 0.95}}
 

@@ -126,7 +126,8 @@ def test_embedding_of_wrong_dimension(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flags, split",
-    [(["--split.val_days", "0.001"], "val"), (["--split.min_played_pct", "121"], "train"), (["--split.test_days", "0.5", "--split.min_played_pct", "56"], "test")],
+    [(["--split.val_days", "0.001"], "val"), (["--split.min_played_pct", "121"], "train"),
+     (["--split.test_days", "0.5", "--split.min_played_pct", "56"], "test")],
 )
 def test_empty_split(hand_raw, tmp_path, capsys, flags, split):
     err = run_prepare(hand_raw, tmp_path, capsys, *flags)

@@ -70,7 +70,8 @@ def check_query(row, k, listens, signals, to_index, time):
     assert list(row["history_item"][k][HISTORY - n :]) == [to_index(i) for i, _, _ in listens]
     assert not row["history_item"][k][: HISTORY - n].any()
     expected_ratio = [min(r, 100) / 100 for _, _, r in listens]
-    assert np.allclose(row["history_ratio"][k][HISTORY - n :], expected_ratio) and not row["history_ratio"][k][: HISTORY - n].any()
+    ratio = row["history_ratio"][k]
+    assert np.allclose(ratio[HISTORY - n :], expected_ratio) and not ratio[: HISTORY - n].any()
     assert list(row["liked_item"][k]) == feedback(signals, to_index, time, "like", "unlike")
     assert list(row["disliked_item"][k]) == feedback(signals, to_index, time, "dislike", "undislike")
 

@@ -207,7 +207,8 @@ def test_fingerprint_identifies_the_inputs_options_and_vocabularies(hand_raw, tm
     moved = shutil.copytree(hand_raw, tmp_path / "elsewhere")  # the same files in another place
     assert prepare(moved, tmp_path / "b", audio_dim=4, progress=False)["fingerprint"] == first
     assert len(first) == 64 and PreparedData(tmp_path / "a").fingerprint == first
-    other_options = prepare(hand_raw, tmp_path / "c", audio_dim=4, progress=False, config=SplitConfig(min_played_pct=60))
+    other_options = prepare(hand_raw, tmp_path / "c", audio_dim=4, progress=False,
+                            config=SplitConfig(min_played_pct=60))
     assert other_options["fingerprint"] != first
     assert other_options["vocab"] == PreparedData(tmp_path / "a").vocab  # same sizes, yet not the same data
     rows = hand_rows()

@@ -77,8 +77,9 @@ def build(dm, **overrides):
                           estimator_buckets=1024, **{**sizes, **overrides})
 
 
-VARIANTS = [dict(history_encoder="recency", use_play_ratio=True), dict(history_encoder="attention", use_play_ratio=True),
-            dict(history_encoder="attention", attention_blocks=2), dict(use_play_ratio=True),
+VARIANTS = [dict(history_encoder="recency", use_play_ratio=True),
+            dict(history_encoder="attention", use_play_ratio=True), dict(history_encoder="attention", attention_blocks=2),
+            dict(use_play_ratio=True),
             dict(seed_dropout=0.5, use_organic=True), dict(popularity_weight=0.5, logq_correction=False)]
 
 
@@ -98,7 +99,8 @@ def test_the_feedback_bags_enter_the_query(data):
     dm, batch = data
     assert batch["liked_item"].shape == (32, 3) and batch["liked_item"].any()  # the twin has likes
     with_bags, without = build(dm), build(dm, feedback=0)
-    assert with_bags.query_tower.mlp[0].in_features - without.query_tower.mlp[0].in_features == 2 * (3 * 8 + 1 + dm.audio_dim)
+    widths = with_bags.query_tower.mlp[0].in_features, without.query_tower.mlp[0].in_features
+    assert widths[0] - widths[1] == 2 * (3 * 8 + 1 + dm.audio_dim)
     liked = batch["liked_item"].any(1)
     other = {**batch, "liked_item": torch.zeros_like(batch["liked_item"])}
     changed = (with_bags.query_tower(batch) - with_bags.query_tower(other)).abs().sum(1) > 0
