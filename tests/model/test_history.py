@@ -78,8 +78,8 @@ def build(dm, **overrides):
 
 
 VARIANTS = [dict(history_encoder="recency", use_play_ratio=True),
-            dict(history_encoder="attention", use_play_ratio=True), dict(history_encoder="attention", attention_blocks=2),
-            dict(use_play_ratio=True),
+            dict(history_encoder="attention", use_play_ratio=True),
+            dict(history_encoder="attention", attention_blocks=2), dict(use_play_ratio=True),
             dict(seed_dropout=0.5, use_organic=True), dict(popularity_weight=0.5, logq_correction=False)]
 
 
