@@ -5,7 +5,9 @@ Checked when the ``Output`` is made, before any work starts:
 - it is not, does not contain, and does not lie inside any of the command's inputs (a raw or prepared
   directory, a checkpoint, a run directory), compared after resolving ``..`` and symbolic links;
 - an existing output is replaced only with ``overwrite``, and only by its own kind: a directory by a
-  directory, a file by a file;
+  directory, a file by a file; a directory output with ``replaces=MARKER`` replaces only an empty
+  directory or one holding that file (what the command itself wrote: ``export.json``), never another
+  non-empty directory (a run's logs, a dataset), with ``overwrite`` or without;
 - its parent is a directory (or can be made) that this process may write into;
 - temporaries that earlier runs of this machine left when they died are cleaned up (see below).
 
@@ -68,6 +70,15 @@ def _remove(path: Path) -> None:
         pass
 
 
+def _empty(directory: Path) -> bool:
+    """Whether ``directory`` holds nothing (one that cannot be listed counts as not empty)."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
 def _relation(output: Path, given: Path) -> str | None:
     """How ``output`` overlaps the input ``given`` (both resolved): 'is', 'contains', 'lies inside' or None."""
     if output == given or (output.exists() and given.exists() and os.path.samefile(output, given)):
@@ -91,13 +102,19 @@ class Output:
         overwrite_option: the option that allows it, for messages.
         resume: an existing output of the same kind is written into in place (``data download``
             continues an interrupted download); ``writing()`` is then not used.
+        replaces: for a directory output, the name of a file the command writes into it (``export.json``):
+            an existing non-empty directory without it is not this command's output and is never
+            replaced.
     """
 
     def __init__(self, path: str | os.PathLike, kind: Kind, option: str = "--out",
                  inputs: Mapping[str, str | os.PathLike | None] | None = None, overwrite: bool = False,
-                 resume: bool = False, overwrite_option: str = "--overwrite"):
+                 resume: bool = False, overwrite_option: str = "--overwrite", replaces: str | None = None):
         if kind not in ("file", "dir"):
             raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+        if replaces is not None and kind != "dir":
+            raise ValueError("replaces is for directory outputs")
+        self.replaces = replaces
         self.name = f"{option} {path}"  # as the user spelled it, for messages
         # Absolute, with '.' and '..' removed (lexically: a symbolic link in the output's own place is
         # replaced as a link, never followed).
@@ -126,6 +143,10 @@ class Output:
         if found != self.kind:
             raise InputError(f"{self.name}: exists and is a {_word(found)}, but this command writes a "
                              f"{_word(self.kind)}; choose another {self.option} (it is never replaced by another kind)")
+        if self.replaces and not (self.path / self.replaces).is_file() and not _empty(self.path):
+            raise InputError(f"{self.name}: exists and holds no {self.replaces}, so this command did not write it; "
+                             f"choose another {self.option} (only an empty directory or an earlier output of this "
+                             f"command is replaced)")
         if not allow:
             raise InputError(f"{self.name}: exists; pass {self.overwrite_option} to replace it")
 

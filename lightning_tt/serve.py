@@ -67,7 +67,7 @@ def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexCo
     existing export is replaced only with ``overwrite``, after the new one is complete."""
     model, data = load_model(ckpt_path)
     output = Output(out, "dir", option="--out", inputs={"--ckpt_path": ckpt_path, "the checkpoint's data_dir": data.path},
-                    overwrite=overwrite)
+                    overwrite=overwrite, replaces="export.json")  # never a run's logs or a dataset
     embeddings = model.retrieval_items()[FIRST_ITEM:].float().numpy()
     queries = _calibration_queries(model, data) if config.target_overlap is not None else None
     built = build_index(embeddings, config, queries=queries)

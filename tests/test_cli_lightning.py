@@ -121,6 +121,72 @@ def test_a_mistyped_option_fails_clearly(prepared, capsys):
     assert "temprature" in capsys.readouterr().err
 
 
+def _config(tmp_path, edit) -> Path:
+    """tests/conf/tiny.yaml changed by ``edit(config)``, written into tmp_path."""
+    config = yaml.safe_load(CONF.read_text())
+    edit(config)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+MISCONFIGURATIONS = {  # name: (extra flags, or a config edit; what the one line must hold)
+    "unknown flag": (["--model.nonsense", "1"], ["--model.nonsense"]),
+    "unknown key in a config": (lambda c: c["model"].update(nonsense=1), ["model.nonsense"]),
+    "wrong type": (["--model.temperature", "abc"], ['"model.temperature"', "abc"]),
+    "wrong type in a config": (lambda c: c["model"].update(temperature="abc"), ['"model.temperature"', "abc"]),
+    "wrong type of a union": (["--trainer.max_epochs", "x"], ['"trainer.max_epochs"', "expected int or None, got x"]),
+    "missing logger class": (["--trainer.logger.class_path", "no.such.Logger"],
+                             ['"trainer.logger"', "'no.such.Logger': No module named 'no'"]),
+    "unknown logger option": (["--trainer.logger.init_args.nonsense", "1"], ['"trainer.logger"', "'nonsense'"]),
+    "missing callback class": (["--trainer.callbacks+=lightning.pytorch.callbacks.NoSuch"],
+                               ['"trainer.callbacks"', "has no attribute 'NoSuch'"]),
+    "missing callback class in a config": (
+        lambda c: c["trainer"]["callbacks"].append({"class_path": "no.such.Callback"}),
+        ['"trainer.callbacks"', "'no.such.Callback'"]),
+    "bad interpolation": (lambda c: c["model"].update(output_dim="${model.nope}"),
+                          ["edited.yaml: model.output_dim: Interpolation key 'model.nope' not found"]),
+}
+
+
+@pytest.mark.parametrize("case", MISCONFIGURATIONS)
+def test_a_misconfiguration_is_one_line_naming_the_key(prepared, tmp_path, capsys, case):
+    """As the other commands' mistyped options: status 2, one line naming the key and pointing at
+    --help; no usage block, no traceback, nothing run."""
+    change, says = MISCONFIGURATIONS[case]
+    config = _config(tmp_path, change) if callable(change) else CONF
+    args = ["fit", "--config", str(config), "--data.data_dir", str(prepared), "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "logs"), *([] if callable(change) else change)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("lightning-tt fit: error: ") and err.strip().endswith("(see lightning-tt fit --help)")
+    assert all(part in err for part in says), err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_misconfiguration_on_the_command_line_prints_only_its_line(prepared, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lightning_tt.cli", "fit", "--config", str(CONF), "--data.data_dir",
+                             str(prepared), "--model.temperature", "abc"], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode == 2
+    assert result.stderr == ('lightning-tt fit: error: Parser key "model.temperature": Expected a <class \'float\'>. '
+                             'Got value: abc (see lightning-tt fit --help)\n')
+
+
+@pytest.mark.parametrize("where", ["not prepared", "missing"])
+def test_an_unprepared_data_dir_is_one_line_naming_the_option(tiny_prepared, tmp_path, capsys, where):
+    data = tiny_prepared.parent / "raw" if where == "not prepared" else tmp_path / "nowhere"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONF), "--data.data_dir", str(data), "--trainer.logger.init_args.save_dir",
+              str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"lightning-tt: error: --data.data_dir {data}: {data / 'meta.json'}: not found")
+    assert not (tmp_path / "logs").exists()
+
+
 def test_configs_in_the_repository_parse(prepared):
     from lightning_tt.lightning_cli import CONFIGS, lightning_cli
 

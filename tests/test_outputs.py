@@ -70,6 +70,35 @@ def test_an_existing_output_needs_overwrite_and_its_own_kind(tmp_path):
     Output(tmp_path / "f", "file", overwrite=True)
 
 
+def test_a_directory_output_replaces_only_what_the_command_wrote(tmp_path):
+    """replaces=MARKER: an empty directory or one holding MARKER is replaced (with overwrite); any
+    other directory never, with overwrite or without, also when it appears during the work."""
+    theirs, empty, ours = tmp_path / "theirs", tmp_path / "empty", tmp_path / "ours"
+    for path in (theirs, empty, ours):
+        path.mkdir()
+    (theirs / "checkpoints").mkdir()
+    (theirs / "checkpoints" / "last.ckpt").write_text("keep")
+    (ours / "export.json").write_text("{}")
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match=r"^--out .*/theirs: exists and holds no export.json, so this command "
+                                             r"did not write it; choose another --out"):
+            Output(theirs, "dir", overwrite=overwrite, replaces="export.json")
+    with pytest.raises(InputError, match="exists; pass --overwrite"):
+        Output(ours, "dir", replaces="export.json")
+    for path in (empty, ours):
+        with Output(path, "dir", overwrite=True, replaces="export.json").writing() as tmp:
+            (tmp / "export.json").write_text("new")
+        assert tree(path) == {"export.json": b"new"}
+    late = tmp_path / "late"
+    output = Output(late, "dir", overwrite=True, replaces="export.json")
+    with pytest.raises(InputError, match="holds no export.json"), output.writing() as tmp:
+        (tmp / "export.json").write_text("mine")
+        late.mkdir()
+        (late / "theirs").write_text("2")
+    assert tree(theirs) == {"checkpoints/last.ckpt": b"keep"} and tree(late) == {"theirs": b"2"}
+    assert siblings(late) == [] and siblings(theirs) == []
+
+
 def test_a_failed_write_keeps_the_old_directory_and_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

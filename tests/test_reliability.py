@@ -98,14 +98,66 @@ def test_export_never_destroys_the_run_it_reads(runs, capsys):
 
 def test_synth_replaces_an_existing_directory_only_with_overwrite(tmp_path, capsys):
     out = tmp_path / "raw"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep")
     args = ["data", "synth", "--out", out, "--rows", "600", "--users", "20", "--items", "200", "--days", "5"]
+    main([str(a) for a in args])
+    first = tree(out)
     assert "exists; pass --overwrite" in fails(capsys, *args)
-    assert tree(out) == {"precious.txt": b"keep"}
-    main([str(a) for a in args] + ["--overwrite"])
-    assert (out / "flat" / "600" / "multi_event.parquet").is_file() and not (out / "precious.txt").exists()
+    assert tree(out) == first
+    main([str(a) for a in args] + ["--overwrite", "--seed", "1"])  # its own output: replaced
+    assert (out / "flat" / "600" / "multi_event.parquet").is_file() and tree(out) != first
     assert hidden(tmp_path) == []
+
+
+@pytest.fixture
+def not_outputs(runs, tmp_path):
+    """Directories no command may replace (copies, so that a failure cannot damage the shared runs): a
+    fit run's log directory (checkpoints/, config.yaml, metrics.csv), a prepared dataset, raw data in
+    the Yambda layout that synth did not write (as downloaded), and a directory of someone's files."""
+    run = shutil.copytree(runs["a"].parent.parent, tmp_path / "logs" / "tiny" / "version_0")
+    prepared = shutil.copytree(runs["other"], tmp_path / "prepared")
+    raw = shutil.copytree(runs["data"].parent / "raw", tmp_path / "downloaded",
+                          ignore=shutil.ignore_patterns("synth.json"))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "precious.txt").write_text("keep")
+    return {"run": run, "prepared": prepared, "raw": raw, "notes": notes}
+
+
+def test_export_never_replaces_a_directory_that_is_not_an_export(runs, not_outputs, tmp_path, capsys):
+    """--ckpt_path a copy of the checkpoint, so the output overlaps no input: --out a run's directory
+    used to delete that run's checkpoints with --overwrite."""
+    ckpt = shutil.copy(runs["a"], tmp_path / "copy.ckpt")
+    before = {name: tree(path) for name, path in not_outputs.items()}
+    assert (not_outputs["run"] / "checkpoints" / "last.ckpt").is_file()
+    for name, out in not_outputs.items():
+        for overwrite in ([], ["--overwrite"]):
+            line = fails(capsys, "export", "--ckpt_path", ckpt, "--out", out, "--index.kind", "flat", *overwrite)
+            assert f"--out {out}: exists and holds no export.json" in line, (name, line)
+    assert {name: tree(path) for name, path in not_outputs.items()} == before
+    assert (not_outputs["run"] / "checkpoints" / "last.ckpt").is_file()
+    assert hidden(tmp_path) == [] and hidden(not_outputs["run"].parent) == []
+    export, empty = tmp_path / "export", tmp_path / "empty"
+    empty.mkdir()
+    for out in (export, export, empty):  # an earlier export, and an empty directory, are replaced
+        main(["export", "--ckpt_path", str(ckpt), "--out", str(out), "--index.kind", "flat", "--overwrite"])
+        assert (out / "export.json").is_file()
+
+
+def test_prepare_and_synth_never_replace_a_directory_they_did_not_write(not_outputs, hand_raw, tmp_path, capsys):
+    before = {name: tree(path) for name, path in not_outputs.items()}
+    prepare_args = ["data", "prepare", "--raw", hand_raw, "--audio_dim", "4"]
+    synth_args = ["data", "synth", "--rows", "600", "--users", "20", "--items", "200", "--days", "5"]
+    for name, out in not_outputs.items():
+        for overwrite in ([], ["--overwrite"]):
+            if name != "prepared":  # (prepare may replace a prepared directory)
+                line = fails(capsys, *prepare_args, "--out", out, *overwrite)
+                assert f"--out {out}: exists and holds no meta.json" in line, (name, line)
+            line = fails(capsys, *synth_args, "--out", out, *overwrite)
+            assert f"--out {out}: exists and holds no synth.json" in line, (name, line)
+    assert {name: tree(path) for name, path in not_outputs.items()} == before
+    assert hidden(tmp_path) == []
+    main([str(a) for a in [*prepare_args, "--out", not_outputs["prepared"], "--overwrite"]])  # its own kind
+    assert json.loads((not_outputs["prepared"] / "meta.json").read_text())["vocab"]["audio_dim"] == 4
 
 
 @pytest.mark.parametrize("command", ["prepare", "export", "synth"])
@@ -203,6 +255,36 @@ def test_export_refuses_a_checkpoint_whose_data_directory_changed(runs, tmp_path
     line = fails(capsys, "export", "--ckpt_path", moved, "--out", tmp_path / "export")
     assert f"{moved}: trained on other prepared data" in line
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.filterwarnings("ignore:`ModelCheckpoint\\(monitor='val/next/exact_recall@100'\\)` could not find")
+def test_fit_without_a_val_window_is_refused_unless_validation_is_off(tiny_prepared, tmp_path, capsys):
+    """Data prepared with --split.val_days 0 used to train blind (no val metric, so no best checkpoint)."""
+    import lightning as L
+
+    from lightning_tt.data.datamodule import YambdaDataModule
+    from lightning_tt.errors import InputError
+
+    data = tmp_path / "noval"
+    prepare(tiny_prepared.parent / "raw", data, config=SplitConfig(test_days=2, val_days=0), progress=False)
+    args = ["fit", "--config", CONF, "--data.data_dir", data, "--trainer.logger.init_args.save_dir", tmp_path / "logs",
+            "--trainer.enable_progress_bar", "false"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"lightning-tt: error: {data}: the val window has no cases") and "val_days 0" in err
+    assert "--trainer.limit_val_batches 0" in err and not (tmp_path / "logs").exists()  # before any run directory
+    # On purpose: trains, and the shipped configs' ModelCheckpoint (save_last) keeps last.ckpt.
+    main([str(a) for a in args] + ["--trainer.limit_val_batches", "0"])
+    assert [p.name for p in (tmp_path / "logs").glob("tiny/*/checkpoints/*.ckpt")] == ["last.ckpt"]
+    # Trainer.fit from Python meets the same check in the DataModule's setup.
+    module = YambdaDataModule(str(data), batch_size=64)
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    with pytest.raises(InputError, match="the val window has no cases"):
+        module.setup("fit")
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0)
+    module.setup("fit")
 
 
 def test_a_batch_larger_than_the_training_set_is_refused(tiny_prepared, tmp_path, capsys):

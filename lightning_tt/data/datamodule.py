@@ -16,6 +16,16 @@ from lightning_tt.data.seen import resolve_exclude_seen
 from lightning_tt.errors import InputError
 
 
+def check_val_window(data: PreparedData, limit_val_batches: int | float | None) -> None:
+    """Refuse to fit on ``data`` without a val window unless validation is off (``limit_val_batches``
+    0): it would train blind, and a ModelCheckpoint monitoring a val/ metric would never pick a best."""
+    if limit_val_batches != 0 and data.num_examples("val") == 0:
+        raise InputError(f"{data.path}: the val window has no cases (prepared with --split.val_days 0?), so fit "
+                         f"cannot validate; prepare the data with a val window, or pass --trainer.limit_val_batches 0 "
+                         f"to train without validation (a ModelCheckpoint monitoring a val/ metric then writes only "
+                         f"its last.ckpt, with save_last)")
+
+
 class YambdaDataModule(L.LightningDataModule):
     """Training examples and evaluation cases of one prepared dataset.
 
@@ -71,6 +81,8 @@ class YambdaDataModule(L.LightningDataModule):
                 per = " per process" if replicas > 1 else ""
                 raise InputError(f"data.batch_size {self.batch_size:,} is larger than the {examples:,} training examples"
                                  f"{per} in {self.data.path}: no training batch; choose a smaller data.batch_size")
+            # and a val window, unless validation is off (--trainer.limit_val_batches 0)
+            check_val_window(self.data, self.trainer.limit_val_batches if self.trainer else None)
         split = {"validate": "val", "test": "test", "predict": "test"}.get(stage)
         if split and self.data.num_examples(split) == 0:
             raise InputError(f"{self.data.path}: the {split} window has no cases (prepared with --split.val_days 0?); "

@@ -160,7 +160,8 @@ def prepare(
     sides = schema.side_paths(raw)
     # The files too: any of them may be a link to a file outside the raw directory.
     inputs = {"--raw": raw, **{f"--raw's {path.name}": path for path in (events, *sides.values())}}
-    output = Output(out, "dir", option="--out", inputs=inputs, overwrite=overwrite)
+    # Replaces only an earlier prepared directory (meta.json), never a run's logs or raw data.
+    output = Output(out, "dir", option="--out", inputs=inputs, overwrite=overwrite, replaces="meta.json")
     started = time.time()
 
     pf = pq.ParquetFile(events)

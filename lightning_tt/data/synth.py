@@ -45,6 +45,7 @@ one row group, vectorised over all sessions of the chunk (one numpy step per pos
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,6 +408,10 @@ def _write_albums(cat: _Catalogue, rng: np.random.Generator, path: Path) -> None
     pq.write_table(pa.Table.from_arrays(arrays, schema=ALBUM_SCHEMA), path)
 
 
+#: Written by synthesize beside the Yambda files (its arguments): marks a directory it may replace.
+SYNTH_MARKER = "synth.json"
+
+
 def synthesize(
     out: str | Path,
     rows: int = 200_000,
@@ -438,7 +443,8 @@ def synthesize(
     size = size or size_label(rows)
     if not size or "/" in size or "\\" in size or size in (".", ".."):
         raise InputError(f"--size {size!r} must be a plain name such as 50m (it names the folder flat/<size>/)")
-    output = Output(out, "dir", option="--out", overwrite=overwrite)
+    # Replaces only an earlier synth output, never a downloaded dataset, a run's logs or other files.
+    output = Output(out, "dir", option="--out", overwrite=overwrite, replaces=SYNTH_MARKER)
     end = math.floor(days * DAY) // 5 * 5
     streams = np.random.SeedSequence(seed).spawn(4)
     catalogue_rng, user_rng, event_rng, side_rng = (np.random.default_rng(s) for s in streams)
@@ -461,4 +467,7 @@ def synthesize(
         _write_embeddings(cat, side_rng, sides["embeddings"])
         _write_artists(cat, side_rng, sides["artists"])
         _write_albums(cat, side_rng, sides["albums"])
+        arguments = {"rows": rows, "users": users, "items": items, "seed": seed, "size": size, "days": days,
+                     "row_group_size": row_group_size}
+        (tmp / SYNTH_MARKER).write_text(json.dumps(arguments, indent=2))
     return events_path(out, size)
