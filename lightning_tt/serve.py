@@ -59,15 +59,16 @@ def load_model(ckpt_path: str | Path) -> tuple[TwoTowerModule, PreparedData]:
     return model.eval(), data
 
 
-def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexConfig(),
+def export(ckpt_path: str | Path, out: str | Path, config: IndexConfig = IndexConfig(),  # noqa: B008
            overwrite: bool = False) -> dict:
     """Embed the catalogue, build the index and write the export directory; return export.json.
 
     ``out`` must not overlap the checkpoint or its data directory (lightning_tt.outputs), and an
     existing export is replaced only with ``overwrite``, after the new one is complete."""
     model, data = load_model(ckpt_path)
-    output = Output(out, "dir", option="--out", inputs={"--ckpt_path": ckpt_path, "the checkpoint's data_dir": data.path},
-                    overwrite=overwrite, replaces="export.json")  # never a run's logs or a dataset
+    inputs = {"--ckpt_path": ckpt_path, "the checkpoint's data_dir": data.path}
+    # replaces: an earlier export only, never a run's logs or a dataset
+    output = Output(out, "dir", option="--out", inputs=inputs, overwrite=overwrite, replaces="export.json")
     embeddings = model.retrieval_items()[FIRST_ITEM:].float().numpy()
     queries = _calibration_queries(model, data) if config.target_overlap is not None else None
     built = build_index(embeddings, config, queries=queries)
@@ -202,7 +203,8 @@ def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item
         notes.append(f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
     if seed_index[0] == 1:
         notes.append(f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
-    scores, found = _search(index, model, _query_batch(_query_gatherer(data, model, history), user_index, seed_index), k)
+    batch = _query_batch(_query_gatherer(data, model, history), user_index, seed_index)
+    scores, found = _search(index, model, batch, k)
     return [(int(rows[r]), float(s)) for r, s in zip(found[0], scores[0]) if r >= 0], notes
 
 

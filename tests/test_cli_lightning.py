@@ -49,7 +49,8 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
     baselines = tmp_path / "baselines.json"  # as `lightning-tt baselines --split test --k 10 100` writes it
     baselines.write_text(json.dumps({"iALS": {"test/next/recall@10": 0.1, "test/next/recall@100": 0.2}}))
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_tt.cli", "test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best),
+        [sys.executable, "-m", "lightning_tt.cli", "test", "--config", str(run / "config.yaml"),
+         "--ckpt_path", str(best),
          "--trainer.enable_progress_bar", "false", "--report.baselines_file", str(baselines),
          "--retrieval.index.kind", "ivfflat", "--retrieval.index.nlist", "16", "--retrieval.index.nprobe", "1",
          "--retrieval.index.target_overlap", "0.99"],
@@ -74,7 +75,8 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
               "false", "--report.baselines_file", str(tmp_path / "missing.json")])
     assert exit_info.value.code == 1 and "missing.json" in capsys.readouterr().err
 
-    resumed = fit(prepared, tmp_path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "2")
+    last = str(run / "checkpoints" / "last.ckpt")
+    resumed = fit(prepared, tmp_path, "--ckpt_path", last, "--trainer.max_epochs", "2")
     ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8
     assert int(ckpt["state_dict"]["estimator.step"]) == 8  # the estimator continued, not restarted
@@ -205,7 +207,8 @@ def test_a_config_may_interpolate_its_own_values(prepared, tmp_path):
     from lightning_tt.lightning_cli import CONFIGS, lightning_cli
 
     config = yaml.safe_load(CONF.read_text())
-    config["model"].update(embedding_dim=12, output_dim="${model.embedding_dim}", hidden_dims=["${model.embedding_dim}"])
+    reference = "${model.embedding_dim}"
+    config["model"].update(embedding_dim=12, output_dim=reference, hidden_dims=[reference])
     path = tmp_path / "interpolated.yaml"
     path.write_text(yaml.safe_dump(config))
     cli = lightning_cli(["--config", str(path), "--data.data_dir", str(prepared)], run=False)
@@ -234,8 +237,8 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no temporary left
     assert meta["calibration"] is None and meta["nprobe"] is not None
     capsys.readouterr()
-    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "calibrated"), "--index.kind", "ivfflat", "--index.nlist", "16",
-          "--index.nprobe", "1", "--index.target_overlap", "0.99"])
+    main(["export", "--ckpt_path", ckpt, "--out", str(tmp_path / "calibrated"), "--index.kind", "ivfflat",
+          "--index.nlist", "16", "--index.nprobe", "1", "--index.target_overlap", "0.99"])
     calibrated = json.loads((tmp_path / "calibrated" / "export.json").read_text())
     nprobe, _, overlap = calibrated["calibration"][-1]  # on the validation window's queries
     assert calibrated["nprobe"] == nprobe > 1 and (overlap >= 0.99 or nprobe == 16)
@@ -265,7 +268,8 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     assert len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 3  # still 3 answers
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["recommend", "--index", str(tmp_path / "nowhere"), "--ckpt_path", ckpt, "--user", "1", "--seed_item", "1"])
+        main(["recommend", "--index", str(tmp_path / "nowhere"), "--ckpt_path", ckpt, "--user", "1",
+              "--seed_item", "1"])
     assert exit_info.value.code == 1 and "no export.json" in capsys.readouterr().err
 
     # Many requests in one call: the same lists as one request at a time, unknown ids counted.
@@ -512,5 +516,6 @@ def test_fit_help_explains_every_option_of_ours(capsys):
 
 
 def test_option_help_sees_an_option_without_help():
-    text = "options:\n  --model.a A           what a does (type: int, default: 1)\n  --model.b B           (type: int, default: 2)\n"
+    text = ("options:\n  --model.a A           what a does (type: int, default: 1)\n"
+            "  --model.b B           (type: int, default: 2)\n")
     assert option_help(text) == {"--model.a": "what a does", "--model.b": ""}

@@ -378,7 +378,8 @@ def test_predict_output_mistakes(runs, tmp_path, capsys):
 # -- unclear one-liners -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag, value, shown", [("--split.test_days", ".nan", "nan"), ("--split.val_days", ".inf", "inf"),
+@pytest.mark.parametrize("flag, value, shown", [("--split.test_days", ".nan", "nan"),
+                                                ("--split.val_days", ".inf", "inf"),
                                                 ("--split.gap_seconds", "-1", "-1")])
 def test_split_options_out_of_range_name_the_option(hand_raw, tmp_path, capsys, flag, value, shown):
     line = fails(capsys, "data", "prepare", "--raw", hand_raw, "--out", tmp_path / "out", "--audio_dim", "4", flag,

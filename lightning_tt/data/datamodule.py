@@ -79,7 +79,8 @@ class YambdaDataModule(L.LightningDataModule):
             examples = self.data.num_examples("train") // replicas
             if examples < self.batch_size:
                 per = " per process" if replicas > 1 else ""
-                raise InputError(f"data.batch_size {self.batch_size:,} is larger than the {examples:,} training examples"
+                raise InputError(f"data.batch_size {self.batch_size:,} is larger than the {examples:,} training "
+                                 f"examples"
                                  f"{per} in {self.data.path}: no training batch; choose a smaller data.batch_size")
             # and a val window, unless validation is off (--trainer.limit_val_batches 0)
             check_val_window(self.data, self.trainer.limit_val_batches if self.trainer else None)

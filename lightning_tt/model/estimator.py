@@ -14,7 +14,8 @@ clamped to (0, 1] (the max over hashes undoes collisions, which only shorten gap
 
 ``h_i(y) = ((a_i * y + b_i) mod P) mod H`` with ``P = 2^31 - 1``; ``a``, ``b``, ``A`` (int64), ``B``
 (float32) and ``t`` are persistent buffers (12 bytes per bucket and hash in a checkpoint), so
-checkpoints carry the estimator and resuming continues it. Under several processes the step's items are all-gathered first, so every rank applies the same update.
+checkpoints carry the estimator and resuming continues it. Under several processes the step's items
+are all-gathered first, so every rank applies the same update.
 """
 
 from __future__ import annotations
