@@ -143,11 +143,17 @@ def test_existing_output_is_kept(hand_raw, tmp_path, capsys):
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio_dim", "4"])
-    assert exit_info.value.code == 1
-    assert "--overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "precious"
+    for overwrite in ([], ["--overwrite"]):  # not a prepared directory: refused either way
+        with pytest.raises(SystemExit) as exit_info:
+            main(["data", "prepare", "--raw", str(hand_raw), "--out", str(out), "--audio_dim", "4", *overwrite])
+        assert exit_info.value.code == 1
+        assert "holds no meta.json" in capsys.readouterr().err
+        assert (out / "keep.txt").read_text() == "precious"
+    earlier = tmp_path / "earlier"
+    main(["data", "prepare", "--raw", str(hand_raw), "--out", str(earlier), "--audio_dim", "4"])
+    with pytest.raises(SystemExit):  # an earlier prepared directory: replaced only with --overwrite
+        main(["data", "prepare", "--raw", str(hand_raw), "--out", str(earlier), "--audio_dim", "4"])
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
 
 
 def test_failure_keeps_the_previous_output(hand_raw, tmp_path, capsys):
