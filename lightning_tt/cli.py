@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sys
 
-from lightning_tt.errors import InputError
+from lightning_tt.errors import InputError, usage_error
 
 #: Handed to LightningCLI (lightning_tt.lightning_cli); the other commands are lightning_tt.commands.
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -99,9 +99,7 @@ def _run(args: list[str], fit_flags: list[str]) -> None:
         config = parser.parse_args(_bare_booleans(args))
         init = parser.instantiate(config)
     except ArgumentError as err:  # a mistyped option or value: one line that names it, exit 2 (argparse's)
-        command = " ".join(["lightning-tt", *(args[:2] if args[:1] == ["data"] else args[:1])])
-        print(f"{command}: error: {' '.join(str(err).split())} (see {command} --help)", file=sys.stderr)
-        raise SystemExit(2) from err
+        usage_error(" ".join(["lightning-tt", *(args[:2] if args[:1] == ["data"] else args[:1])]), str(err))
     if init.command == "data":
         options, function = init.data[init.data.command], DATA_COMMANDS[init.data.command]
     else:

@@ -12,6 +12,9 @@ that validates values reads naturally.
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 
 class InputError(ValueError):
     """A user's input is wrong; the message names the file, column or option."""
@@ -22,3 +25,10 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     quote as the cause inside an InputError."""
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def usage_error(command: str, message: str) -> NoReturn:
+    """A mistyped option or value of ``command`` (``lightning-tt fit``): one line on stderr,
+    ``{command}: error: {message} (see {command} --help)``, and exit status 2 (argparse's)."""
+    print(f"{command}: error: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
+    raise SystemExit(2)

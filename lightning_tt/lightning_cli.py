@@ -36,7 +36,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lightning_tt.data.datamodule import YambdaDataModule, check_val_window
 from lightning_tt.data.prepared import PreparedData, PreparedDataError
-from lightning_tt.errors import one_line
+from lightning_tt.errors import one_line, usage_error
 from lightning_tt.eval.callback import FaissRetrieval
 from lightning_tt.eval.predictions import ParquetPredictionWriter
 from lightning_tt.eval.report import RunReport
@@ -140,8 +140,7 @@ def lightning_cli(args: list[str], run: bool = True, callbacks: list | None = No
                            trainer_defaults={"use_distributed_sampler": False, "callbacks": list(callbacks or [])})
     except ArgumentError as err:  # a misconfiguration: one line that names the key, exit 2 (argparse's)
         command = f"lightning-tt {args[0]}" if args and args[0] in LightningCLI.subcommands() else "lightning-tt"
-        print(f"{command}: error: {parser_message(err)} (see {command} --help)", file=sys.stderr)
-        raise SystemExit(2) from err
+        usage_error(command, parser_message(err))
     finally:
         sys.argv = argv
         if run and "wandb" in sys.modules:  # one W&B run per command, also when several run in one process
