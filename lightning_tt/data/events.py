@@ -47,15 +47,16 @@ class RowGroup:
     run_len: np.ndarray
     duplicates: int = 0
 
-    def without(self, rows: np.ndarray) -> RowGroup:
-        """This group without ``rows`` (indices of duplicates), its runs recomputed."""
+    def without(self, rows: np.ndarray, duplicates: bool = True) -> RowGroup:
+        """This group without ``rows`` (sorted indices), its runs recomputed; ``duplicates``: they are
+        counted as exact duplicates."""
         keep = np.ones(len(self.uid), dtype=bool)
         keep[rows] = False
         uid = self.uid[keep]
         return RowGroup(self.first_row, uid, self.item[keep], self.ts[keep], self.code[keep], self.is_listen[keep],
                          self.ratio[keep], self.length[keep], self.organic[keep],
                          *_runs(uid[1:] == uid[:-1], len(uid)),
-                         self.duplicates + len(rows))
+                         self.duplicates + (len(rows) if duplicates else 0))
 
 
 def _runs(same_user: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +155,7 @@ class EventPass:
         self.num_dropped = 0
         # Exact duplicate events dropped, and the (item, type) keys of the last (uid, timestamp) block.
         self.num_duplicates = 0
+        self.num_after_end = 0  # events after bounds["test_end"] (a backtest window's end), dropped
         self.tail_keys = np.zeros(0, dtype=np.int64)
 
     def _drop_carried_duplicates(self, g: RowGroup) -> RowGroup:
@@ -184,7 +186,12 @@ class EventPass:
         self.rows_seen += len(g.uid) + g.duplicates
         g = self._drop_carried_duplicates(g)
         self.num_duplicates += g.duplicates
-        b, n = self.bounds, len(g.uid)
+        b = self.bounds
+        late = np.flatnonzero(g.ts > b["test_end"])
+        if len(late):  # a backtest window: the dataset is treated as ending at test_end
+            self.num_after_end += len(late)
+            g = g.without(late, duplicates=False)
+        n = len(g.uid)
         if n == 0:
             return
 

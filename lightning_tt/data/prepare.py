@@ -17,6 +17,12 @@ Global temporal split (Yambda paper; all boundaries in seconds, ``end`` = last t
     train_end   = val_start - gap  (test_start - gap when val_days == 0)
                                                        train = [0, train_end)
 
+Rolling-origin backtesting (``window`` K >= 1): the dataset is treated as if it ended at
+``end_K = end - K * round(test_days * 86400)``. Events after ``end_K`` are dropped before anything else
+(``meta.json`` counts them), then the boundaries above are computed from ``end_K``; so window K's test
+window is ``[end - (K + 1) T, end - K T]`` (T = the test window) and windows 0, 1, 2, ... never overlap.
+Each window has its own validation window and training cut; window 0 is the plain split.
+
 Events in the gaps are kept in the stream (they are history for later cases) but are never targets.
 A user "has training history" when their first event is before ``train_end``; other users are dropped.
 Exact duplicate events (the same ``uid``, ``item_id``, ``timestamp`` and ``event_type``) are dropped
@@ -80,6 +86,8 @@ class SplitConfig:
         gap_seconds: gap before the test and the validation windows
         history: default history window length N
         min_played_pct: a listen is a positive when played_ratio_pct >= this
+        window: rolling-origin backtest window K: 0 = the latest test window; K >= 1 shifts every
+            boundary K test windows earlier and drops the events after the shifted end
     """
 
     test_days: float = 1.0
@@ -87,9 +95,10 @@ class SplitConfig:
     gap_seconds: int = 1800
     history: int = 50
     min_played_pct: int = 50
+    window: int = 0
 
     def validate(self) -> None:
-        for name in ("test_days", "val_days", "gap_seconds", "history", "min_played_pct"):
+        for name in ("test_days", "val_days", "gap_seconds", "history", "min_played_pct", "window"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"--split.{name} must be a finite number >= 0, got {value}")
@@ -97,9 +106,17 @@ class SplitConfig:
             raise InputError(f"--split.test_days must be > 0, got {self.test_days}")
         if self.history < 1:
             raise InputError(f"--split.history must be >= 1, got {self.history}")
+        if self.window != int(self.window):
+            raise InputError(f"--split.window must be a whole number >= 0, got {self.window}")
+
+    def window_end(self, end: int) -> int:
+        """The last timestamp that window ``self.window`` keeps, of a dataset that ends at ``end``."""
+        return end - int(self.window) * round(self.test_days * DAY)
 
     def boundaries(self, end: int) -> dict[str, int]:
-        """Split boundaries for a dataset whose last timestamp is ``end`` (see module docstring)."""
+        """Split boundaries of window ``self.window`` for a dataset whose last timestamp is ``end`` (see the
+        module docstring)."""
+        end = self.window_end(end)
         test_start = end - round(self.test_days * DAY)
         val_end = test_start - self.gap_seconds
         val_start = val_end - round(self.val_days * DAY)
@@ -131,8 +148,8 @@ def _empty_split_error(split: str, bounds: dict, path: Path, cfg: SplitConfig) -
     }[split]
     return RawDataError(
         f"{path}: split '{split}' is empty: no listen with played_ratio_pct >= {cfg.min_played_pct} of a "
-        f"user with training history has column 'timestamp' in {window}; adjust --split.test_days, --split.val_days "
-        f"or --split.gap_seconds"
+        f"user with training history has column 'timestamp' in {window}; adjust --split.test_days, --split.val_days, "
+        f"--split.gap_seconds or --split.window"
     )
 
 
@@ -188,7 +205,10 @@ def data_fingerprint(tmp: Path, sources: dict, config: SplitConfig, audio_dim: i
     options gives the same fingerprint, wherever they lie; anything else gives another."""
     digest = hashlib.sha256()
     described = {name: {"bytes": f["bytes"], "footer_sha256": f["footer_sha256"]} for name, f in sources.items()}
-    digest.update(json.dumps({"files": described, "config": asdict(config), "audio_dim": audio_dim},
+    options = asdict(config)
+    if not options["window"]:  # window 0 is the plain split: the fingerprint it always had
+        del options["window"]
+    digest.update(json.dumps({"files": described, "config": options, "audio_dim": audio_dim},
                              sort_keys=True).encode())
     for name in ("user_ids", "item_ids", "artist_ids", "album_ids"):
         digest.update(name.encode())
@@ -260,6 +280,7 @@ def _prepare_into(tmp, raw, size, events, sides, pf, bounds, min_ts, max_item, c
         "counts": {
             "raw_rows": run.rows_seen,
             "duplicate_events_dropped": run.num_duplicates,
+            "events_after_window_dropped": run.num_after_end,
             "stream_listens": stream_len,
             "signals": arrays["signal_type"]["shape"][0],
             "users_dropped_no_train_history": run.num_dropped,

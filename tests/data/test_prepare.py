@@ -234,3 +234,33 @@ def test_a_signed_played_ratio_column_is_read_like_the_unsigned_one(tmp_path):
     pq.write_table(table.set_column(column, "played_ratio_pct", pc.cast(table.column(column), pa.int16())), path)
     prepare(raw, tmp_path / "signed", audio_dim=4, progress=False)
     assert all_arrays(tmp_path / "signed") == all_arrays(tmp_path / "unsigned")
+
+
+@pytest.mark.parametrize("group", [1, 3, 100])
+def test_a_backtest_window_is_the_data_cut_at_its_end(tmp_path, group):
+    """--split.window 1 (1-day windows) treats the data as ending one test window earlier, at day 9 =
+    777,600 (a listen lies exactly there): every array is byte for byte that of the file cut there and
+    prepared as window 0, the boundaries are day 9's, and meta.json counts the events it dropped."""
+    rows = hand_rows() + [event(9, 13, 9 * DAY, ratio=90, length=113)]
+    rows.sort(key=lambda r: (r["uid"], r["timestamp"]))
+    cut = [r for r in rows if r["timestamp"] <= 9 * DAY]
+    full = prepare(write_raw(tmp_path / "full", rows, row_group_size=group), tmp_path / "a", audio_dim=4,
+                   progress=False, config=SplitConfig(window=1))
+    alone = prepare(write_raw(tmp_path / "cut", cut, row_group_size=group), tmp_path / "b", audio_dim=4,
+                    progress=False)
+    assert all_arrays(tmp_path / "a") == all_arrays(tmp_path / "b")
+    assert full["boundaries"] == {**alone["boundaries"], "min_timestamp": 50}
+    assert full["boundaries"]["test_start"] == 8 * DAY and full["boundaries"]["test_end"] == 9 * DAY
+    assert full["boundaries"]["train_end"] == 8 * DAY - 2 * 1800 - DAY  # 601,200
+    assert full["counts"]["events_after_window_dropped"] == len(rows) - len(cut) == 5  # 3 of user 5, 1 each of 7, 9
+    assert alone["counts"]["events_after_window_dropped"] == 0
+    assert full["config"]["window"] == 1 and full["fingerprint"] != alone["fingerprint"]
+
+
+def test_the_window_option_is_checked_and_named(hand_raw, tmp_path):
+    with pytest.raises(InputError, match="--split.window must be a whole number"):
+        prepare(hand_raw, tmp_path / "a", audio_dim=4, progress=False, config=SplitConfig(window=1.5))
+    with pytest.raises(InputError, match="--split.window must be a finite number >= 0"):
+        prepare(hand_raw, tmp_path / "a", audio_dim=4, progress=False, config=SplitConfig(window=-1))
+    with pytest.raises(Exception, match="split 'train' is empty.*--split.window"):
+        prepare(hand_raw, tmp_path / "a", audio_dim=4, progress=False, config=SplitConfig(window=9))
