@@ -103,12 +103,16 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
         tune: choose each baseline's hyperparameters on the validation window (grids in
             lightning_tt/baselines/models.py), then report the test window with them
         tune_metric: the validation metric tune maximises
-        out: where metrics.json goes
-        overwrite: replace an existing out file
+        out: where metrics.json goes; every case's values go beside it, to ``{out's stem}_cases.parquet``
+            (lightning_tt.eval.metrics.case_table: for intervals, bench/quality.py)
+        overwrite: replace existing out files
     """
     from lightning_tt.baselines import evaluate
     from lightning_tt.baselines import tune as tune_baselines
-    from lightning_tt.eval.metrics import comparison_columns
+    import pyarrow as pa
+
+    from lightning_tt.data.prepared import PreparedData
+    from lightning_tt.eval.metrics import case_table, comparison_columns, write_case_table
     from lightning_tt.eval.table import print_table
     from lightning_tt.outputs import Output
     from lightning_tt.runs import write_json
@@ -116,17 +120,23 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
     if tune and split != "test":
         raise InputError("--tune chooses on the validation window and reports the test window: drop --split val")
     output = Output(out, "file", inputs={"--data": data}, overwrite=overwrite)  # checked before the work
+    cases_output = Output(out.with_name(f"{out.stem}_cases.parquet"), "file", option="--out",
+                          inputs={"--data": data}, overwrite=overwrite)
     ks = sorted([k] if isinstance(k, int) else k)
     only = [only] if isinstance(only, str) else only
+    cases: dict = {}
     if tune:
-        results = tune_baselines(str(data), ks, only, tune_metric)
+        results = tune_baselines(str(data), ks, only, tune_metric, cases=cases)
     else:
-        results = evaluate(str(data), split, ks, only)
+        results = evaluate(str(data), split, ks, only, cases=cases)
     write_json(output, results)
+    user_ids = PreparedData(data)["user_ids"]
+    write_case_table(cases_output, pa.concat_tables([case_table(kept, ks, user_ids, name, split)
+                                                     for name, kept in cases.items()]))
     if tune:
         print(f"chosen on the validation window by {tune_metric}; the test window:")
     print_table(results, split, comparison_columns(ks), params=True)
-    print(f"metrics written to {output.path}")
+    print(f"metrics written to {output.path}, every case's values to {cases_output.path}")
 
 
 def sweep(sweep_file: Path, trials: int = 20, storage: str | None = None, out: Path | None = None, seed: int = 0,

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from lightning_tt import demo
@@ -71,6 +72,11 @@ def test_baselines_command_writes_metrics_json(hand_raw, tmp_path, capsys):
     assert set(results) == {"MostPop", "Transitions"}
     assert results["Transitions"]["test/next/recall@1"] == pytest.approx(1 / 3)
     assert "Transitions" in capsys.readouterr().out
+    # Beside it, every case's values: the 3 next-track cases (users 5, 5, 9) and 2 paper lists per baseline.
+    cases = pq.read_table(tmp_path / "b" / "metrics_cases.parquet").to_pylist()
+    transitions = [row for row in cases if row["system"] == "Transitions" and row["protocol"] == "next"]
+    assert [row["uid"] for row in transitions] == [5, 5, 9] and sum(row["recall@1"] for row in transitions) == 1
+    assert len(cases) == 2 * (3 + 2) and {row["split"] for row in cases} == {"test"}
 
 
 def test_baselines_tune_writes_the_chosen_values(hand_raw, tmp_path, capsys):

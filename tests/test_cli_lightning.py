@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
 from lightning_tt.cli import main
+from lightning_tt.data.prepared import PreparedData
 
 CONF = Path(__file__).parent / "conf" / "tiny.yaml"
 
@@ -63,6 +66,17 @@ def test_test_in_a_fresh_process_and_resume(prepared, tmp_path, capsys):
     assert (written.parent / "config.yaml").is_file()
     for figure in ("recall_at_k.png", "ann_tradeoff.png"):  # PNG files, beside metrics.json
         assert (written.parent / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every test case's exact value, beside metrics.json: their means are the exact metrics.
+    cases = pq.read_table(written.parent / "test_cases.parquet").to_pylist()
+    nxt = [row for row in cases if row["protocol"] == "next"]
+    paper = [row for row in cases if row["protocol"] == "paper"]
+    assert [row["case"] for row in nxt] == list(range(len(nxt))) and {row["system"] for row in cases} == {"TwoTower"}
+    assert sum(row["recall@100"] for row in nxt) / len(nxt) == pytest.approx(metrics["test/next/exact_recall@100"])
+    assert sum(row["recall@10"] for row in paper) / len(paper) == pytest.approx(metrics["test/paper/exact_recall@10"])
+    assert sum(row["dcg@10"] for row in paper) / sum(row["idcg@10"] for row in paper) == pytest.approx(
+        metrics["test/paper/exact_ndcg@10"])
+    user_ids = np.asarray(PreparedData(prepared)["user_ids"])
+    assert {row["uid"] for row in cases} <= set(user_ids[2:].tolist()) and nxt[0]["dcg@10"] is None
     for name in ("test/next/recall@100", "test/next/exact_recall@100", "test/next/ann_exact_ratio@100",
                  "test/paper/ndcg@10", "test/paper/exact_coverage@100", "test/index/build_seconds"):
         assert name in metrics, name

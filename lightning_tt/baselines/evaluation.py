@@ -13,7 +13,7 @@ from lightning_tt.baselines.models import ALL, Baseline
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.errors import InputError
-from lightning_tt.eval.metrics import PROTOCOLS, metric_name, parse_metric_name, score_lists
+from lightning_tt.eval.metrics import PROTOCOLS, RetrievalMetrics, metric_name, parse_metric_name
 
 DEFAULT_TUNE_METRIC = metric_name("val", "next", "recall", 100)
 
@@ -39,20 +39,27 @@ class _Cases:
         self.paper = paper.arrays(chosen(len(paper)))
         self.num_items = data.vocab["num_items"]
 
-    def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, float]:
+    def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = PROTOCOLS,
+              cases: dict | None = None) -> dict[str, float]:
         """{metric_name: value} of a fitted baseline's lists (lightning_tt.eval.metrics), on the protocols
-        asked. All cases are in this process (also when called from rank zero of a DDP test)."""
-        k, lists = max(ks), {}
+        asked. All cases are in this process (also when called from rank zero of a DDP test). ``cases``,
+        when given, receives {protocol: (user [N], per-case values)} (RetrievalMetrics.cases)."""
+        k = max(ks)
+        metrics = RetrievalMetrics(self.split, ks, self.num_items, keep_cases=cases is not None,
+                                   sync_on_compute=False)
         if "next" in protocols:
             nxt = self.next
             top = baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)
-            lists["next_track"] = (torch.from_numpy(top), torch.from_numpy(nxt["target_item"]))
+            metrics.update("next", torch.from_numpy(top), torch.from_numpy(nxt["target_item"]),
+                           user=torch.from_numpy(nxt["user"]))
         if "paper" in protocols:
             paper = self.paper
             top = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
-            lists["paper"] = (torch.from_numpy(top), torch.from_numpy(paper["target_items"]),
-                              torch.from_numpy(paper["target_count"]))
-        return score_lists(self.split, ks, self.num_items, **lists)
+            metrics.update("paper", torch.from_numpy(top), torch.from_numpy(paper["target_items"]),
+                           torch.from_numpy(paper["target_count"]), user=torch.from_numpy(paper["user"]))
+        if cases is not None:
+            cases.update(metrics.cases())
+        return metrics.compute(protocols)
 
 
 def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) -> PreparedData:
@@ -74,20 +81,25 @@ def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) 
 
 
 def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
-             history: int | None = None, params: dict[str, dict] | None = None) -> dict[str, dict]:
+             history: int | None = None, params: dict[str, dict] | None = None,
+             cases: dict | None = None) -> dict[str, dict]:
     """{baseline name: {metric name: value, ..., "params": {hyperparameter: value}}} on ``split``'s
-    next-track cases and paper lists, each baseline with its defaults updated by ``params[name]``.
+    next-track cases and paper lists, each baseline with its defaults updated by ``params[name]``;
+    ``cases``, when given, receives {baseline name: its per-case values} (_Cases.score).
 
     Refused before any work (InputError): an unknown baseline name, a cut-off k below 1 or above the
     catalogue, a split with no case."""
     data = _checked(data_dir, split, ks, names)
-    cases = _Cases(data, split, history or data.default_history)
+    split_cases = _Cases(data, split, history or data.default_history)
     results = {}
     for cls in ALL:
         if names and cls.name not in names:
             continue
         baseline = cls(**(params or {}).get(cls.name, {})).fit(data)
-        results[cls.name] = {**cases.score(baseline, ks), "params": baseline.params()}
+        kept = {} if cases is not None else None
+        results[cls.name] = {**split_cases.score(baseline, ks, cases=kept), "params": baseline.params()}
+        if cases is not None:
+            cases[cls.name] = kept
     return results
 
 
@@ -107,7 +119,8 @@ def _parse_metric(metric: str, catalogue: int) -> tuple[str, str, int]:
 
 
 def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
-         metric: str = DEFAULT_TUNE_METRIC, history: int | None = None, progress: bool = True) -> dict[str, dict]:
+         metric: str = DEFAULT_TUNE_METRIC, history: int | None = None, progress: bool = True,
+         cases: dict | None = None) -> dict[str, dict]:
     """Each baseline's hyperparameters chosen on the validation window, then the test window.
 
     For every point of ``cls.grid(data)`` the baseline is fitted on the training positives (once per
@@ -115,7 +128,8 @@ def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = Non
     validation cases (at most TUNE_CASES of each protocol, a seeded sample); the best point (the first
     of equals, in grid order) is fitted again, on the same training positives, and scored on the test
     cases. Returns, per baseline, the test metrics, the chosen ``params`` and ``tuning``: {"metric",
-    "value" (its validation value), "points"}."""
+    "value" (its validation value), "points"}. ``cases``, when given, receives {baseline name: its
+    per-case test values} (_Cases.score)."""
     data = _checked(data_dir, "test", ks, names)
     if data.num_examples("val") == 0:
         raise InputError(f"{data.path}: no validation window to tune on (prepared with --split.val_days 0); prepare it "
@@ -144,6 +158,9 @@ def tune(data_dir: str, ks: list[int] = [10, 100], names: list[str] | None = Non
             bar.update()
         bar.close()
         baseline = cls(**best).fit(data)
-        results[cls.name] = {**test.score(baseline, ks), "params": baseline.params(),
+        kept = {} if cases is not None else None
+        results[cls.name] = {**test.score(baseline, ks, cases=kept), "params": baseline.params(),
                              "tuning": {"metric": metric, "value": best_value, "points": len(points)}}
+        if cases is not None:
+            cases[cls.name] = kept
     return results

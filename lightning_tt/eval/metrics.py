@@ -20,12 +20,18 @@ Every value is named ``{stage}/{protocol}/{metric}@{k}`` (``metric_name``): ``va
 (``val/next/exact_recall@100``); without it a value comes from the Faiss index or from a baseline.
 ``RetrievalMetrics`` scores both protocols and names the values; the model, the index callback, the
 baselines, the report, the demo and the commands all read and write values through it.
+
+Per case (``keep_cases``, ``case_table``): every next-track case's hit@k and every paper user's
+recall_u@k, DCG_u@k and IDCG_u@k, so that a value can be given an interval by resampling users
+(lightning_tt.eval.intervals) and two systems compared on the same cases.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+import pyarrow as pa
 import torch
 from torchmetrics import Metric
 
@@ -52,6 +58,38 @@ def parse_metric_name(name: str) -> tuple[str, str, str, int, bool] | None:
     return found["stage"], found["protocol"], found["metric"], int(found["k"]), found["exact"] is not None
 
 
+def next_case_hits(top_items: torch.Tensor, targets: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """[B, len(ks)] float64: 1 where case b's target is in its top ``ks[i]`` (top_items [B, K], K >= max k;
+    targets [B]). The next-track Recall@k of a set of cases is the mean of column k."""
+    found = (top_items == targets[:, None]).cumsum(dim=1) > 0  # [B, K]: target within the first r + 1
+    return torch.stack([found[:, k - 1] for k in ks], dim=1).double()
+
+
+def paper_case_values(top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor,
+                      ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(recall, dcg, idcg), each [B, len(ks)] float64, of paper lists: ``recall = hits_u@k / n_u``,
+    ``DCG_u@k`` and ``IDCG_u@k`` of the module docstring (0 for a row without targets). top_items [B, K]
+    ranked item indices; target_items [B, T] (0-padded, repeats kept); target_count [B]. Recall@k is the
+    mean of recall over users with targets, NDCG@k = sum dcg / sum idcg over them."""
+    width = top_items.shape[1]
+    real = torch.arange(target_items.shape[1], device=target_items.device)[None, :] < target_count[:, None]
+    # in_top[b, t, r]: target t of row b is the item at rank r.
+    in_top = (target_items[:, :, None] == top_items[:, None, :]) & real[:, :, None]
+    discount = 1.0 / torch.log2(torch.arange(2, width + 2, device=top_items.device, dtype=torch.float64))
+    relevant = in_top.any(dim=1).double()  # [B, K] binary gain of each rank
+    first_rank = torch.where(in_top.any(dim=2), in_top.double().argmax(dim=2), width)  # [B, T]
+    has_targets = (target_count > 0).double()
+    n = target_count.clamp(min=1).double()
+    ideal = discount.cumsum(0)
+    recall, dcg, idcg = [], [], []
+    for k in ks:
+        hits = ((first_rank < k) & real).sum(dim=1).double()  # targets with repeats found in the top k
+        recall.append(hits / n)
+        dcg.append((relevant[:, :k] * discount[:k]).sum(dim=1))
+        idcg.append(ideal[(target_count.clamp(max=k) - 1).clamp(min=0)] * has_targets)
+    return torch.stack(recall, dim=1), torch.stack(dcg, dim=1), torch.stack(idcg, dim=1)
+
+
 class NextTrackRecall(Metric):
     """Recall@k for each k of ``ks`` over next-track cases."""
 
@@ -65,9 +103,7 @@ class NextTrackRecall(Metric):
 
     def update(self, top_items: torch.Tensor, targets: torch.Tensor) -> None:
         """top_items [B, K] ranked item indices (K >= max k), targets [B]."""
-        found = (top_items == targets[:, None]).cumsum(dim=1) > 0  # [B, K]: target within the first r + 1
-        for i, k in enumerate(self.ks):
-            self.hits[i] += found[:, k - 1].sum()
+        self.hits += next_case_hits(top_items, targets, self.ks).sum(dim=0)
         self.cases += len(targets)
 
     def compute(self) -> dict[int, torch.Tensor]:
@@ -101,21 +137,12 @@ class PaperMetrics(Metric):
             self._update(top_items[rows], target_items[rows], target_count[rows])
 
     def _update(self, top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor) -> None:
-        width = top_items.shape[1]
-        real = torch.arange(target_items.shape[1], device=target_items.device)[None, :] < target_count[:, None]
-        # in_top[b, t, r]: target t of row b is the item at rank r.
-        in_top = (target_items[:, :, None] == top_items[:, None, :]) & real[:, :, None]
-        discount = 1.0 / torch.log2(torch.arange(2, width + 2, device=top_items.device, dtype=torch.float64))
-        relevant = in_top.any(dim=1).double()  # [B, K] binary gain of each rank
-        first_rank = torch.where(in_top.any(dim=2), in_top.double().argmax(dim=2), width)  # [B, T]
+        recall, dcg, idcg = paper_case_values(top_items, target_items, target_count, self.ks)
         has_targets = target_count > 0
-        n = target_count.clamp(min=1).double()
-        ideal = discount.cumsum(0)
+        self.recall_sum += recall[has_targets].sum(dim=0)
+        self.dcg_sum += dcg[has_targets].sum(dim=0)
+        self.idcg_sum += idcg[has_targets].sum(dim=0)
         for i, k in enumerate(self.ks):
-            hits = ((first_rank < k) & real).sum(dim=1).double()  # targets with repeats found in the top k
-            self.recall_sum[i] += (hits / n)[has_targets].sum()
-            self.dcg_sum[i] += (relevant[:, :k] * discount[:k]).sum(dim=1)[has_targets].sum()
-            self.idcg_sum[i] += ideal[(target_count.clamp(max=k) - 1).clamp(min=0)][has_targets].sum()
             self.recommended[i, top_items[:, :k].reshape(-1)] = 1
         self.users += has_targets.sum()
 
@@ -129,22 +156,67 @@ class PaperMetrics(Metric):
         }
 
 
+class CaseValues(Metric):
+    """The per-case values of one protocol, kept in update order (concatenated across processes):
+    ``user`` [N] user indices and ``values`` [N, M]."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("user", [], dist_reduce_fx="cat")
+        self.add_state("values", [], dist_reduce_fx="cat")
+
+    def update(self, user: torch.Tensor, values: torch.Tensor) -> None:
+        self.user.append(user.reshape(-1).long())
+        self.values.append(values.double())
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def cat(state):
+            return torch.cat(state) if isinstance(state, list) else state  # synced: already one tensor
+
+        return (cat(self.user), cat(self.values)) if len(self.user) else (torch.zeros(0), torch.zeros(0, 0))
+
+
 class RetrievalMetrics(torch.nn.Module):
     """Both protocols' metrics of one stage (a module, so they follow the model's device), named by
     ``metric_name``: next-track ``recall``, paper ``recall``, ``ndcg`` and ``coverage``, at every k of
     ``ks``, with ``exact_`` for the model's brute-force lists. ``metric_options`` go to torchmetrics
-    (``sync_on_compute=False`` when every case is in this process)."""
+    (``sync_on_compute=False`` when every case is in this process). With ``keep_cases`` the values of
+    every case are kept too (``cases``; an update must then give the cases' ``user``)."""
 
-    def __init__(self, stage: str, ks: list[int], num_items: int, exact: bool = False, **metric_options):
+    def __init__(self, stage: str, ks: list[int], num_items: int, exact: bool = False, keep_cases: bool = False,
+                 **metric_options):
         super().__init__()
-        self.stage, self.exact = stage, exact
+        self.stage, self.exact, self.ks, self.keep_cases = stage, exact, sorted(ks), keep_cases
         self.next = NextTrackRecall(ks, **metric_options)
         self.paper = PaperMetrics(ks, num_items, FIRST_ITEM, **metric_options)
+        self.next_cases = CaseValues(**metric_options)
+        self.paper_cases = CaseValues(**metric_options)
 
-    def update(self, protocol: str, top_items: torch.Tensor, *targets: torch.Tensor) -> None:
+    def update(self, protocol: str, top_items: torch.Tensor, *targets: torch.Tensor,
+               user: torch.Tensor | None = None) -> None:
         """top_items [B, K] ranked item indices; targets: ``target_item`` [B] (next) or ``target_items``
-        [B, T], ``target_count`` [B] (paper)."""
+        [B, T], ``target_count`` [B] (paper); ``user`` [B] the cases' user indices (for ``keep_cases``)."""
         getattr(self, protocol).update(top_items, *targets)
+        if self.keep_cases:
+            if user is None:
+                raise ValueError("RetrievalMetrics(keep_cases=True).update needs the cases' user")
+            if protocol == "next":
+                values = next_case_hits(top_items, targets[0], self.ks)
+            else:
+                values = torch.cat(paper_case_values(top_items, *targets, self.ks), dim=1)
+            getattr(self, f"{protocol}_cases").update(user, values)
+
+    def cases(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{protocol: (user [N], values [N, M])} of the kept cases, in update order (all processes'; every
+        process must call it; under DDP the order is the processes' order, not the window's).
+        Next: M = len(ks) hits; paper: recall, then dcg, then idcg, len(ks) each."""
+        out = {}
+        for protocol in PROTOCOLS:
+            user, values = getattr(self, f"{protocol}_cases").compute()
+            out[protocol] = (user.cpu().numpy(), values.cpu().numpy())
+        return out
 
     def updated(self) -> tuple[str, ...]:
         """The protocols this process has updated since the last reset."""
@@ -163,8 +235,8 @@ class RetrievalMetrics(torch.nn.Module):
         return values
 
     def reset(self) -> None:
-        self.next.reset()
-        self.paper.reset()
+        for metric in (self.next, self.paper, self.next_cases, self.paper_cases):
+            metric.reset()
 
 
 def score_lists(stage: str, ks: list[int], num_items: int, next_track: tuple[torch.Tensor, ...] | None = None,
@@ -177,6 +249,44 @@ def score_lists(stage: str, ks: list[int], num_items: int, next_track: tuple[tor
         if lists is not None:
             metrics.update(protocol, *lists)
     return metrics.compute()
+
+
+#: The per-case values a case table holds, per k: ``{name}@{k}``.
+CASE_VALUES = ("recall", "dcg", "idcg")
+
+
+def case_table(cases: dict[str, tuple[np.ndarray, np.ndarray]], ks: list[int], user_ids: np.ndarray,
+               system: str, split: str) -> pa.Table:
+    """One row per case of ``cases`` (RetrievalMetrics.cases, or the same from baselines): columns
+    ``system``, ``split``, ``protocol`` ("next" or "paper"), ``case`` (its index within the protocol, in
+    the split's case order), ``uid`` (the raw user id: ``user_ids[user]``), and per k ``recall@k`` (the
+    next-track hit, or the paper user's hits_u@k / n_u), ``dcg@k`` and ``idcg@k`` (paper only; null for
+    next-track cases). Recall@k = the mean of ``recall@k`` over a protocol's rows, paper NDCG@k = the sum of
+    ``dcg@k`` / the sum of ``idcg@k``."""
+    ks, parts = sorted(ks), []
+    for protocol, (user, values) in cases.items():
+        n = len(user)
+        if n == 0:
+            continue
+        columns = {"system": pa.array([system] * n, pa.string()), "split": pa.array([split] * n, pa.string()),
+                   "protocol": pa.array([protocol] * n, pa.string()), "case": pa.array(np.arange(n), pa.int64()),
+                   "uid": pa.array(np.asarray(user_ids)[user].astype(np.int64), pa.int64())}
+        for j, name in enumerate(CASE_VALUES):
+            for i, k in enumerate(ks):
+                column = values[:, j * len(ks) + i] if protocol == "paper" or j == 0 else None
+                columns[f"{name}@{k}"] = pa.array(column, pa.float64()) if column is not None else pa.nulls(
+                    n, pa.float64())
+        parts.append(pa.table(columns))
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def write_case_table(output, table: pa.Table) -> None:
+    """Write a case table to parquet through ``output`` (lightning_tt.outputs.Output: temporary file,
+    then rename)."""
+    import pyarrow.parquet as pq
+
+    with output.writing() as tmp:
+        pq.write_table(table, tmp)
 
 
 def comparison_columns(ks: list[int]) -> list[tuple[str, str, int]]:

@@ -5,6 +5,8 @@
   value, the model the exact one), then logged to the loggers and kept in ``callback_metrics``.
 - After ``test``, in the run's directory (lightning_tt.runs), on rank zero:
   - ``metrics.json``: every ``test/...`` value and the ratios;
+  - ``test_cases.parquet``: the exact rankings' value of every test case (lightning_tt.eval.metrics.case_table,
+    system ``TwoTower``), for intervals and paired comparisons (lightning_tt.eval.intervals);
   - ``recall_at_k.png``: next-track Recall@k against k for the model (exact and ANN) and the baselines
     of ``baselines_file`` (a metrics.json of ``lightning-tt baselines --split test``; none without it);
   - ``ann_tradeoff.png`` (IVF and HNSW indexes): queries/s against the ANN/exact Recall ratio over
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from lightning_tt.errors import InputError
-from lightning_tt.eval.metrics import metric_name
+from lightning_tt.eval.metrics import case_table, metric_name, write_case_table
 from lightning_tt.outputs import Output
 from lightning_tt.runs import run_directory, write_json
 
@@ -75,6 +77,14 @@ class RunReport(L.Callback):
         path = run_dir / "metrics.json"
         write_json(Output(path, "file", option="metrics.json", overwrite=True), values)
         module.print(f"metrics written to {path}")
+        if module.test_cases is not None and module.hparams.data_dir:
+            from lightning_tt.data.prepared import PreparedData
+
+            cases = run_dir / "test_cases.parquet"
+            write_case_table(Output(cases, "file", option="test_cases.parquet", overwrite=True),
+                             case_table(module.test_cases, list(module.hparams.recall_k),
+                                        PreparedData(module.hparams.data_dir)["user_ids"], "TwoTower", "test"))
+            module.print(f"per-case values written to {cases}")
         figures = self._figures(module, values, run_dir)
         for figure in figures:
             module.print(f"figure written to {figure}")  # through the progress bar, on its own line

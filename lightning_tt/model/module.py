@@ -190,8 +190,11 @@ class TwoTowerModule(L.LightningModule):
                                       attention_blocks=attention_blocks, attention_heads=attention_heads,
                                       use_play_ratio=use_play_ratio, feedback=feedback, use_organic=use_organic)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
-        self.metrics = torch.nn.ModuleDict({stage: RetrievalMetrics(stage, recall_k, num_items, exact=True)
+        # The test window's per-case values are kept (``test_cases``, written by RunReport) for intervals.
+        self.metrics = torch.nn.ModuleDict({stage: RetrievalMetrics(stage, recall_k, num_items, exact=True,
+                                                                    keep_cases=stage == "test")
                                             for stage in ("val", "test")})
+        self.test_cases: dict[str, tuple] | None = None
         self.loss_function = corrected_softmax_loss  # compiled in configure_model with ``compile``
         self._catalogue: torch.Tensor | None = None
         # This epoch's [sum of loss * batch size, examples], kept on the device.
@@ -321,9 +324,9 @@ class TwoTowerModule(L.LightningModule):
             seen = torch.zeros(len(queries), 1, dtype=torch.int64, device=queries.device)
         out = {"protocol": torch.tensor(dataloader_idx), "queries": queries.float(), "top": top, "seen_items": seen}
         if dataloader_idx == 0:
-            self.metrics[stage].update("next", top, batch["target_item"])
+            self.metrics[stage].update("next", top, batch["target_item"], user=batch["user"])
             return {**out, "user": batch["user"], "seed_item": batch["seed_item"], "target_item": batch["target_item"]}
-        self.metrics[stage].update("paper", top, batch["target_items"], batch["target_count"])
+        self.metrics[stage].update("paper", top, batch["target_items"], batch["target_count"], user=batch["user"])
         return {**out, "target_items": batch["target_items"], "target_count": batch["target_count"]}
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
@@ -334,6 +337,8 @@ class TwoTowerModule(L.LightningModule):
         shown = metric_name(stage, "next", "recall", 100, exact=True)
         for name, value in values.items():  # already synchronised: the mean over processes changes nothing
             self.log(name, value, add_dataloader_idx=False, prog_bar=name == shown, sync_dist=True)
+        if metrics.keep_cases:
+            self.test_cases = metrics.cases()
         metrics.reset()
         return values
 
