@@ -107,10 +107,10 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
             (lightning_tt.eval.metrics.case_table: for intervals, bench/quality.py)
         overwrite: replace existing out files
     """
-    from lightning_tt.baselines import evaluate
-    from lightning_tt.baselines import tune as tune_baselines
     import pyarrow as pa
 
+    from lightning_tt.baselines import evaluate
+    from lightning_tt.baselines import tune as tune_baselines
     from lightning_tt.data.prepared import PreparedData
     from lightning_tt.eval.metrics import case_table, comparison_columns, write_case_table
     from lightning_tt.eval.table import print_table
