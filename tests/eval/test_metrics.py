@@ -89,3 +89,16 @@ def test_comparison_columns_and_table(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["next/recall@5"]
     assert lines[1].split() == ["Model", "0.2500"] and lines[2].split() == ["Baseline", "0.1250"]
+
+
+def test_per_case_values_by_hand():
+    from lightning_tt.eval.metrics import next_case_hits, paper_case_values
+
+    top = torch.tensor([[5, 6, 7], [7, 5, 6]])
+    assert next_case_hits(top, torch.tensor([6, 9]), [1, 2, 3]).tolist() == [[0, 1, 1], [0, 0, 0]]
+    # Row 0: targets 6, 6, 9 (6 twice) -> hits@2 = 2 of n = 3; DCG@2 = 1 / log2(3); IDCG@2 = 1 + 1 / log2(3).
+    # Row 1: no targets -> zeros.
+    recall, dcg, idcg = paper_case_values(top, torch.tensor([[6, 6, 9], [0, 0, 0]]), torch.tensor([3, 0]), [1, 2])
+    assert recall.tolist() == [[0.0, pytest.approx(2 / 3)], [0.0, 0.0]]
+    assert dcg.tolist() == [[0.0, pytest.approx(1 / math.log2(3))], [0.0, 0.0]]
+    assert idcg.tolist() == [[1.0, pytest.approx(1 + 1 / math.log2(3))], [0.0, 0.0]]
