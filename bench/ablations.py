@@ -1,20 +1,31 @@
 """The ablation report: the two-tower model trained with one switch flipped at a time, for the same
-budget, over several seeds, on the embedded default (the synthetic twin) and the development set
-(real MovieLens behaviour in the Yambda layout).
+budget, over several seeds and rolling-origin test windows, next to every baseline tuned on each
+window's validation window, on the embedded default (the synthetic twin) and the development sets
+(real behaviour in the Yambda layout).
 
-    python bench/ablations.py [--dev DIR] [--seeds 0 1 2] [--workdir DIR (default runs/ablations)]
+    python bench/ablations.py [--dev DIR ...] [--windows 3] [--seeds 0 1] [--only VARIANT ...]
+                              [--workdir DIR (default runs/ablations)]
 
-Each run is ``lightning-tt fit --config configs/demo.yaml`` with ``BASE`` (the first design, set
-explicitly so that the rows keep their meaning when the shipped config changes), the variant's flags,
-the dataset's epoch budget and ``--seed_everything S``; the checkpoint with the best ``val/next/exact_recall@100``
-is then validated and tested. Exact (brute-force) rankings, so the index plays no part. Results are
-appended to ``WORKDIR/results.jsonl`` as each run ends: an interrupted report resumes where it stopped.
-The report, ``docs/ablations.md`` and ``docs/figures/ablations.png``, gives mean ± std over the seeds.
-The development set's directory is ``--dev`` or, by default, the environment variable
-``LIGHTNING_TT_DEV_SET`` (it is never copied into the project: its licence forbids redistribution); with
-neither the script stops with an error, and a directory that holds no development set is skipped with
-a note. With ``--baselines NAME=FILE`` (a metrics.json of
-``lightning-tt baselines --tune``) the best tuned baseline of each column is shown under the variants.
+Every dataset is prepared once per window K = 0 .. windows - 1 (``--split.window K``: the data treated
+as ending K test windows earlier, so the test windows do not overlap and each has its own validation
+window and training cut). Each run is ``lightning-tt fit --config configs/demo.yaml`` with ``BASE``
+(the first design, set explicitly so that the rows keep their meaning when the shipped config
+changes; ``None``: the shipped config as it is), the variant's flags, the dataset's epoch budget and
+``--seed_everything S``; the checkpoint with the best ``val/next/exact_recall@100`` is then validated and
+tested. Exact (brute-force) rankings, so the index plays no part. The baselines are ``lightning-tt
+baselines --tune`` per window. Results go to ``WORKDIR/results.jsonl`` and every test case's values
+to ``WORKDIR/cases/`` as each run ends: an interrupted report resumes where it stopped.
+
+The report, ``docs/ablations.md`` and ``docs/figures/ablations.png``, pools every window and seed: each
+value has a user-clustered bootstrap 95% interval (lightning_tt.eval.intervals: a case's value is the
+mean over seeds, a user is one cluster over all windows), each variant's difference to the reference
+row is paired on the same cases and called noise when its interval holds 0, and the shipped config is
+compared with the best tuned baseline of each column by the ratio's interval.
+
+The development sets are ``--dev`` (directories in the Yambda layout, or directories of them) or, by
+default, the environment variable ``LIGHTNING_TT_DEV_SET``; they are never copied into the project
+(their licences forbid redistribution). With neither the script stops with an error; a directory that
+holds no development set is skipped with a note.
 """
 
 from __future__ import annotations
@@ -30,9 +41,16 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 from common import is_current, machine, prepared_twin  # noqa: E402
 
+from lightning_tt.baselines import tune  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
+from lightning_tt.data.prepared import PreparedData  # noqa: E402
+from lightning_tt.eval.intervals import compare  # noqa: E402
+from lightning_tt.eval.metrics import case_table  # noqa: E402
 from lightning_tt.lightning_cli import CONFIGS, lightning_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +71,13 @@ ATTENTION = ["--model.history_encoder", "attention", "--model.use_play_ratio", "
 PART2 = ["--data.feedback", "20", "--model.seed_dropout", "0.5", "--model.paper_seed", "false"]
 #: exclude_seen's default: decided from the data (data.seen.repeat_share).
 AUTO_SEEN = ["--data.exclude_seen", "null"]
-#: name -> the fit flags on top of BASE (None: configs/demo.yaml exactly as shipped).
+
+
+class OnShipped(list):
+    """Fit flags applied on top of configs/demo.yaml as shipped (not on top of BASE)."""
+
+
+#: name -> the fit flags on top of BASE (None: configs/demo.yaml exactly as shipped; OnShipped: on top of it).
 VARIANTS = {
     "default": [],
     "logQ correction off": ["--model.logq_correction", "false"],
@@ -92,31 +116,59 @@ VARIANTS = {
                                                                         "--model.popularity_weight", "2"],
     "shipped + attention + play ratio": [*NT, *PART2, *AUTO_SEEN, "--model.popularity_weight", "0.5", *ATTENTION],
     "configs/demo.yaml as shipped": None,
+    # Part 3: one change at a time on top of the shipped config.
+    "shipped, 10 epochs": OnShipped(["--trainer.max_epochs", "10"]),
+    "shipped + attention + play ratio (on shipped)": OnShipped(ATTENTION),
+    "shipped + embedding dim 128": OnShipped(["--model.embedding_dim", "128"]),
+    "shipped + mixed negatives 1024": OnShipped(["--model.mixed_negatives", "1024"]),
+    "shipped + popularity weight 1": OnShipped(["--model.popularity_weight", "1"]),
+    "shipped + temperature 0.05": OnShipped(["--model.temperature", "0.05"]),
+    "shipped + dropout 0.2": OnShipped(["--model.dropout", "0.2"]),
 }
-#: The development set's split (its README) and each dataset's epoch budget.
-DEV_SPLIT = SplitConfig(test_days=730, val_days=365)
+#: Each dataset's split (the development set's from its README) and epoch budget; unknown development
+#: sets get the development split.
+SPLITS = {"embedded default": SplitConfig(), "movielens-small": SplitConfig(test_days=730, val_days=365)}
 EPOCHS = {"embedded default": 2, "movielens-small": 5}
-COLUMNS = [f"{split}/{protocol}/exact_recall@{k}" for split in ("val", "test") for protocol in ("next", "paper")
-           for k in (10, 100)] + ["test/paper/exact_ndcg@10"]
+DEV_EPOCHS = 5
+#: The test values the report gives intervals for (the case tables hold exact rankings).
+COLUMNS = ["test/next/recall@10", "test/next/recall@100", "test/paper/recall@100", "test/paper/ndcg@10"]
+HEAD = ["next R@10", "next R@100", "paper R@100", "paper NDCG@10"]
+#: The row the others are compared with: the shipped config when it was run, else the first design.
+SHIPPED, FIRST = "configs/demo.yaml as shipped", "default"
 
 
-def datasets(workdir: Path, dev: Path) -> dict[str, Path]:
-    """{name: prepared directory}: the embedded default, and the development set when it is there."""
-    found = {"embedded default": prepared_twin(workdir / "twin-prepared", workdir / "twin-raw")}
-    if any(dev.glob("flat/*/multi_event.parquet")):
-        prepared = workdir / "dev-prepared"
-        if not is_current(prepared):
-            prepare(dev, prepared, config=DEV_SPLIT, progress=False, overwrite=True)
-        found["movielens-small"] = prepared
-    else:
-        print(f"note: no development set at {dev}; only the embedded default is measured")
+def dev_sets(paths: list[Path]) -> dict[str, Path]:
+    """{name: raw directory} of the development sets under ``paths`` (each a set, or a directory of sets)."""
+    found = {}
+    for path in paths:
+        candidates = [path, *sorted(p for p in path.iterdir() if p.is_dir())] if path.is_dir() else [path]
+        sets = [raw for raw in candidates if any(raw.glob("flat/*/multi_event.parquet"))]
+        if not sets:
+            print(f"note: no development set at {path} (no flat/<size>/multi_event.parquet); skipped")
+        found.update({raw.name: raw for raw in sets})
     return found
 
 
-def run(data: Path, flags: list[str], seed: int, epochs: int, run_dir: Path) -> dict:
-    """Fit one variant, then validate and test its best checkpoint: {metric: value, ...}."""
+def datasets(workdir: Path, dev: list[Path], windows: int) -> dict[str, list[Path]]:
+    """{name: [prepared directory of window 0, 1, ...]}: the embedded default and every development set."""
+    found = {"embedded default": [prepared_twin(workdir / f"twin-prepared-w{k}", workdir / "twin-raw",
+                                                config=SplitConfig(window=k)) for k in range(windows)]}
+    for name, raw in dev_sets(dev).items():
+        split, found[name] = SPLITS.get(name, SPLITS["movielens-small"]), []
+        for k in range(windows):
+            prepared = workdir / f"{name}-prepared-w{k}"
+            if not is_current(prepared):
+                prepare(raw, prepared, config=SplitConfig(**{**split.__dict__, "window": k}), progress=False,
+                        overwrite=True)
+            found[name].append(prepared)
+    return found
+
+
+def run(data: Path, flags: list[str] | None, seed: int, epochs: int, run_dir: Path) -> tuple[dict, dict]:
+    """Fit one variant, then validate and test its best checkpoint: ({metric: value, ...}, the test
+    window's per-case values, RetrievalMetrics.cases)."""
     start = time.perf_counter()
-    flags = BASE + flags if flags is not None else []
+    flags = [] if flags is None else list(flags) if isinstance(flags, OnShipped) else BASE + flags
     cli = lightning_cli(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.data_dir", str(data),
                          "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs),
                          "--trainer.logger", "false", "--trainer.default_root_dir", str(run_dir),
@@ -129,7 +181,35 @@ def run(data: Path, flags: list[str], seed: int, epochs: int, run_dir: Path) -> 
         stage(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
         values.update({k: float(v) for k, v in trainer.callback_metrics.items() if "/exact_" in k})
     epoch = int(Path(best).stem.split("epoch=")[1]) if "epoch=" in best else -1
-    return {**values, "best_epoch": epoch, "fit_seconds": fit_seconds}
+    return {**values, "best_epoch": epoch, "fit_seconds": fit_seconds}, cli.model.test_cases
+
+
+def tagged(table: pa.Table, window: int, seed: int) -> pa.Table:
+    """A case table with ``window`` and ``seed`` columns."""
+    return table.append_column("window", pa.array([window] * len(table), pa.int64())).append_column(
+        "seed", pa.array([seed] * len(table), pa.int64()))
+
+
+def tuned_baselines(data: Path, window: int, out: Path) -> pa.Table:
+    """Every baseline tuned on ``data``'s validation window and scored on its test window: a case table,
+    cached in ``out`` (its metrics in a .json beside it); a baseline missing from the cache is tuned and added."""
+    from lightning_tt.baselines import ALL
+
+    cached = pq.read_table(out) if out.exists() else None
+    metrics = json.loads(out.with_suffix(".json").read_text()) if out.exists() else {}
+    missing = [cls.name for cls in ALL if cls.name not in metrics]
+    if missing:
+        cases: dict = {}
+        metrics.update(tune(str(data), [10, 100], missing, cases=cases, progress=False))
+        user_ids = PreparedData(data)["user_ids"]
+        table = tagged(pa.concat_tables([case_table(kept, [10, 100], user_ids, name, "test")
+                                         for name, kept in cases.items()]), window, 0)
+        cached = table if cached is None else pa.concat_tables([cached, table])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(cached, out.with_suffix(".tmp"))
+        out.with_suffix(".json").write_text(json.dumps(metrics, indent=2))
+        out.with_suffix(".tmp").replace(out)
+    return cached
 
 
 def mean_std(values: list[float]) -> str:
@@ -138,47 +218,65 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def best_baselines(path: Path) -> dict[str, tuple[str, float]]:
-    """{column: (baseline, value)}: the best baseline of a ``baselines --tune`` metrics.json per column,
-    read from its test values (the exact ranking is the baselines' only ranking)."""
-    found = json.loads(path.read_text())
-    best = {}
-    for column in COLUMNS:
-        name = column.replace("exact_", "")
-        scored = [(values[name], baseline) for baseline, values in found.items() if name in values]
-        if scored:
-            value, baseline = max(scored)
-            best[column] = (baseline, value)
-    return best
-
-
 #: Everything after this line of docs/ablations.md is written by hand and kept when the report is rewritten.
 FINDINGS = "<!-- findings: written by hand, kept by bench/ablations.py -->"
-COMPARED = ["test/next/recall@10", "test/next/recall@100", "test/paper/recall@100", "test/paper/ndcg@10"]
 
 
-def comparison(model_runs: list[dict], baselines_file: Path, label: str) -> list[str]:
-    """A markdown table: the model's ``label`` row (mean ± std) next to every tuned baseline of a
-    ``baselines --tune`` metrics.json, on the test window, with the values the tuning chose."""
-    found = json.loads(baselines_file.read_text())
-    lines = ["| test window | next R@10 | next R@100 | paper R@100 | paper NDCG@10 | chosen on validation |",
-             "|---|---|---|---|---|---|"]
-    model = [mean_std([r[c.replace("/recall", "/exact_recall").replace("/ndcg", "/exact_ndcg")] for r in model_runs])
-             for c in COMPARED]
-    lines.append(f"| TwoTower, {label} (mean ± std, {len(model_runs)} seeds) | " + " | ".join(model) + " | |")
-    for name, values in found.items():
-        params = ", ".join(f"{k}={v}" for k, v in values.get("params", {}).items())
-        lines.append(f"| {name} | " + " | ".join(f"{values[c]:.4f}" for c in COMPARED) + f" | {params} |")
+def _common_windows(cases: pa.Table, systems: list[str]) -> pa.Table:
+    """``cases`` of ``systems``, on the windows every one of them has (a paired comparison needs the same cases)."""
+    mine = cases.filter(pc.is_in(cases["system"], pa.array(systems)))
+    windows = None
+    for system in systems:
+        have = set(mine.filter(pc.equal(mine["system"], system))["window"].to_pylist())
+        windows = have if windows is None else windows & have
+    return mine.filter(pc.is_in(mine["window"], pa.array(sorted(windows or []), pa.int64())))
+
+
+def variant_table(cases: pa.Table, variants: list[str], reference: str) -> list[str]:
+    """Markdown rows: each variant's pooled test values with intervals and its paired difference to
+    ``reference`` at next-track and paper Recall@100."""
+    lines = ["| variant | " + " | ".join(HEAD) + f" | Δ next R@100 vs {reference!r} | Δ paper R@100 | windows × seeds |",
+             "|---|" + "---|" * (len(HEAD) + 3)]
+    for variant in variants:
+        pair = _common_windows(cases, [variant, reference])
+        cells = [compare(pair, c, [variant]).value[variant].format() for c in COLUMNS]
+        deltas = []
+        for column in ("test/next/recall@100", "test/paper/recall@100"):
+            d = compare(pair, column, [variant], reference=reference).difference[variant]
+            deltas.append("—" if variant == reference else
+                          f"{d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}]{'' if d.excludes(0) else ' noise'}")
+        mine = pair.filter(pc.equal(pair["system"], variant))
+        runs = len(set(zip(mine["window"].to_pylist(), mine["seed"].to_pylist())))
+        lines.append(f"| {variant} | " + " | ".join(cells) + " | " + " | ".join(deltas) + f" | {runs} |")
     return lines
 
 
-def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], out: Path, figure: Path) -> None:
+def baseline_table(cases: pa.Table, model: str, baselines: list[str]) -> list[str]:
+    """Markdown rows: ``model`` and every tuned baseline (pooled, with intervals), then the model's ratio
+    to the best baseline of each column (the best by its pooled value) with the ratio's interval."""
+    pair = _common_windows(cases, [model, *baselines])
+    lines = ["| system | " + " | ".join(HEAD) + " |", "|---|" + "---|" * len(HEAD)]
+    found = {c: compare(pair, c, [model, *baselines]) for c in COLUMNS}
+    for system in [model, *baselines]:
+        lines.append(f"| {system} | " + " | ".join(found[c].value[system].format() for c in COLUMNS) + " |")
+    ratios = []
+    for column in COLUMNS:
+        best = max(baselines, key=lambda b: found[column].value[b].value)
+        ratio = compare(pair, column, [model], reference=best).ratio[model]
+        verdict = "above" if ratio.low > 1 else "below" if ratio.high < 1 else "within noise"
+        ratios.append(f"{ratio.format(3)}× {best} ({verdict})")
+    lines.append(f"| **{model} / best baseline** | " + " | ".join(ratios) + " |")
+    return lines
+
+
+def report(results: list[dict], cases: dict[str, pa.Table], seeds: list[int], windows: int, out: Path,
+           figure: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [name for name in EPOCHS if any(r["dataset"] == name for r in results)]
+    names = [name for name in cases if any(r["dataset"] == name for r in results)]
     lines = [
         "# Ablations", "",
         f"Written by `python bench/ablations.py` on {dt.date.today()} ({machine()}).", "",
@@ -186,48 +284,37 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
         "temperature 0.05, no mixed negatives, logQ correction on, every feature group on, the masked-mean "
         "history, no likes or dislikes, next-track targets, the seed always shown, lists ranked by u . v "
         "over the whole catalogue) and flips one switch. "
-        "The rows marked NT start from mixed negatives 256 and temperature 0.1 instead (the starting point "
-        "of the second round of changes); \"past out (auto)\" leaves the user's training positives out of the lists where the data "
-        "has no repeats (the development set, not the twin), and \"popularity weight\" adds beta log q to "
-        "the ranking (`docs/training.md`); the last row is `configs/demo.yaml` exactly as shipped. Every run trains with the same budget: "
+        "The rows marked NT start from mixed negatives 256 and temperature 0.1 instead; \"past out (auto)\" "
+        "leaves the user's training positives out of the lists where the data has no repeats, and "
+        "\"popularity weight\" adds beta log q to the ranking (`docs/training.md`); "
+        f"`{SHIPPED}` is the shipped config exactly. Every run trains with the same budget: "
         + ", ".join(f"{n}: {e} epochs" for n, e in EPOCHS.items()) + ". The checkpoint with the best "
-        "`val/next/exact_recall@100` is validated and tested; values are exact (brute-force) rankings, as "
-        f"mean ± std over seeds {', '.join(map(str, seeds))}. `Δ` is the change of test next-track Recall@100 "
-        "against the default row; `best epoch` counts from 0; `fit s` is the mean wall time of a fit on this "
-        "shared machine (the first runs overlapped with other jobs). The development set is MovieLens-small "
-        "in the Yambda layout (`--split.test_days 730 --split.val_days 365`); a difference under about 0.01 in Recall@100 "
-        "is noise there.", "",
+        "`val/next/exact_recall@100` is tested; values are exact (brute-force) rankings on the test windows.", "",
+        f"**Pooled over {windows} rolling-origin test windows** (`--split.window 0..{windows - 1}`: non-overlapping "
+        "test windows, each with its own validation window and training cut) **and seeds "
+        f"{', '.join(map(str, seeds))}**. Every value is `value [95% interval]`, the interval from a bootstrap "
+        "over users (2,000 resamples; a case's value is its mean over seeds; one user is one cluster over all "
+        "windows: `lightning_tt/eval/intervals.py`, `docs/evaluation.md`). A Δ is paired: both rows on the same "
+        "cases and resamples; **noise** marks a Δ whose interval holds 0. The baselines are tuned on each "
+        "window's validation window (`lightning-tt baselines --tune`).", "",
     ]
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
     for axis, name in zip(axes[0], names):
-        rows = {v: [r for r in results if r["dataset"] == name and r["variant"] == v] for v in VARIANTS}
-        rows = {v: r for v, r in rows.items() if r}
-        default = statistics.mean(r["test/next/exact_recall@100"] for r in rows["default"])
-        head = ["val next R@10", "val next R@100", "val paper R@10", "val paper R@100", "test next R@10",
-                "test next R@100", "test paper R@10", "test paper R@100", "test paper NDCG@10"]
-        lines += [f"## {name}", "", "| variant | " + " | ".join(head) + " | Δ test next R@100 | best epoch | fit s |",
-                  "|---|" + "---|" * (len(head) + 3)]
-        for variant, found in rows.items():
-            cells = [mean_std([r[c] for r in found]) for c in COLUMNS]
-            delta = statistics.mean(r["test/next/exact_recall@100"] for r in found) / default - 1
-            epochs = ",".join(str(r["best_epoch"]) for r in found)
-            seconds = statistics.mean(r["fit_seconds"] for r in found)
-            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {delta:+.1%} | {epochs} | {seconds:.0f} |")
-        if name in baselines:
-            best = best_baselines(baselines[name])
-            cells = [f"{best[c][1]:.4f} ({best[c][0]})" if c in best else "" for c in COLUMNS]
-            lines.append("| best tuned baseline | " + " | ".join(cells) + " | | | |")
-            shipped = "configs/demo.yaml as shipped"
-            lines += ["", *comparison(rows.get(shipped, rows["default"]), baselines[name],
-                                      shipped if shipped in rows else "the first design")]
-        lines.append("")
-        means = [statistics.mean(r["test/next/exact_recall@100"] for r in found) for found in rows.values()]
-        stds = [statistics.stdev(r["test/next/exact_recall@100"] for r in found) if len(found) > 1 else 0
-                for found in rows.values()]
-        axis.barh(list(rows)[::-1], means[::-1], xerr=stds[::-1], color="tab:blue", alpha=0.8)
-        axis.axvline(default, color="black", linewidth=0.8)
+        table = cases[name]
+        systems = set(table["system"].to_pylist())
+        variants = [v for v in VARIANTS if v in systems]
+        reference = SHIPPED if SHIPPED in variants else variants[0]
+        lines += [f"## {name}", "", *variant_table(table, variants, reference), ""]
+        baselines = [b for b in dict.fromkeys(table["system"].to_pylist()) if b not in VARIANTS]
+        if baselines:
+            lines += ["The reference row next to the tuned baselines (pooled over the same windows):", "",
+                      *baseline_table(table, reference, baselines), ""]
+        found = [compare(_common_windows(table, [v]), "test/next/recall@100", [v]).value[v] for v in variants]
+        axis.barh(variants[::-1], [f.value for f in found][::-1],
+                  xerr=[[f.value - f.low for f in found][::-1], [f.high - f.value for f in found][::-1]],
+                  color="tab:blue", alpha=0.8)
         axis.set_title(f"{name}: test next-track Recall@100")
-        axis.set_xlabel("mean ± std over seeds")
+        axis.set_xlabel("pooled over windows and seeds, 95% interval")
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
@@ -241,41 +328,56 @@ def report(results: list[dict], baselines: dict[str, Path], seeds: list[int], ou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dev", type=Path, default=os.environ.get(DEV_SET_VARIABLE) or None,
-                        help=f"the development set's directory in the Yambda layout (default: ${DEV_SET_VARIABLE}; "
-                             f"skipped with a note when it holds none)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dev", type=Path, nargs="+",
+                        default=[Path(os.environ[DEV_SET_VARIABLE])] if os.environ.get(DEV_SET_VARIABLE) else None,
+                        help=f"development sets in the Yambda layout, or directories of them (default: "
+                             f"${DEV_SET_VARIABLE}; one that holds none is skipped with a note)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--windows", type=int, default=3, help="rolling-origin test windows per dataset")
     parser.add_argument("--only", nargs="+", default=None, choices=list(VARIANTS), help="variants to run")
+    parser.add_argument("--datasets", nargs="+", default=None, help="dataset names to run (default: all)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ablations")
-    parser.add_argument("--baselines", nargs="*", default=[], metavar="DATASET=FILE",
-                        help="metrics.json of `baselines --tune` per dataset, e.g. 'movielens-small=FILE'")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/ablations.md")
     args = parser.parse_args()
     if args.dev is None:
         parser.exit(2, f"{parser.prog}: error: no development set: pass --dev DIR or set {DEV_SET_VARIABLE}=DIR\n")
+    if args.windows < 1:
+        parser.exit(2, f"{parser.prog}: error: --windows must be >= 1, got {args.windows}\n")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     args.workdir.mkdir(parents=True, exist_ok=True)
     results_file = args.workdir / "results.jsonl"
     results = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
-    done = {(r["dataset"], r["variant"], r["seed"]) for r in results}
-    for dataset, data in datasets(args.workdir, args.dev).items():
-        for variant, flags in VARIANTS.items():
-            if args.only and variant not in args.only:
-                continue
-            for seed in args.seeds:
-                if (dataset, variant, seed) in done:
+    done = {(r["dataset"], r["variant"], r["window"], r["seed"]) for r in results}
+    cases: dict[str, list[pa.Table]] = {}
+    for dataset, windows in datasets(args.workdir, args.dev, args.windows).items():
+        if args.datasets and dataset not in args.datasets:
+            continue
+        tables = cases.setdefault(dataset, [])
+        for window, data in enumerate(windows):
+            tables.append(tuned_baselines(data, window, args.workdir / "baselines" / f"{dataset}-w{window}.parquet"))
+            for variant, flags in VARIANTS.items():
+                if args.only and variant not in args.only:
                     continue
-                run_dir = args.workdir / "runs" / f"{dataset}-{variant}-{seed}".replace(" ", "_")
-                found = {"dataset": dataset, "variant": variant, "seed": seed,
-                         **run(data, flags, seed, EPOCHS[dataset], run_dir)}
-                print(f"[ablations] {dataset} | {variant} | seed {seed}: test next R@100 "
-                      f"{found['test/next/exact_recall@100']:.4f} ({found['fit_seconds']:.0f} s)", flush=True)
-                results.append(found)
-                with results_file.open("a") as f:
-                    f.write(json.dumps(found) + "\n")
-    baselines = dict(item.split("=", 1) for item in args.baselines)
-    report([r for r in results if r["seed"] in args.seeds], {k: Path(v) for k, v in baselines.items()}, args.seeds,
-           args.out, args.out.parent / "figures" / "ablations.png")
+                for seed in args.seeds:
+                    tag = f"{dataset}-{variant}-w{window}-{seed}".replace(" ", "_").replace("/", "_")
+                    case_file = args.workdir / "cases" / f"{tag}.parquet"
+                    if (dataset, variant, window, seed) not in done:
+                        found, kept = run(data, flags, seed, EPOCHS.get(dataset, DEV_EPOCHS),
+                                          args.workdir / "runs" / tag)
+                        table = case_table(kept, [10, 50, 100, 200], PreparedData(data)["user_ids"], variant, "test")
+                        case_file.parent.mkdir(parents=True, exist_ok=True)
+                        pq.write_table(tagged(table, window, seed), case_file)
+                        found = {"dataset": dataset, "variant": variant, "window": window, "seed": seed, **found}
+                        print(f"[ablations] {dataset} | {variant} | window {window} | seed {seed}: test next R@100 "
+                              f"{found['test/next/exact_recall@100']:.4f} ({found['fit_seconds']:.0f} s)", flush=True)
+                        results.append(found)
+                        with results_file.open("a") as f:
+                            f.write(json.dumps(found) + "\n")
+                    if seed in args.seeds and case_file.exists():
+                        tables.append(pq.read_table(case_file))
+    pooled = {name: pa.concat_tables(tables, promote_options="default") for name, tables in cases.items() if tables}
+    report([r for r in results if r["seed"] in args.seeds], pooled, args.seeds, args.windows, args.out,
+           args.out.parent / "figures" / "ablations.png")
 
 
 if __name__ == "__main__":

@@ -101,14 +101,15 @@ def is_current(data: Path) -> bool:
 
 
 def prepared_twin(data: Path, raw: Path, rows: int = DEMO_TWIN["rows"], users: int = DEMO_TWIN["users"],
-                  items: int = DEMO_TWIN["items"]) -> Path:
-    """``data``, a prepared synthetic twin (the embedded default's days and seed; its size unless given);
-    synthesised into ``raw`` and prepared first if missing or prepared by an older schema version."""
+                  items: int = DEMO_TWIN["items"], config: SplitConfig = SplitConfig()) -> Path:  # noqa: B008
+    """``data``, a prepared synthetic twin (the embedded default's days and seed; its size unless given)
+    with the split ``config``; synthesised into ``raw`` and prepared first if missing or prepared by an
+    older schema version."""
     if not is_current(data):
         if not any(raw.glob("flat/*/multi_event.parquet")):
             synthesize(raw, rows=rows, users=users, items=items, days=DEMO_SYNTH["days"], seed=DEMO_SYNTH["seed"],
                        progress=False)
-        prepare(raw, data, config=SplitConfig(), progress=False, overwrite=True)
+        prepare(raw, data, config=config, progress=False, overwrite=True)
     return data
 
 
