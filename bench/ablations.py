@@ -124,6 +124,11 @@ VARIANTS = {
     "shipped + popularity weight 1": OnShipped(["--model.popularity_weight", "1"]),
     "shipped + temperature 0.05": OnShipped(["--model.temperature", "0.05"]),
     "shipped + dropout 0.2": OnShipped(["--model.dropout", "0.2"]),
+    # The sequence-trained query tower against the per-example one, same epochs: both need the
+    # attention encoder and no likes (their state is the example's, later than a window's earlier slots).
+    "shipped + attention, no likes (per example)": OnShipped([*ATTENTION, "--data.feedback", "0"]),
+    "shipped + attention, no likes, sequence-trained (8 slots)": OnShipped(
+        [*ATTENTION, "--data.feedback", "0", "--model.query_tower", "sequence", "--model.sequence_positions", "8"]),
 }
 #: Each dataset's split (the development set's from its README) and epoch budget; unknown development
 #: sets get the development split.

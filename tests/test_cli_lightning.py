@@ -533,3 +533,20 @@ def test_option_help_sees_an_option_without_help():
     text = ("options:\n  --model.a A           what a does (type: int, default: 1)\n"
             "  --model.b B           (type: int, default: 2)\n")
     assert option_help(text) == {"--model.a": "what a does", "--model.b": ""}
+
+
+def test_fit_with_a_sequence_trained_query_tower(prepared, tmp_path):
+    run = fit(prepared, tmp_path, "--model.query_tower", "sequence", "--model.history_encoder", "attention",
+              "--model.sequence_positions", "3")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["query_tower"] == "sequence"
+    metrics = (run / "metrics.csv").read_text() if (run / "metrics.csv").exists() else ""
+    assert "val/next/exact_recall@100" in metrics
+
+
+def test_a_sequence_tower_without_attention_is_one_line(prepared, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(prepared, tmp_path, "--model.query_tower", "sequence")
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "model.query_tower sequence needs model.history_encoder attention" in err and "Traceback" not in err

@@ -14,6 +14,8 @@ N of them, so position ``P - 1`` is always the most recent listen.
 - ``attention``: SASRec-style. ``z_j = W [x_j ; r_j] + p_{P-N+j}``, then ``blocks`` pre-norm
   Transformer layers with causal attention over the real listens (a padded slot attends to itself
   only, so no row is empty), a final LayerNorm, and ``h = z_{N-1}`` [B, d_model] (0 when empty).
+  ``sequence`` gives every position's ``z_j`` [B, N, d_model] (0 on padded slots): ``z_j`` sees listens
+  ``0..j`` only, so a sequence-trained query tower reads a query at every position of one window.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class HistoryAttention(nn.Module):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, blocks, norm=nn.LayerNorm(width), enable_nested_tensor=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    def sequence(self, x: torch.Tensor, mask: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """[B, N, width]: ``z_j`` at every position (0 on padded slots); ``z_j`` depends on slots 0..j only."""
         b, n = mask.shape
         if self.use_play_ratio:
             x = torch.cat([x, ratio[..., None].to(x.dtype)], dim=-1)
@@ -87,4 +90,7 @@ class HistoryAttention(nn.Module):
         blocked = later | (~mask[:, None, :] & ~self_)  # [B, N, N]
         blocked = blocked.repeat_interleave(self.heads, dim=0)  # [B * heads, N, N]
         z = self.blocks(z, mask=blocked, is_causal=False)
-        return z[:, -1] * mask[:, -1:].to(z.dtype)
+        return z * mask[..., None].to(z.dtype)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        return self.sequence(x, mask, ratio)[:, -1]

@@ -37,6 +37,7 @@ from lightning_tt.model.loss import corrected_softmax_loss
 from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTower
 from lightning_tt.provenance import check_same_data
 
+QueryTraining = Literal["example", "sequence"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]  # torch.compile's
 COMPILE_MODES = get_args(CompileMode)
 
@@ -96,6 +97,8 @@ class TwoTowerModule(L.LightningModule):
         use_organic: bool = False,
         popularity_weight: float = 0.0,
         exclude_seen: bool = False,
+        query_tower: QueryTraining = "example",
+        sequence_positions: int = 8,
     ):
         """
         Args:
@@ -147,6 +150,10 @@ class TwoTowerModule(L.LightningModule):
             popularity_weight: beta, how much of log q retrieval puts back (0: rank by u.v; 1: by the
                 logits before the logQ correction)
             exclude_seen: leave the user's past positives out of the lists (linked from data.exclude_seen)
+            query_tower: how the query tower is trained: ``example`` (one query per training example) or
+                ``sequence`` (a query at each of the last ``sequence_positions`` slots of every example's
+                history window, each predicting the next listen; needs history_encoder attention)
+            sequence_positions: P, the window slots that give a training query with query_tower sequence
         """
         super().__init__()
         self.save_hyperparameters()
@@ -176,8 +183,21 @@ class TwoTowerModule(L.LightningModule):
             raise InputError(f"need model.mixed_negatives >= 0, 0 <= model.dropout < 1, model.learning_rate > 0 and "
                              f"0 < model.estimator_alpha <= 1; got {mixed_negatives}, {dropout}, {learning_rate}, "
                              f"{estimator_alpha}")
+        if query_tower not in ("example", "sequence"):
+            raise InputError(f"model.query_tower must be example or sequence, got {query_tower!r}")
+        if query_tower == "sequence" and (history_encoder != "attention" or not use_history or feedback
+                                          or use_organic or sequence_positions < 1):
+            raise InputError("model.query_tower sequence needs model.history_encoder attention, model.use_history "
+                             "true, data.feedback 0, model.use_organic false and model.sequence_positions >= 1")
         self.automatic_optimization = not sparse_embeddings
         self.table = ItemTable(num_items, audio_dim, data_dir)
+        # A listen is a positive (a training target) at played_ratio_pct >= min_played_pct: as a play weight,
+        # min(pct, 100) / 100 >= this (sequence training's targets inside the history window).
+        self._positive_weight = 0.5
+        if data_dir:
+            from lightning_tt.data.prepared import PreparedData
+
+            self._positive_weight = min(PreparedData(data_dir).meta["config"]["min_played_pct"], 100) / 100
         item_ids = Embeddings(num_items, num_artists, num_albums, embedding_dim, sparse_embeddings)
         query_ids = item_ids if share_tables else Embeddings(num_items, num_artists, num_albums, embedding_dim,
                                                                sparse_embeddings)
@@ -233,14 +253,41 @@ class TwoTowerModule(L.LightningModule):
             return query
         return torch.cat([query, query.new_ones(len(query), 1)], dim=1)
 
+    def sequence_queries(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sequence training's (queries [Q, o], targets [Q], weights [Q]) of a next-track batch.
+
+        The last P slots j = N - P .. N - 1 of every history window each give a query
+        (QueryTower.positions: it sees slots 0..j only). Slot N - 1 (the seed) predicts the example's
+        target with its weight; an earlier slot j predicts the listen at slot j + 1 with weight
+        play_weight(j + 1), when both slots are real and that listen is a positive (play weight >= the
+        prepared data's min_played_pct / 100). Q counts the kept (slot, window) pairs; all of them are
+        listens before the example's target, in the training window."""
+        hp = self.hparams
+        items, mask, ratio = batch["history_item"], batch["history_mask"], batch["history_ratio"]
+        n = items.shape[1]
+        p = min(hp.sequence_positions, n)
+        hidden = None
+        if hp.seed_dropout > 0:
+            hidden = torch.rand(len(items), p, device=items.device) < hp.seed_dropout
+        queries = self.query_tower.positions(batch, p, hidden)  # [B, P, o]
+        # next[:, i] is what slot n - p + i predicts: the following history slot, or the target for the last.
+        following = torch.cat([items[:, n - p + 1:], batch["target_item"][:, None]], dim=1)  # [B, P]
+        weight = torch.cat([ratio[:, n - p + 1:], batch["weight"][:, None]], dim=1)
+        keep = torch.cat([mask[:, n - p:n - 1] & mask[:, n - p + 1:] & (ratio[:, n - p + 1:] >= self._positive_weight),
+                          torch.ones_like(mask[:, :1])], dim=1)
+        return queries[keep], following[keep], weight[keep]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hp = self.hparams
-        targets = batch["target_item"]
-        if hp.seed_dropout > 0:  # on the device: a draw per example, no host read
-            hidden = torch.rand(targets.shape, device=targets.device) < hp.seed_dropout
-            batch = {**batch, "seed_item": batch["seed_item"].masked_fill(hidden, 0),
-                     "seed_organic": batch["seed_organic"].masked_fill(hidden, 0)}
-        query = self.query_tower(batch)
+        if hp.query_tower == "sequence":
+            query, targets, weight = self.sequence_queries(batch)
+        else:
+            targets, weight = batch["target_item"], batch["weight"]
+            if hp.seed_dropout > 0:  # on the device: a draw per example, no host read
+                hidden = torch.rand(targets.shape, device=targets.device) < hp.seed_dropout
+                batch = {**batch, "seed_item": batch["seed_item"].masked_fill(hidden, 0),
+                         "seed_organic": batch["seed_organic"].masked_fill(hidden, 0)}
+            query = self.query_tower(batch)
         candidates, columns = self.item_tower(targets), targets
         if hp.mixed_negatives > 0:
             negatives = torch.randint(FIRST_ITEM, hp.num_items, (hp.mixed_negatives,), device=targets.device)
@@ -255,7 +302,7 @@ class TwoTowerModule(L.LightningModule):
                 log_q = torch.cat([log_q, log_q.new_full((hp.mixed_negatives,), uniform)])
         else:
             log_q = candidates.new_zeros(len(columns))
-        loss = self.loss_function(query, candidates, targets, columns, log_q, batch["weight"], hp.temperature)
+        loss = self.loss_function(query, candidates, targets, columns, log_q, weight, hp.temperature)
         # Summed on the device (two small kernels, no sync); the epoch mean is logged at its end. A
         # self.log per step costs host time (docs/benchmarks.md, bench_fit_overhead).
         self._train_loss[0].add_(loss.detach(), alpha=len(targets))

@@ -202,6 +202,36 @@ class QueryTower(nn.Module):
         x = track_features(self.table, self.ids, self.use, batch["history_item"])  # [B, N, k]
         return [self.encoder(x, batch["history_mask"], batch["history_ratio"])]
 
+    def positions(self, batch: dict[str, torch.Tensor], count: int, hide_seed: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """[B, P, o]: the query at each of the last P = ``count`` positions of every history window, for
+        sequence training (TwoTowerModule, ``query_tower="sequence"``). The query at window slot j is
+        this tower's query for a case whose history ends at slot j: the attention encoder's ``z_j`` (slots
+        0..j only), the seed = the listen at slot j, the user and the example's age; so slot N - 1 gives
+        ``forward(batch)`` and no slot sees a later listen. ``hide_seed`` [B, P] bool hides a slot's seed
+        features (seed dropout). Needs the attention encoder and no feedback bags (they hold the state at
+        the example's time, later than the earlier slots) and no seed_organic (one per window)."""
+        if not isinstance(self.encoder, HistoryAttention) or self.use["feedback"] or self.use["organic"]:
+            raise InputError("model.query_tower sequence needs model.history_encoder attention, data.feedback 0 and "
+                             "model.use_organic false")
+        items, mask = batch["history_item"], batch["history_mask"]
+        n = items.shape[1]
+        count = min(count, n)
+        x = track_features(self.table, self.ids, self.use, items)  # [B, N, k]
+        z = self.encoder.sequence(x, mask, batch["history_ratio"])[:, n - count:]  # [B, P, width]
+        parts = []
+        if self.user is not None:
+            parts.append(self.user(batch["user"])[:, None].expand(-1, count, -1))
+        parts.append(z)
+        if self.use["seed"]:
+            seed = x[:, n - count:]
+            if hide_seed is not None:  # a hidden seed is the padding item, as in the per-example path
+                seed = track_features(self.table, self.ids, self.use, items[:, n - count:].masked_fill(hide_seed, 0))
+            parts.append(seed)
+        if self.use["age"]:
+            parts.append(log_age(batch["example_age"])[:, None, None].expand(-1, count, 1))
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         if self.user is not None:
