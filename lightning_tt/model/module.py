@@ -2,6 +2,8 @@
 
 training_step:  u = query_tower(batch) [B, o], v = item_tower(target_item) [B, o] (+ M uniform
                 negatives), log q from the estimator (updated with the batch first), loss.py's loss.
+                With ``query_tower="sequence"`` u is [Q, o], a query at each kept slot of the last P of every
+                history window, and v the next positive listen of each (sequence_queries), Q <= B * P.
 validation/test: exact metrics of both protocols by brute force: the whole catalogue is embedded once
                 per epoch (retrieval_items, [V, o']), every query (retrieval_query, [B, o']) scores all
                 items (padding and unknown excluded, and the user's training positives when the batch
