@@ -186,7 +186,7 @@ def run(data: Path, flags: list[str] | None, seed: int, epochs: int, run_dir: Pa
         stage(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
         values.update({k: float(v) for k, v in trainer.callback_metrics.items() if "/exact_" in k})
     epoch = int(Path(best).stem.split("epoch=")[1]) if "epoch=" in best else -1
-    return {**values, "best_epoch": epoch, "fit_seconds": fit_seconds}, cli.model.test_cases
+    return {**values, "best_epoch": epoch, "fit_seconds": fit_seconds}, cli.model.cases["test"]
 
 
 def tagged(table: pa.Table, window: int, seed: int) -> pa.Table:

@@ -44,6 +44,8 @@ VARIANTS = {
     "attention, 1 block + play ratio": dict(history_encoder="attention", use_play_ratio=True),
     "attention, 2 blocks + play ratio": dict(history_encoder="attention", use_play_ratio=True, attention_blocks=2),
     "mean + 20 likes and 20 dislikes": dict(feedback=20),
+    "attention, 1 block + play ratio, sequence-trained (8 slots)": dict(
+        history_encoder="attention", use_play_ratio=True, query_tower="sequence", sequence_positions=8),
 }
 
 

@@ -33,7 +33,11 @@ where it stopped (a trial left running by a killed process is retried once after
 heartbeat), and several processes may work on one study. ``--trials N`` is the number of finished
 (complete or pruned) trials the study should reach. After every trial ``OUT`` holds
 ``leaderboard.csv``, ``metric_vs_params.png`` and ``best.yaml``, the best trial's parameters as a
-config fragment: ``lightning-tt fit --config configs/demo.yaml --config OUT/best.yaml``.
+config fragment: ``lightning-tt fit --config configs/demo.yaml --config OUT/best.yaml``. The
+leaderboard gives each complete trial's 95% interval (``low``, ``high``: a bootstrap over the users of
+its best epoch's validation cases, kept in ``{run_dir}/val_cases.parquet``) and its paired difference
+to the best trial on the same cases (``vs_best_low``, ``vs_best_high``; ``vs_best`` = ``noise`` when that
+interval holds 0): lightning_tt.eval.intervals.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import time
 import warnings
 from pathlib import Path
 
+import pyarrow as pa
 import yaml
 
 from lightning_tt.errors import InputError
@@ -197,8 +202,10 @@ def _pruner(sweep: dict):
     return optuna.pruners.PercentilePruner(25.0, n_startup_trials=2, n_warmup_steps=1)
 
 
-def _pruning_callback(trial, monitor: str):
-    """Optuna's Lightning pruning callback, also keeping every validation value of ``monitor``."""
+def _pruning_callback(trial, monitor: str, maximize: bool):
+    """Optuna's Lightning pruning callback, also keeping every validation value of ``monitor`` and, at the
+    best epoch so far, the validation cases' values (``{run_dir}/val_cases.parquet``, a case table) for
+    the leaderboard's intervals."""
     from optuna_integration import PyTorchLightningPruningCallback
 
     class RecordingPruning(PyTorchLightningPruningCallback):
@@ -206,6 +213,7 @@ def _pruning_callback(trial, monitor: str):
             super().__init__(trial, monitor)
             self.values: list[float] = []
             self.run_dir: str | None = None
+            self.cases: str | None = None
 
         def setup(self, trainer, module, stage):
             from lightning_tt.runs import run_directory
@@ -214,8 +222,25 @@ def _pruning_callback(trial, monitor: str):
 
         def on_validation_end(self, trainer, module):
             if not trainer.sanity_checking and monitor in trainer.callback_metrics:
-                self.values.append(float(trainer.callback_metrics[monitor]))
+                value = float(trainer.callback_metrics[monitor])
+                best = not self.values or (value > max(self.values) if maximize else value < min(self.values))
+                self.values.append(value)
+                if best and trainer.is_global_zero:
+                    self._keep_cases(module)
             super().on_validation_end(trainer, module)
+
+        def _keep_cases(self, module):
+            cases, data_dir = getattr(module, "cases", {}).get("val"), module.hparams.get("data_dir")
+            if cases is None or not data_dir or self.run_dir is None:
+                return
+            from lightning_tt.data.prepared import PreparedData
+            from lightning_tt.eval.metrics import case_table, write_case_table
+
+            path = Path(self.run_dir) / "val_cases.parquet"
+            table = case_table(cases, list(module.hparams.recall_k), PreparedData(data_dir)["user_ids"],
+                               f"trial {trial.number}", "val")
+            write_case_table(Output(path, "file", option="val_cases.parquet", overwrite=True), table)
+            self.cases = str(path)
 
     return RecordingPruning()
 
@@ -278,7 +303,7 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
         drawn = {key: flag_value(params[key], _suggest(trial, key, dist)) for key, dist in space.items()}
         flags = [*base, *(f"--{key}={value}" for key, value in drawn.items()), *extra]
         trial.set_user_attr("flags", drawn)
-        callback = _pruning_callback(trial, metric)
+        callback = _pruning_callback(trial, metric, direction == "maximize")
         start = time.perf_counter()
         group = os.environ.get("WANDB_RUN_GROUP")
         os.environ["WANDB_RUN_GROUP"] = name  # every trial's W&B run in the study's group
@@ -294,6 +319,7 @@ def run_sweep(sweep_file: str, trials: int, storage: str | None = None, out: str
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
             trial.set_user_attr("values", callback.values)
             trial.set_user_attr("run_dir", callback.run_dir)
+            trial.set_user_attr("cases", callback.cases)
         if not callback.values:
             logged = sorted(k for k in cli.trainer.callback_metrics if k.startswith("val/"))
             raise InputError(f"{sweep_file}: metric {metric!r} was never logged by fit; validation logs "
@@ -322,13 +348,16 @@ def write_outputs(study, sweep: dict, out_dir: Path) -> None:
     shown = [t for t in study.trials if t.state in (state.COMPLETE, state.PRUNED, state.FAIL)]
     sign = -1 if study.direction.name == "MAXIMIZE" else 1
     shown.sort(key=lambda t: (t.state != state.COMPLETE, sign * (t.value if t.value is not None else 0), t.number))
+    intervals = _intervals(shown, metric)
     with Output(out_dir / "leaderboard.csv", "file", overwrite=True).writing() as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["trial", "state", metric, "epochs", *keys, "seconds", "run_dir"])
+            writer.writerow(["trial", "state", metric, "low", "high", "vs_best_low", "vs_best_high", "vs_best",
+                             "epochs", *keys, "seconds", "run_dir"])
             for t in shown:
                 flags = t.user_attrs.get("flags", t.params)
                 writer.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value,
+                                 *intervals.get(t.number, [""] * 5),
                                  len(t.user_attrs.get("values", [])), *(flags.get(k, "") for k in keys),
                                  t.user_attrs.get("seconds", ""), t.user_attrs.get("run_dir", "")])
     complete = [t for t in shown if t.state == state.COMPLETE]
@@ -346,6 +375,43 @@ def write_outputs(study, sweep: dict, out_dir: Path) -> None:
         with Output(out_dir / "best.yaml", "file", overwrite=True).writing() as tmp:
             Path(tmp).write_text(text)
     _figure(shown, keys, metric, out_dir / "metric_vs_params.png")
+
+
+def _intervals(trials: list, metric: str) -> dict[int, list]:
+    """{trial number: [low, high, vs_best_low, vs_best_high, vs_best]}: the 95% user-clustered bootstrap
+    interval of each complete trial's ``metric`` at its best epoch (its val_cases.parquet), and of its
+    paired difference to the best trial (the first of ``trials``) on the same cases, ``vs_best`` =
+    ``best`` (itself), ``noise`` (the difference's interval holds 0) or ``worse``/``better``. Empty when the
+    metric has no per-case values (e.g. a loss) or a trial has no cases file."""
+    import optuna
+    import pyarrow.parquet as pq
+
+    from lightning_tt.eval.intervals import case_columns, compare
+
+    try:
+        case_columns(metric)
+    except InputError:
+        return {}
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                and t.user_attrs.get("cases") and Path(t.user_attrs["cases"]).is_file()]
+    if not complete:
+        return {}
+    tables = [pq.read_table(t.user_attrs["cases"]) for t in complete]
+    names = [f"trial {t.number}" for t in complete]
+    best = names[0]
+    out = {}
+    for t, name, table in zip(complete, names, tables):
+        pair = pa.concat_tables([table, tables[0]]) if name != best else table
+        try:
+            found = compare(pair, metric, [name], reference=best)
+        except InputError:  # not the same cases (another prepared directory): no paired difference
+            found = compare(table, metric, [name])
+            out[t.number] = [found.value[name].low, found.value[name].high, "", "", ""]
+            continue
+        d = found.difference[name]
+        verdict = "best" if name == best else ("noise" if not d.excludes(0) else "better" if d.low > 0 else "worse")
+        out[t.number] = [found.value[name].low, found.value[name].high, d.low, d.high, verdict]
+    return out
 
 
 def _figure(trials: list, keys: list[str], metric: str, path: Path) -> None:

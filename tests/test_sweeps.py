@@ -36,6 +36,14 @@ def test_sweep_file_runs_offline(path, tiny_prepared, tmp_path, monkeypatch):
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert [row["state"] for row in rows] == ["complete", "complete"]
     assert float(rows[0][sweep["metric"]["name"]]) >= float(rows[1][sweep["metric"]["name"]])
+    # Each trial's interval (users resampled) holds its value; the runner-up is compared with the best
+    # on the same validation cases, paired.
+    for row in rows:
+        assert float(row["low"]) <= float(row[sweep["metric"]["name"]]) <= float(row["high"])
+        assert (Path(row["run_dir"]) / "val_cases.parquet").is_file()
+    assert rows[0]["vs_best"] == "best" and rows[1]["vs_best"] in ("noise", "worse")
+    assert float(rows[1]["vs_best_low"]) <= float(rows[1][sweep["metric"]["name"]]) - float(
+        rows[0][sweep["metric"]["name"]]) <= float(rows[1]["vs_best_high"])
     # Every drawn value is within its spec and reached the run's saved config.
     for row in rows:
         saved = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())

@@ -49,7 +49,7 @@ class Estimate:
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
-def _columns(metric: str) -> tuple[str, str, str, str]:
+def case_columns(metric: str) -> tuple[str, str, str, str]:
     """(split, protocol, value column, weight column or "") of a metric name such as ``test/next/recall@100``
     or ``test/paper/ndcg@10`` (``exact_`` allowed: case tables hold exact values)."""
     parsed = parse_metric_name(metric)
@@ -90,7 +90,7 @@ class ClusterSums:
 def cluster_sums(cases: pa.Table, metric: str, systems: list[str]) -> ClusterSums:
     """The per-user sums of ``metric`` for ``systems`` from a case table (see the module docstring): each
     case's value averaged over the system's seeds, then summed per uid over windows and cases."""
-    split, protocol, value_column, weight_column = _columns(metric)
+    split, protocol, value_column, weight_column = case_columns(metric)
     table = cases.filter(pc.and_(pc.equal(cases["split"], split), pc.equal(cases["protocol"], protocol)))
     if value_column not in table.column_names:
         raise InputError(f"{metric}: the case table has no column {value_column!r} (cut-offs: "

@@ -77,12 +77,12 @@ class RunReport(L.Callback):
         path = run_dir / "metrics.json"
         write_json(Output(path, "file", option="metrics.json", overwrite=True), values)
         module.print(f"metrics written to {path}")
-        if module.test_cases is not None and module.hparams.data_dir:
+        if "test" in module.cases and module.hparams.data_dir:
             from lightning_tt.data.prepared import PreparedData
 
             cases = run_dir / "test_cases.parquet"
             write_case_table(Output(cases, "file", option="test_cases.parquet", overwrite=True),
-                             case_table(module.test_cases, list(module.hparams.recall_k),
+                             case_table(module.cases["test"], list(module.hparams.recall_k),
                                         PreparedData(module.hparams.data_dir)["user_ids"], "TwoTower", "test"))
             module.print(f"per-case values written to {cases}")
         figures = self._figures(module, values, run_dir)

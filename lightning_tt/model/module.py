@@ -212,11 +212,12 @@ class TwoTowerModule(L.LightningModule):
                                       attention_blocks=attention_blocks, attention_heads=attention_heads,
                                       use_play_ratio=use_play_ratio, feedback=feedback, use_organic=use_organic)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
-        # The test window's per-case values are kept (``test_cases``, written by RunReport) for intervals.
+        # Every case's values are kept, per stage, for intervals: ``cases[stage]`` after each evaluation
+        # epoch (RetrievalMetrics.cases); RunReport writes the test window's, sweeps the validation's.
         self.metrics = torch.nn.ModuleDict({stage: RetrievalMetrics(stage, recall_k, num_items, exact=True,
-                                                                    keep_cases=stage == "test")
+                                                                    keep_cases=True)
                                             for stage in ("val", "test")})
-        self.test_cases: dict[str, tuple] | None = None
+        self.cases: dict[str, dict] = {}
         self.loss_function = corrected_softmax_loss  # compiled in configure_model with ``compile``
         self._catalogue: torch.Tensor | None = None
         # This epoch's [sum of loss * batch size, examples], kept on the device.
@@ -386,8 +387,7 @@ class TwoTowerModule(L.LightningModule):
         shown = metric_name(stage, "next", "recall", 100, exact=True)
         for name, value in values.items():  # already synchronised: the mean over processes changes nothing
             self.log(name, value, add_dataloader_idx=False, prog_bar=name == shown, sync_dist=True)
-        if metrics.keep_cases:
-            self.test_cases = metrics.cases()
+        self.cases[stage] = metrics.cases()
         metrics.reset()
         return values
 
