@@ -158,24 +158,28 @@ class PaperMetrics(Metric):
 
 class CaseValues(Metric):
     """The per-case values of one protocol, kept in update order (concatenated across processes):
-    ``user`` [N] user indices and ``values`` [N, M]."""
+    ``user`` [N] user indices and ``values`` [N, width]. Both are kept flat (1-d), so that a process
+    without a case contributes an empty tensor to the gather."""
 
     full_state_update = False
 
-    def __init__(self, **kwargs):
+    def __init__(self, width: int, **kwargs):
         super().__init__(**kwargs)
+        self.width = width
         self.add_state("user", [], dist_reduce_fx="cat")
         self.add_state("values", [], dist_reduce_fx="cat")
 
     def update(self, user: torch.Tensor, values: torch.Tensor) -> None:
-        self.user.append(user.reshape(-1).long())
-        self.values.append(values.double())
+        self.user.append(user.reshape(-1).double())  # user indices < 2^53 are exact as float64
+        self.values.append(values.double().reshape(-1))
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         def cat(state):
-            return torch.cat(state) if isinstance(state, list) else state  # synced: already one tensor
+            if isinstance(state, list):  # not synchronised: this process's parts
+                return torch.cat(state) if state else torch.zeros(0, dtype=torch.float64)
+            return state
 
-        return (cat(self.user), cat(self.values)) if len(self.user) else (torch.zeros(0), torch.zeros(0, 0))
+        return cat(self.user).long(), cat(self.values).double().reshape(-1, self.width)
 
 
 class RetrievalMetrics(torch.nn.Module):
@@ -191,8 +195,8 @@ class RetrievalMetrics(torch.nn.Module):
         self.stage, self.exact, self.ks, self.keep_cases = stage, exact, sorted(ks), keep_cases
         self.next = NextTrackRecall(ks, **metric_options)
         self.paper = PaperMetrics(ks, num_items, FIRST_ITEM, **metric_options)
-        self.next_cases = CaseValues(**metric_options)
-        self.paper_cases = CaseValues(**metric_options)
+        self.next_cases = CaseValues(len(self.ks), **metric_options)
+        self.paper_cases = CaseValues(len(CASE_VALUES) * len(self.ks), **metric_options)
 
     def update(self, protocol: str, top_items: torch.Tensor, *targets: torch.Tensor,
                user: torch.Tensor | None = None) -> None:
@@ -208,12 +212,13 @@ class RetrievalMetrics(torch.nn.Module):
                 values = torch.cat(paper_case_values(top_items, *targets, self.ks), dim=1)
             getattr(self, f"{protocol}_cases").update(user, values)
 
-    def cases(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{protocol: (user [N], values [N, M])} of the kept cases, in update order (all processes'; every
-        process must call it; under DDP the order is the processes' order, not the window's).
-        Next: M = len(ks) hits; paper: recall, then dcg, then idcg, len(ks) each."""
+    def cases(self, protocols: tuple[str, ...] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{protocol: (user [N], values [N, M])} of the kept cases of ``protocols`` (default: the updated
+        ones; under DDP every process must call it with the same protocols, and the order is the
+        processes' order, not the window's). Next: M = len(ks) hits; paper: recall, then dcg, then idcg,
+        len(ks) each."""
         out = {}
-        for protocol in PROTOCOLS:
+        for protocol in self.updated() if protocols is None else protocols:
             user, values = getattr(self, f"{protocol}_cases").compute()
             out[protocol] = (user.cpu().numpy(), values.cpu().numpy())
         return out

@@ -383,11 +383,12 @@ class TwoTowerModule(L.LightningModule):
         """Compute (synchronised across processes), log and reset the stage's exact metrics."""
         self._catalogue = None
         metrics = self.metrics[stage]
-        values = metrics.compute(self._updated_anywhere(metrics))
+        protocols = self._updated_anywhere(metrics)
+        values = metrics.compute(protocols)
         shown = metric_name(stage, "next", "recall", 100, exact=True)
         for name, value in values.items():  # already synchronised: the mean over processes changes nothing
             self.log(name, value, add_dataloader_idx=False, prog_bar=name == shown, sync_dist=True)
-        self.cases[stage] = metrics.cases()
+        self.cases[stage] = metrics.cases(protocols)
         metrics.reset()
         return values
 
