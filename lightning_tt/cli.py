@@ -6,7 +6,7 @@
     lightning-tt data download --size 50m --out DIR   fetch a Yambda size from the Hugging Face hub
     lightning-tt data prepare --raw DIR --out DIR [--split.test_days D ...]   raw parquet -> prepared arrays
     lightning-tt data describe --data DIR             print the splits and a sample batch
-    lightning-tt baselines --data DIR [--k [10,100]] [--tune]   the seven baselines (lightning_tt.baselines)
+    lightning-tt baselines --data DIR [--k [10,100]] [--tune]   the eight baselines (lightning_tt.baselines)
     lightning-tt sweep sweeps/X.yaml --trials N [-- fit flags]   a W&B sweep file run offline with Optuna
     lightning-tt export --ckpt_path X --out DIR [--index.nprobe P ...]   item embeddings, Faiss index, id mapping
     lightning-tt recommend --index DIR --ckpt_path X --user U --seed_item S [--k K]   (or --batch FILE --out FILE)

@@ -90,10 +90,10 @@ def describe(data: Path, batch_size: int = 4) -> None:
 def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[int] = [10, 50, 100, 200],  # noqa: B006
               only: str | list[str] | None = None, tune: bool = False, tune_metric: str = "val/next/recall@100",
               out: Path = Path("runs/baselines/metrics.json"), overwrite: bool = False) -> None:
-    """Evaluate the non-neural baselines on a prepared split.
+    """Evaluate the baselines on a prepared split.
 
-    Random, MostPop, DecayPop, Transitions, ItemKNN, iALS and BPR, on the same cases and metrics as the
-    model.
+    Random, MostPop, DecayPop, Transitions, ItemKNN, iALS, BPR and SASRec, on the same cases and metrics
+    as the model.
 
     Args:
         data: a prepared directory

@@ -1,7 +1,8 @@
-"""Non-neural baselines on a prepared split, scored with the model's metric code (lightning_tt.eval)
-and names (``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``).
+"""Baselines on a prepared split (non-neural ones and SASRec), scored with the model's metric code
+(lightning_tt.eval) and names (``{split}/next/recall@k``, ``{split}/paper/{recall,ndcg,coverage}@k``).
 
-Training data = the training positives (Listen+ events before train_end). Each baseline ranks the
+Training data = the training positives (Listen+ events before train_end; SASRec also reads the other
+training listens as inputs, as history windows hold them). Each baseline ranks the
 catalogue (padding and unknown never recommended) for a query = (user, seed track, history window),
 ``h_1`` = the seed (the latest listen), ``h_j`` the j-th latest listen of the window:
 
@@ -19,6 +20,12 @@ catalogue (padding and unknown never recommended) for a query = (user, seed trac
 - iALS, BPR: matrix factorisation of the binary user x item positives with the ``implicit`` library;
   they rank for the user (seed and history are not used). iALS weighs a positive ``1 + alpha``
   (confidence) against 1 for every other cell.
+- SASRec (Kang & McAuley 2018; sasrec.py): an ID-only causal transformer over the history window,
+  ``score(x) = <h, E_x>``, h = the encoder's output at the last known listen of the window (the seed),
+  ``E`` the item table it reads its inputs from (tied); trained with softmax cross-entropy at every
+  position of each user's training listens (target = the next listen when it is a training positive),
+  full-catalogue up to ``SASRec.FULL_SOFTMAX_ITEMS`` (100,000) items, sampled with the logQ
+  correction above. A history with no known listen gets the ``pop`` ranking.
 
 Items scored equally (e.g. no successor of the seed) are ranked by ``pop``. Every baseline but Random
 has ``exclude_seen``: drop the user's own training positives from the list. It matters on data
@@ -34,7 +41,9 @@ window start (seed = the last listen before it).
 """
 
 from lightning_tt.baselines.evaluation import evaluate, tune
-from lightning_tt.baselines.models import ALL, BPR, IALS, Baseline, DecayPop, ItemKNN, MostPop, Random, Transitions
+from lightning_tt.baselines.models import BPR, IALS, Baseline, DecayPop, ItemKNN, MostPop, Random, Transitions
+from lightning_tt.baselines.registry import ALL
+from lightning_tt.baselines.sasrec import SASRec
 
-__all__ = ["ALL", "BPR", "IALS", "Baseline", "DecayPop", "ItemKNN", "MostPop", "Random", "Transitions", "evaluate",
-           "tune"]
+__all__ = ["ALL", "BPR", "IALS", "Baseline", "DecayPop", "ItemKNN", "MostPop", "Random", "SASRec", "Transitions",
+           "evaluate", "tune"]

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lightning_tt.baselines.models import ALL, Baseline
+from lightning_tt.baselines.models import Baseline
+from lightning_tt.baselines.registry import ALL
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.errors import InputError

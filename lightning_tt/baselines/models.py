@@ -1,6 +1,6 @@
 """The baselines themselves (the package docstring states each one's score): a common interface,
-``Baseline.fit(data)`` on the training positives, then ``recommend(users, seeds, history, k)``, and
-``ALL``, the ones ``lightning-tt baselines`` runs, with the small grids ``tune`` searches."""
+``Baseline.fit(data)`` on the training positives, then ``recommend(users, seeds, history, k)``, with the
+small grids ``tune`` searches. SASRec is in its own module (sasrec.py); ``registry.ALL`` lists them all."""
 
 from __future__ import annotations
 
@@ -355,5 +355,3 @@ class BPR(Factorization):
                                            regularization=self.regularization, iterations=self.iterations,
                                            random_state=0)
 
-
-ALL = (Random, MostPop, DecayPop, Transitions, ItemKNN, IALS, BPR)
