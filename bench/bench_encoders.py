@@ -84,7 +84,10 @@ Measured {dt.date.today().isoformat()} on {name}, torch {torch.__version__}, {to
 `python bench/bench_encoders.py --preset {args.preset} --accelerator {args.accelerator} --rounds {args.rounds}`:
 the bare training step (forward, backward, Adam) of the `{args.preset}` preset (batch {config['batch_size']},
 history 50, 256 mixed negatives off) on the demo's twin, {args.steps} timed steps after {args.warmup} warm-up
-steps, best of {args.rounds} interleaved rounds.
+steps, best of {args.rounds} interleaved rounds. The machine is shared: read the ratios, measured side by
+side, not the absolute rates. Examples/s counts training examples; the sequence-trained row trains up to 8
+queries per example (model.query_tower sequence: a query at each of the last 8 slots of the window, one
+Transformer pass), so its loss has up to 8 times the rows of the others.
 
 | query tower | examples/s | × mean |
 |---|---|---|
