@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from common import is_current, machine, prepared_twin  # noqa: E402
+from common import is_current, machine, prepared_twin, write_section  # noqa: E402
 
 from lightning_tt.baselines import tune  # noqa: E402
 from lightning_tt.data.prepare import SplitConfig, prepare  # noqa: E402
@@ -275,7 +275,7 @@ def baseline_table(cases: pa.Table, model: str, baselines: list[str]) -> list[st
 
 
 def report(results: list[dict], cases: dict[str, pa.Table], seeds: list[int], windows: int, out: Path,
-           figure: Path) -> None:
+           figure: Path, results_doc: Path | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,8 +312,17 @@ def report(results: list[dict], cases: dict[str, pa.Table], seeds: list[int], wi
         lines += [f"## {name}", "", *variant_table(table, variants, reference), ""]
         baselines = [b for b in dict.fromkeys(table["system"].to_pylist()) if b not in VARIANTS]
         if baselines:
+            compared = baseline_table(table, reference, baselines)
             lines += ["The reference row next to the tuned baselines (pooled over the same windows):", "",
-                      *baseline_table(table, reference, baselines), ""]
+                      *compared, ""]
+            if results_doc is not None:
+                runs = len(set(zip(table["window"].to_pylist(), table["seed"].to_pylist())))
+                cases_of = len(set(zip(table["window"].to_pylist(), table["protocol"].to_pylist(),
+                                       table["case"].to_pylist())))
+                write_section(results_doc, "\n".join(
+                    [f"Written by `python bench/ablations.py` on {dt.date.today()}: {name}, {cases_of:,} test cases "
+                     f"and lists over the windows, {runs} (window, seed) runs of the model; 95% user-clustered "
+                     f"bootstrap intervals.", "", *compared]), marker=f"quality-{name.replace(' ', '-')}")
         found = [compare(_common_windows(table, [v]), "test/next/recall@100", [v]).value[v] for v in variants]
         axis.barh(variants[::-1], [f.value for f in found][::-1],
                   xerr=[[f.value - f.low for f in found][::-1], [f.high - f.value for f in found][::-1]],
@@ -343,6 +352,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=None, help="dataset names to run (default: all)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/ablations.md")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs/results.md",
+                        help="where the shipped config's table against the tuned baselines goes (a section per dataset)")
     args = parser.parse_args()
     if args.dev is None:
         parser.exit(2, f"{parser.prog}: error: no development set: pass --dev DIR or set {DEV_SET_VARIABLE}=DIR\n")
@@ -382,7 +393,7 @@ def main() -> None:
                         tables.append(pq.read_table(case_file))
     pooled = {name: pa.concat_tables(tables, promote_options="default") for name, tables in cases.items() if tables}
     report([r for r in results if r["seed"] in args.seeds], pooled, args.seeds, args.windows, args.out,
-           args.out.parent / "figures" / "ablations.png")
+           args.out.parent / "figures" / "ablations.png", args.results)
 
 
 if __name__ == "__main__":
