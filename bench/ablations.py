@@ -350,6 +350,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=3, help="rolling-origin test windows per dataset")
     parser.add_argument("--only", nargs="+", default=None, choices=list(VARIANTS), help="variants to run")
     parser.add_argument("--datasets", nargs="+", default=None, help="dataset names to run (default: all)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="fit and tune nothing: write the report from the runs and baselines already in --workdir")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/ablations.md")
     parser.add_argument("--results", type=Path, default=ROOT / "docs/results.md",
@@ -370,14 +372,18 @@ def main() -> None:
             continue
         tables = cases.setdefault(dataset, [])
         for window, data in enumerate(windows):
-            tables.append(tuned_baselines(data, window, args.workdir / "baselines" / f"{dataset}-w{window}.parquet"))
+            baselines_file = args.workdir / "baselines" / f"{dataset}-w{window}.parquet"
+            if not args.report_only:
+                tables.append(tuned_baselines(data, window, baselines_file))
+            elif baselines_file.exists():
+                tables.append(pq.read_table(baselines_file))
             for variant, flags in VARIANTS.items():
                 if args.only and variant not in args.only:
                     continue
                 for seed in args.seeds:
                     tag = f"{dataset}-{variant}-w{window}-{seed}".replace(" ", "_").replace("/", "_")
                     case_file = args.workdir / "cases" / f"{tag}.parquet"
-                    if (dataset, variant, window, seed) not in done:
+                    if (dataset, variant, window, seed) not in done and not args.report_only:
                         found, kept = run(data, flags, seed, EPOCHS.get(dataset, DEV_EPOCHS),
                                           args.workdir / "runs" / tag)
                         table = case_table(kept, [10, 50, 100, 200], PreparedData(data)["user_ids"], variant, "test")
