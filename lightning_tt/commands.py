@@ -104,7 +104,7 @@ def baselines(data: Path, split: Literal["val", "test"] = "test", k: int | list[
             lightning_tt/baselines/models.py), then report the test window with them
         tune_metric: the validation metric tune maximises
         out: where metrics.json goes; every case's values go beside it, to ``{out's stem}_cases.parquet``
-            (lightning_tt.eval.metrics.case_table: for intervals, bench/quality.py)
+            (lightning_tt.eval.metrics.case_table: for intervals, lightning_tt.eval.intervals)
         overwrite: replace existing out files
     """
     import pyarrow as pa

@@ -65,6 +65,12 @@ def next_case_hits(top_items: torch.Tensor, targets: torch.Tensor, ks: list[int]
     return torch.stack([found[:, k - 1] for k in ks], dim=1).double()
 
 
+def paper_chunks(top_items: torch.Tensor, target_items: torch.Tensor) -> list[slice]:
+    """Row slices of a paper batch with at most ~16M (target, rank) pairs each (the [b, T, K] comparison)."""
+    step = max(1, (1 << 24) // max(target_items.shape[1] * top_items.shape[1], 1))
+    return [slice(start, start + step) for start in range(0, len(top_items), step)] or [slice(0, 0)]
+
+
 def paper_case_values(top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor,
                       ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(recall, dcg, idcg), each [B, len(ks)] float64, of paper lists: ``recall = hits_u@k / n_u``,
@@ -130,10 +136,7 @@ class PaperMetrics(Metric):
         """top_items [B, K] ranked item indices; target_items [B, T] (0-padded, repeats kept);
         target_count [B] number of real targets per row. Rows go in chunks of at most ~16M
         (target, rank) pairs."""
-        pairs = max(target_items.shape[1] * top_items.shape[1], 1)
-        step = max(1, (1 << 24) // pairs)
-        for start in range(0, len(top_items), step):
-            rows = slice(start, start + step)
+        for rows in paper_chunks(top_items, target_items):
             self._update(top_items[rows], target_items[rows], target_count[rows])
 
     def _update(self, top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor) -> None:
@@ -209,7 +212,9 @@ class RetrievalMetrics(torch.nn.Module):
             if protocol == "next":
                 values = next_case_hits(top_items, targets[0], self.ks)
             else:
-                values = torch.cat(paper_case_values(top_items, *targets, self.ks), dim=1)
+                items, count = targets
+                values = torch.cat([torch.cat(paper_case_values(top_items[rows], items[rows], count[rows], self.ks), 1)
+                                    for rows in paper_chunks(top_items, items)])
             getattr(self, f"{protocol}_cases").update(user, values)
 
     def cases(self, protocols: tuple[str, ...] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
