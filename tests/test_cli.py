@@ -30,6 +30,7 @@ def test_synth_prepare_describe(tmp_path, capsys):
     assert "target_items" in out  # the paper-protocol sample
 
 
+@pytest.mark.slow  # the whole demo (train, baselines, test) twice: about a minute on 2 cores
 @pytest.mark.filterwarnings("ignore:The number of training batches")
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_demo_synthesises_once_and_reuses(tmp_path, capsys, monkeypatch):
