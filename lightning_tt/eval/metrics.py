@@ -132,15 +132,20 @@ class PaperMetrics(Metric):
         self.add_state("users", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("recommended", torch.zeros(len(self.ks), num_items, dtype=torch.uint8), dist_reduce_fx="max")
 
-    def update(self, top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor) -> None:
+    def update(self, top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor,
+               cases: list | None = None) -> None:
         """top_items [B, K] ranked item indices; target_items [B, T] (0-padded, repeats kept);
         target_count [B] number of real targets per row. Rows go in chunks of at most ~16M
-        (target, rank) pairs."""
+        (target, rank) pairs. ``cases``, when given, receives each chunk's per-case values
+        [b, 3 len(ks)] (recall, dcg, idcg: paper_case_values), computed once for both."""
         for rows in paper_chunks(top_items, target_items):
-            self._update(top_items[rows], target_items[rows], target_count[rows])
+            recall, dcg, idcg = paper_case_values(top_items[rows], target_items[rows], target_count[rows], self.ks)
+            self._add(top_items[rows], target_count[rows], recall, dcg, idcg)
+            if cases is not None:
+                cases.append(torch.cat([recall, dcg, idcg], dim=1))
 
-    def _update(self, top_items: torch.Tensor, target_items: torch.Tensor, target_count: torch.Tensor) -> None:
-        recall, dcg, idcg = paper_case_values(top_items, target_items, target_count, self.ks)
+    def _add(self, top_items: torch.Tensor, target_count: torch.Tensor, recall: torch.Tensor, dcg: torch.Tensor,
+             idcg: torch.Tensor) -> None:
         has_targets = target_count > 0
         self.recall_sum += recall[has_targets].sum(dim=0)
         self.dcg_sum += dcg[has_targets].sum(dim=0)
@@ -205,17 +210,17 @@ class RetrievalMetrics(torch.nn.Module):
                user: torch.Tensor | None = None) -> None:
         """top_items [B, K] ranked item indices; targets: ``target_item`` [B] (next) or ``target_items``
         [B, T], ``target_count`` [B] (paper); ``user`` [B] the cases' user indices (for ``keep_cases``)."""
-        getattr(self, protocol).update(top_items, *targets)
+        if self.keep_cases and user is None:
+            raise ValueError("RetrievalMetrics(keep_cases=True).update needs the cases' user")
+        if protocol == "next":
+            self.next.update(top_items, *targets)
+            if self.keep_cases:
+                self.next_cases.update(user, next_case_hits(top_items, targets[0], self.ks))
+            return
+        parts: list | None = [] if self.keep_cases else None
+        self.paper.update(top_items, *targets, cases=parts)
         if self.keep_cases:
-            if user is None:
-                raise ValueError("RetrievalMetrics(keep_cases=True).update needs the cases' user")
-            if protocol == "next":
-                values = next_case_hits(top_items, targets[0], self.ks)
-            else:
-                items, count = targets
-                values = torch.cat([torch.cat(paper_case_values(top_items[rows], items[rows], count[rows], self.ks), 1)
-                                    for rows in paper_chunks(top_items, items)])
-            getattr(self, f"{protocol}_cases").update(user, values)
+            self.paper_cases.update(user, torch.cat(parts))
 
     def cases(self, protocols: tuple[str, ...] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{protocol: (user [N], values [N, M])} of the kept cases of ``protocols`` (default: the updated
