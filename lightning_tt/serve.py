@@ -16,6 +16,10 @@ listens, example age 0), with the given seed track, and searches the exported in
 past positives out when the model was trained with ``exclude_seen``), after checking
 that the export, the checkpoint and the prepared data belong together (``open_export``).
 ``recommend_batch`` does the same for every row of a requests file, a chunk of requests at a time.
+
+``Recommender`` is that path, opened once: raw ids -> vocabulary indices -> query batch (the training
+features, FeatureGatherer.query) -> query tower -> index search (leaving seen items out) -> raw ids.
+``recommend``, ``recommend_batch`` and the HTTP server (lightning_tt.server) all go through it.
 """
 
 from __future__ import annotations
@@ -141,15 +145,6 @@ def open_export(index_dir: str | Path, model: TwoTowerModule, data: PreparedData
     return index, rows
 
 
-def _query_gatherer(data: PreparedData, model, history: int | None) -> FeatureGatherer:
-    """The batch gatherer training used for this model: its history window (``history`` overrides it)
-    and its number of recent likes and dislikes. With the model's ``exclude_seen``, queries carry the
-    user's positives of every split (all are past now)."""
-    seen = ("train", "val", "test") if model.hparams.get("exclude_seen") else ()
-    return FeatureGatherer(data, history or model.hparams.history, feedback=model.hparams.feedback,
-                           seen=seen)
-
-
 def _search(index: faiss.Index, model, batch: dict[str, torch.Tensor], k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores [R, k], index rows [R, k]; -1 where none) of a request batch: its retrieval queries,
     leaving out its ``seen_items`` when it carries them."""
@@ -159,15 +154,22 @@ def _search(index: faiss.Index, model, batch: dict[str, torch.Tensor], k: int) -
     return search_unseen(index, query, k, seen.numpy() - FIRST_ITEM if seen is not None else None)
 
 
+#: A seed index meaning "no seed given": the request is seeded by the user's last listen, as training's
+#: examples are (FeatureGatherer.query).
+LAST_LISTEN = -1
+
+
 def _query_batch(gather: FeatureGatherer, user_index: np.ndarray, seed_index: np.ndarray) -> dict[str, torch.Tensor]:
     """A batch of R requests, asked now: each user's state after their last listen in the stream
     (the last N listens with their play ratios; every like and dislike counts), the given seed (organic:
-    the user's own play), example age 0: the same features as training's (FeatureGatherer.query). Indices are [R]."""
+    the user's own play), example age 0: the same features as training's (FeatureGatherer.query). Indices are
+    [R]; a seed of LAST_LISTEN keeps the user's last listen (and its organic flag) as the seed."""
     offsets = np.asarray(gather.data["user_offsets"])
     user_index, seed_index = np.atleast_1d(user_index).astype(np.int64), np.atleast_1d(seed_index).astype(np.int64)
     arrays = gather.query(offsets[user_index + 1], user_index, np.full(len(user_index), NEVER, dtype=np.int64))
-    arrays["seed_item"] = seed_index
-    arrays["seed_organic"] = np.ones(len(user_index), dtype=np.int64)  # a request is the user's own play
+    given = seed_index != LAST_LISTEN
+    arrays["seed_item"] = np.where(given, seed_index, arrays["seed_item"])
+    arrays["seed_organic"] = np.where(given, 1, arrays["seed_organic"])  # a request is the user's own play
     arrays["example_age"] = np.zeros(len(user_index), np.float32)
     return to_tensors(arrays)
 
@@ -182,30 +184,110 @@ def _indices_of(raw_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return np.where(found, order[where] + FIRST_ITEM, 1)
 
 
-def _opened(index_dir: str | Path, ckpt_path: str | Path, k: int):
-    if k < 1:
-        raise ServingError(f"--k must be >= 1, got {k}")
-    model, data = load_model(ckpt_path)
-    index, rows = open_export(index_dir, model, data)
-    if k > len(rows):
-        raise ServingError(f"--k {k} is larger than the catalogue of {len(rows):,} items")
-    return model, data, index, rows
+def export_checkpoint(index_dir: str | Path) -> Path:
+    """The checkpoint an export directory was written from (its export.json's ``checkpoint``)."""
+    meta_path = Path(index_dir) / "export.json"
+    try:
+        checkpoint = json.loads(meta_path.read_text()).get("checkpoint")
+    except FileNotFoundError as err:
+        raise ServingError(f"--export {index_dir}: no export.json; create it with `lightning-tt export`") from err
+    except (OSError, ValueError, AttributeError) as err:
+        raise ServingError(f"--export {index_dir}: damaged export.json ({one_line(err)}); export it again") from err
+    if not checkpoint:
+        raise ServingError(f"--export {index_dir}: export.json names no checkpoint; export it again")
+    return Path(checkpoint)
+
+
+class Recommender:
+    """An export opened for serving: the model (CPU, eval mode), its prepared data, the Faiss index and
+    the raw item id of each index row [n], checked to belong together (``open_export``). ``ckpt_path``
+    defaults to the checkpoint that export.json names.
+
+    ``top_k`` is the one path from vocabulary indices to top-k lists that ``recommend``,
+    ``recommend_batch`` and the HTTP server share. The gatherer carries every split's positives (all
+    are past at serving time), so each request can choose whether to leave them out; the default is the
+    model's ``exclude_seen``."""
+
+    def __init__(self, index_dir: str | Path, ckpt_path: str | Path | None = None, history: int | None = None):
+        self.index_dir = Path(index_dir)
+        self.ckpt_path = Path(ckpt_path) if ckpt_path is not None else export_checkpoint(index_dir)
+        self.model, self.data = load_model(self.ckpt_path)
+        self.index, self.rows = open_export(index_dir, self.model, self.data)
+        self.meta = json.loads((self.index_dir / "export.json").read_text())
+        self.exclude_seen = bool(self.model.hparams.get("exclude_seen"))
+        self.gather = FeatureGatherer(self.data, history or self.model.hparams.history,
+                                      feedback=self.model.hparams.feedback, seen=("train", "val", "test"))
+        self.raw_items = np.asarray(self.rows, dtype=np.int64)
+        catalogue = np.arange(len(self.rows)) + FIRST_ITEM
+        self.raw_artists = np.asarray(self.data["artist_ids"], dtype=np.int64)[
+            np.asarray(self.data["item_artist"])[catalogue]]
+        self.raw_albums = np.asarray(self.data["album_ids"], dtype=np.int64)[
+            np.asarray(self.data["item_album"])[catalogue]]
+        self._exact: faiss.Index | None = None
+
+    @property
+    def items(self) -> int:
+        """Catalogue items in the index."""
+        return len(self.rows)
+
+    def check_k(self, k: int, option: str = "--k") -> None:
+        if k < 1:
+            raise ServingError(f"{option} must be >= 1, got {k}")
+        if k > self.items:
+            raise ServingError(f"{option} {k} is larger than the catalogue of {self.items:,} items")
+
+    def user_indices(self, raw) -> np.ndarray:
+        """Vocabulary indices [R] of raw user ids; 1 (unknown) where a raw id is not a known user."""
+        return _indices_of(self.data["user_ids"], raw)
+
+    def item_indices(self, raw) -> np.ndarray:
+        """Vocabulary indices [R] of raw item ids; 1 (unknown) where a raw id is not in the catalogue."""
+        return _indices_of(self.data["item_ids"], raw)
+
+    def top_k(self, user_index: np.ndarray, seed_index: np.ndarray, k: int,
+              exclude_seen: np.ndarray | bool | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [R, k] float32, index rows [R, k]; -inf and -1 where fewer than k were found) for R
+        requests (vocabulary indices [R]; a seed of LAST_LISTEN seeds from the user's last listen).
+        ``exclude_seen`` [R] (or one bool; None: the model's) leaves each user's past positives out;
+        ``exact`` searches all items by brute force instead of the exported index."""
+        batch = _query_batch(self.gather, user_index, seed_index)
+        return self.search(batch, k, exclude_seen, exact)
+
+    def search(self, batch: dict[str, torch.Tensor], k: int, exclude_seen: np.ndarray | bool | None = None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k`` of a query batch built elsewhere (an evaluation case, say): its ``seen_items`` are
+        left out of the rows where ``exclude_seen`` holds."""
+        keep = np.broadcast_to(self.exclude_seen if exclude_seen is None else exclude_seen, (len(batch["user"]),))
+        batch = dict(batch)
+        seen = batch.pop("seen_items", None)
+        if seen is not None and keep.any():
+            batch["seen_items"] = torch.where(torch.from_numpy(np.array(keep))[:, None], seen, 0)
+        return _search(self.exact_index() if exact else self.index, self.model, batch, k)
+
+    def exact_index(self) -> faiss.Index:
+        """A brute-force inner-product index over the exported item vectors (built on first use): the
+        exact lists that the ANN index approximates."""
+        if self._exact is None:
+            vectors = np.ascontiguousarray(np.load(self.index_dir / "item_embeddings.npy"), dtype=np.float32)
+            exact = faiss.IndexFlatIP(vectors.shape[1])
+            exact.add(vectors)
+            self._exact = exact
+        return self._exact
 
 
 def recommend(index_dir: str | Path, ckpt_path: str | Path, user: int, seed_item: int, k: int = 10,
               history: int | None = None) -> tuple[list[tuple[int, float]], list[str]]:
     """Top-k (raw item id, score) for raw ``user`` and raw ``seed_item``, and notes about fallbacks."""
-    model, data, index, rows = _opened(index_dir, ckpt_path, k)
-    user_index = _indices_of(data["user_ids"], [user])
-    seed_index = _indices_of(data["item_ids"], [seed_item])
+    served = Recommender(index_dir, ckpt_path, history)
+    served.check_k(k)
+    user_index, seed_index = served.user_indices([user]), served.item_indices([seed_item])
     notes = []
     if user_index[0] == 1:
         notes.append(f"unknown user {user}: no history; ranking from the seed track and the unknown-user embedding")
     if seed_index[0] == 1:
         notes.append(f"unknown seed item {seed_item}: not in the training catalogue; using the unknown-item features")
-    batch = _query_batch(_query_gatherer(data, model, history), user_index, seed_index)
-    scores, found = _search(index, model, batch, k)
-    return [(int(rows[r]), float(s)) for r, s in zip(found[0], scores[0]) if r >= 0], notes
+    scores, found = served.top_k(user_index, seed_index, k)
+    return [(int(served.rows[r]), float(s)) for r, s in zip(found[0], scores[0]) if r >= 0], notes
 
 
 #: Requests embedded and searched together by ``recommend_batch``.
@@ -218,11 +300,14 @@ def recommend_batch(index_dir: str | Path, ckpt_path: str | Path, requests: str 
     written to ``out`` (parquet: user, seed_item, item_ids list<int64>, scores list<float32>).
 
     Returns {"requests", "unknown_users", "unknown_seeds", "queries_per_second"}; queries/s counts the
-    query tower and the index search, not the reading or writing of files."""
+    query batch, the query tower and the index search (Recommender.top_k), not the reading or writing of
+    files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    model, data, index, rows = _opened(index_dir, ckpt_path, k)
+    served = Recommender(index_dir, ckpt_path, history)
+    served.check_k(k)
+    data = served.data
     output = Output(out, "file", option="--out", overwrite=overwrite,  # checked before any request is read
                     inputs={"--index": index_dir, "--ckpt_path": ckpt_path, "--batch": requests,
                             "the checkpoint's data_dir": data.path})
@@ -247,16 +332,14 @@ def recommend_batch(index_dir: str | Path, ckpt_path: str | Path, requests: str 
     except (pa.ArrowInvalid, TypeError, ValueError) as err:
         raise ServingError(f"--batch {path}: user and seed_item must be integer raw ids without nulls "
                            f"({one_line(err)})") from err
-    user_index, seed_index = _indices_of(data["user_ids"], users), _indices_of(data["item_ids"], seeds)
-    gather = _query_gatherer(data, model, history)
+    user_index, seed_index = served.user_indices(users), served.item_indices(seeds)
     lists, values, seconds = [], [], 0.0
     for start in range(0, len(users), REQUEST_CHUNK):
         chunk = slice(start, start + REQUEST_CHUNK)
-        batch = _query_batch(gather, user_index[chunk], seed_index[chunk])
         tick = time.perf_counter()
-        scores, found = _search(index, model, batch, k)
+        scores, found = served.top_k(user_index[chunk], seed_index[chunk], k)
         seconds += time.perf_counter() - tick
-        lists.append(np.where(found >= 0, np.asarray(rows, dtype=np.int64)[np.maximum(found, 0)], -1))
+        lists.append(np.where(found >= 0, served.raw_items[np.maximum(found, 0)], -1))
         values.append(scores.astype(np.float32))
     lists = np.concatenate(lists) if lists else np.zeros((0, k), dtype=np.int64)
     values = np.concatenate(values) if values else np.zeros((0, k), dtype=np.float32)

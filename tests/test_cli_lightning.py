@@ -240,7 +240,7 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     import numpy as np
 
     from lightning_tt.data.prepared import PreparedData
-    from lightning_tt.serve import _query_batch, _query_gatherer, load_model, recommend
+    from lightning_tt.serve import Recommender, _query_batch, load_model, recommend
 
     run = fit(prepared, tmp_path)
     ckpt = str(run / "checkpoints" / "last.ckpt")
@@ -271,7 +271,7 @@ def test_export_and_recommend(prepared, tmp_path, capsys):
     # A flat index must return exactly the model's own best items, mapped back to raw ids.
     model, _ = load_model(ckpt)
     embeddings = model.retrieval_items()[2:]
-    query = model(_query_batch(_query_gatherer(data, model, None), 2, 5))
+    query = model(_query_batch(Recommender(tmp_path / "export", ckpt).gather, 2, 5))
     best = (embeddings @ query[0]).topk(5).indices.numpy() + 2
     assert [i for i, _ in items] == np.asarray(data["item_ids"])[best].tolist()
 
@@ -362,7 +362,7 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
     import numpy as np
 
     from lightning_tt.data.prepared import PreparedData
-    from lightning_tt.serve import _query_batch, _query_gatherer, load_model
+    from lightning_tt.serve import Recommender, _query_batch
 
     run = fit(prepared, tmp_path, *NEW_INPUTS, "--data.target_horizon", "86400", "--model.seed_dropout", "0.3")
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -375,8 +375,9 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
           "--trainer.logger.init_args.save_dir", str(tmp_path / "test"), *NEW_INPUTS, "--ckpt_path", str(ckpt)])
     assert "metrics written to" in capsys.readouterr().out
     main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "export"), "--index.kind", "flat"])
-    model, data = load_model(ckpt)
-    gather = _query_gatherer(data, model, None)
+    served = Recommender(tmp_path / "export")  # the checkpoint that export.json names
+    model, data, gather = served.model, served.data, served.gather
+    assert served.ckpt_path == ckpt.resolve() and served.exclude_seen
     assert (gather.history, gather.feedback) == (5, 3)  # what training used
     requests = tmp_path / "requests.csv"
     users = [int(u) for u in np.asarray(PreparedData(prepared)["user_ids"])[2:6]]

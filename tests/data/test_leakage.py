@@ -150,7 +150,7 @@ def test_every_paper_list(synthetic, split):
 
 def test_serving_queries_are_the_state_after_the_last_listen(synthetic):
     from lightning_tt.data.batches import FeatureGatherer
-    from lightning_tt.serve import _query_batch
+    from lightning_tt.serve import LAST_LISTEN, _query_batch
 
     data, events = synthetic
     listens, _, signals, _ = reference(events)
@@ -164,6 +164,13 @@ def test_serving_queries_are_the_state_after_the_last_listen(synthetic):
     for k, u in enumerate(users):
         uid = int(user_raw[u])
         check_query(batch, k, listens[uid][-HISTORY:], signals[uid], to_index, float("inf"))  # every signal counts
+    # No seed given: the seed is the user's last listen, as in training's examples (the seed is history[-1]).
+    unseeded = {k: v.numpy() for k, v in _query_batch(FeatureGatherer(data, HISTORY, FEEDBACK), users,
+                                                      np.full(len(users), LAST_LISTEN)).items()}
+    for k, u in enumerate(users):
+        last = listens[int(user_raw[u])][-1]
+        assert unseeded["seed_item"][k] == to_index(last[0]) == unseeded["history_item"][k, -1]
+    assert (unseeded["history_item"] == batch["history_item"]).all()
 
 
 def test_horizon_targets_are_the_users_own_later_listens_within_the_horizon(synthetic):
