@@ -10,6 +10,7 @@
     lightning-tt sweep sweeps/X.yaml --trials N [-- fit flags]   a W&B sweep file run offline with Optuna
     lightning-tt export --ckpt_path X --out DIR [--index.nprobe P ...]   item embeddings, Faiss index, id mapping
     lightning-tt recommend --index DIR --ckpt_path X --user U --seed_item S [--k K]   (or --batch FILE --out FILE)
+    lightning-tt serve --export DIR [--host 127.0.0.1] [--port 8000]   HTTP: /recommend, /health, /info, a browse page
 
 Every command is parsed by jsonargparse, the library LightningCLI is built on: the Lightning loops by
 LightningCLI, the others (lightning_tt.commands) from their functions' signatures and docstrings. So

@@ -217,6 +217,23 @@ def recommend(index: Path, ckpt_path: Path, user: int | None = None, seed_item: 
         print(f"{rank:>4}  {item:>10}  {score:.4f}")
 
 
+def serve(export: Path, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 64,
+          max_wait_ms: float = 1.0, open_page: bool = False) -> None:
+    """Serve an export over HTTP: POST /recommend, GET /health, /info, POST /reload, and a browse page at /.
+
+    Args:
+        export: a directory written by lightning-tt export (its export.json names the checkpoint)
+        host: the address to listen on; 127.0.0.1 keeps the server on this machine
+        port: the port (0: any free one, printed)
+        max_batch_size: at most this many waiting requests are searched as one batch
+        max_wait_ms: how long the first request of a batch waits for others
+        open_page: open the browse page in this machine's web browser
+    """
+    from lightning_tt.server import serve as run
+
+    run(export, host, port, max_batch_size, max_wait_ms, open_page)
+
+
 def demo(workdir: Path = Path("runs/demo"), epochs: int | None = None) -> None:
     """Synthesise, prepare, train and test the embedded default, with the baselines beside it.
 
@@ -230,6 +247,7 @@ def demo(workdir: Path = Path("runs/demo"), epochs: int | None = None) -> None:
 
 
 #: Subcommand -> function; ``data`` groups the dataset commands. Sweep takes its file as a positional.
-COMMANDS = {"demo": demo, "baselines": baselines, "sweep": sweep, "export": export, "recommend": recommend}
+COMMANDS = {"demo": demo, "baselines": baselines, "sweep": sweep, "export": export, "recommend": recommend,
+            "serve": serve}
 DATA_COMMANDS = {"synth": synth, "download": download, "prepare": prepare, "describe": describe}
 POSITIONAL = {sweep}

@@ -32,10 +32,16 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightning_tt.data.prepared import FIRST_ITEM, UNKNOWN
 from lightning_tt.data.schema import EVENT_TYPES
@@ -50,6 +56,23 @@ LOOPBACK = ("127.0.0.1", "::1")
 BROWSE_HISTORY = 30
 #: Largest raw id a request may carry (int64; Yambda's ids are uint32).
 MAX_ID = 2**63 - 1
+
+
+class RecommendRequest(BaseModel):
+    """The body of POST /recommend. Strict: "5" is not an int, and an unknown field is an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    user_id: int = Field(ge=0, le=MAX_ID)
+    seed_item: int | None = Field(default=None, ge=0, le=MAX_ID)
+    k: int = Field(default=100, ge=1)
+    exclude_seen: bool | None = None
+
+
+class ReloadRequest(BaseModel):
+    """The body of POST /reload (optional): the export directory to serve instead."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    export: str | None = None
 
 
 class RequestError(Exception):
@@ -169,27 +192,6 @@ def _listed(served: Recommender, scores: np.ndarray, rows: np.ndarray, hits: set
 def create_app(export: str | Path, max_batch_size: int = 64, max_wait_ms: float = 1.0):
     """The FastAPI application serving ``export`` (opened here, so a broken export fails before any
     socket is bound). Its ``state.served`` is the Recommender now served."""
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Query, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    class RecommendRequest(BaseModel):
-        """The body of POST /recommend. Strict: "5" is not an int, and an unknown field is an error."""
-
-        model_config = ConfigDict(extra="forbid", strict=True)
-        user_id: int = Field(ge=0, le=MAX_ID)
-        seed_item: int | None = Field(default=None, ge=0, le=MAX_ID)
-        k: int = Field(default=100, ge=1)
-        exclude_seen: bool | None = None
-
-    class ReloadRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        export: str | None = None
-
     batcher = RequestBatcher(max_batch_size, max_wait_ms)
     first = Recommender(export)
     reload_lock = threading.Lock()

@@ -70,3 +70,23 @@ def tiny_prepared(tmp_path_factory):
     synthesize(root / "raw", rows=20_000, users=100, items=2_000, days=20, seed=0, progress=False)
     prepare(root / "raw", root / "prepared", config=SplitConfig(test_days=2, val_days=2), progress=False)
     return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def served_export(tiny_prepared, tmp_path_factory):
+    """A model of tests/conf/tiny.yaml (with exclude_seen) fitted on tiny_prepared, exported twice: ``flat``
+    (exact search, so lists can be checked against brute force) and ``ivf`` (another index of the same
+    checkpoint, for reloads). Shared: only read them."""
+    from types import SimpleNamespace
+
+    from lightning_tt.cli import main
+
+    root = tmp_path_factory.mktemp("served")
+    main(["fit", "--config", str(Path(__file__).parent / "conf" / "tiny.yaml"), "--data.data_dir", str(tiny_prepared),
+          "--trainer.logger.init_args.save_dir", str(root / "runs"), "--trainer.enable_progress_bar", "false",
+          "--data.exclude_seen", "true"])
+    ckpt = next((root / "runs" / "tiny").iterdir()) / "checkpoints" / "last.ckpt"
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(root / "flat"), "--index.kind", "flat"])
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(root / "ivf"), "--index.kind", "ivfflat",
+          "--index.nlist", "16", "--index.nprobe", "4"])
+    return SimpleNamespace(ckpt=ckpt, flat=root / "flat", ivf=root / "ivf", data=tiny_prepared)
