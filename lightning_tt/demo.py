@@ -2,6 +2,7 @@
 CPU cores (DEMO_SYNTH), from raw parquet to the test table.
 
     synthesise -> prepare -> fit (configs/demo.yaml) -> baselines -> test the best checkpoint -> table
+    -> export the best checkpoint (``workdir/export``, what ``lightning-tt serve --export`` serves)
 
 Each step prints the command that does it alone. What an earlier demo made in the same ``workdir`` is
 reused, and a directory the demo did not make is never replaced.
@@ -23,6 +24,7 @@ from lightning_tt.eval.table import print_table
 from lightning_tt.lightning_cli import CONFIGS, lightning_cli
 from lightning_tt.outputs import Output
 from lightning_tt.runs import run_directory, write_json
+from lightning_tt.serve import export
 
 #: The embedded default: a synthetic dataset small enough for 2 CPU cores.
 DEMO_SYNTH = {"rows": 300_000, "users": 2_000, "items": 20_000, "days": 30.0, "seed": 0}
@@ -86,5 +88,9 @@ def run_demo(workdir: str | Path, epochs: int | None = None) -> None:
     model = {name: float(value) for name, value in test.trainer.callback_metrics.items()}
     print("[demo] the test split, exact rankings (the model's ANN values are in its metrics.json):")
     print_table({"TwoTower": model, **baselines}, "test", comparison_columns(ks), exact_rows=("TwoTower",))
+    export_dir = workdir / "export"
+    print(f"[demo] exporting: lightning-tt export --ckpt_path {best} --out {export_dir} --overwrite")
+    export(best, export_dir, overwrite=True)  # replaces only an earlier export (export.json), never a run
     print(f"[demo] checkpoint: {best}")
     print(f"[demo] run directory (config, checkpoints, W&B offline run under {workdir / 'logs' / 'wandb'}): {run_dir}")
+    print(f"[demo] serve it, with a page to browse listeners: lightning-tt serve --export {export_dir} --open_page")

@@ -174,14 +174,22 @@ def _query_batch(gather: FeatureGatherer, user_index: np.ndarray, seed_index: np
     return to_tensors(arrays)
 
 
-def _indices_of(raw_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Vocabulary indices of raw ids [R]; 1 (unknown) where a raw id is not in the vocabulary."""
-    known = np.asarray(raw_ids)[FIRST_ITEM:].astype(np.int64)
-    order = np.argsort(known, kind="stable")
-    raw = np.atleast_1d(np.asarray(raw, dtype=np.int64))
-    where = np.minimum(np.searchsorted(known[order], raw), len(known) - 1)
-    found = known[order][where] == raw if len(known) else np.zeros(len(raw), dtype=bool)
-    return np.where(found, order[where] + FIRST_ITEM, 1)
+class IdLookup:
+    """Raw ids -> vocabulary indices of one vocabulary (``raw_ids`` [V], index 0 padding, 1 unknown),
+    sorted once so that each lookup is a binary search: O(R log V) for R ids."""
+
+    def __init__(self, raw_ids: np.ndarray):
+        known = np.asarray(raw_ids)[FIRST_ITEM:].astype(np.int64)
+        self.order = np.argsort(known, kind="stable")
+        self.sorted = known[self.order]
+
+    def __call__(self, raw) -> np.ndarray:
+        """Indices [R] of raw ids [R]; 1 (unknown) where a raw id is not in the vocabulary."""
+        raw = np.atleast_1d(np.asarray(raw, dtype=np.int64))
+        if not len(self.sorted):
+            return np.ones(len(raw), dtype=np.int64)
+        where = np.minimum(np.searchsorted(self.sorted, raw), len(self.sorted) - 1)
+        return np.where(self.sorted[where] == raw, self.order[where] + FIRST_ITEM, 1)
 
 
 def export_checkpoint(index_dir: str | Path) -> Path:
@@ -224,6 +232,7 @@ class Recommender:
         self.raw_albums = np.asarray(self.data["album_ids"], dtype=np.int64)[
             np.asarray(self.data["item_album"])[catalogue]]
         self._exact: faiss.Index | None = None
+        self._users, self._items = IdLookup(self.data["user_ids"]), IdLookup(self.data["item_ids"])
 
     @property
     def items(self) -> int:
@@ -238,11 +247,11 @@ class Recommender:
 
     def user_indices(self, raw) -> np.ndarray:
         """Vocabulary indices [R] of raw user ids; 1 (unknown) where a raw id is not a known user."""
-        return _indices_of(self.data["user_ids"], raw)
+        return self._users(raw)
 
     def item_indices(self, raw) -> np.ndarray:
         """Vocabulary indices [R] of raw item ids; 1 (unknown) where a raw id is not in the catalogue."""
-        return _indices_of(self.data["item_ids"], raw)
+        return self._items(raw)
 
     def top_k(self, user_index: np.ndarray, seed_index: np.ndarray, k: int,
               exclude_seen: np.ndarray | bool | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:

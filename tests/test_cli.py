@@ -45,9 +45,13 @@ def test_demo_synthesises_once_and_reuses(tmp_path, capsys, monkeypatch):
     assert "--report.baselines_file" in first
     checkpoint = first.split("[demo] checkpoint: ")[1].splitlines()[0]
     assert checkpoint.endswith(".ckpt") and (tmp_path / "logs").is_dir() and Path(checkpoint).is_file()
+    exported = json.loads((tmp_path / "export" / "export.json").read_text())  # what the printed serve command serves
+    assert exported["checkpoint"] == str(Path(checkpoint).resolve())
+    assert f"lightning-tt serve --export {tmp_path / 'export'}" in first
     main(["demo", "--workdir", str(tmp_path)])
     second = capsys.readouterr().out
     assert "[demo] using the synthetic dataset" in second and "[demo] using the prepared arrays" in second
+    assert "[demo] exporting" in second and (tmp_path / "export" / "export.json").is_file()  # replaced, not refused
 
 
 def test_describe_a_directory_that_is_not_prepared(tmp_path, capsys):
