@@ -180,9 +180,9 @@ def _listed(served: Recommender, scores: np.ndarray, rows: np.ndarray, hits: set
     """[{"item_id", "score", "artist_id", "album_id"(, "hit")}] of one list of index rows (-1: none)."""
     found = rows >= 0
     rows, scores = rows[found], scores[found]
-    items, artists, albums = served.raw_items[rows], served.raw_artists[rows], served.raw_albums[rows]
-    out = [{"item_id": int(i), "score": round(float(s), 6), "artist_id": int(a), "album_id": int(b)}
-           for i, s, a, b in zip(items, scores, artists, albums)]
+    columns = (served.raw_items[rows].tolist(), np.round(scores.astype(np.float64), 6).tolist(),
+               served.raw_artists[rows].tolist(), served.raw_albums[rows].tolist())  # Python ints and floats
+    out = [{"item_id": i, "score": s, "artist_id": a, "album_id": b} for i, s, a, b in zip(*columns)]
     if hits is not None:
         for entry in out:
             entry["hit"] = entry["item_id"] in hits
@@ -452,6 +452,9 @@ def serve(export: Path, host: str = "127.0.0.1", port: int = 8000, max_batch_siz
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without, a keep-alive client's every answer waited ~40 ms for
+        # the delayed ACK of its headers (Nagle), measured in bench/bench_serve.py.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError as err:
         raise InputError(f"--host {host} --port {port}: cannot listen there ({one_line(err)})") from err
