@@ -243,6 +243,7 @@ def get(url: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow  # three processes that each import torch and open the export: about 20 s on 2 cores
 def test_the_serve_command_answers_reloads_on_sighup_and_stops(served_export, tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
