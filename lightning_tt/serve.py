@@ -227,10 +227,11 @@ class Recommender:
                                       feedback=self.model.hparams.feedback, seen=("train", "val", "test"))
         self.raw_items = np.asarray(self.rows, dtype=np.int64)
         catalogue = np.arange(len(self.rows)) + FIRST_ITEM
-        self.raw_artists = np.asarray(self.data["artist_ids"], dtype=np.int64)[
-            np.asarray(self.data["item_artist"])[catalogue]]
-        self.raw_albums = np.asarray(self.data["album_ids"], dtype=np.int64)[
-            np.asarray(self.data["item_album"])[catalogue]]
+        artist, album = np.asarray(self.data["item_artist"])[catalogue], np.asarray(self.data["item_album"])[catalogue]
+        # raw artist and album id of each index row [n]; -1 where the side table has none (index 1, unknown)
+        artist_ids, album_ids = (np.asarray(self.data[name], dtype=np.int64) for name in ("artist_ids", "album_ids"))
+        self.raw_artists = np.where(artist >= FIRST_ITEM, artist_ids[artist], -1)
+        self.raw_albums = np.where(album >= FIRST_ITEM, album_ids[album], -1)
         self._exact: faiss.Index | None = None
         self._users, self._items = IdLookup(self.data["user_ids"]), IdLookup(self.data["item_ids"])
 

@@ -177,12 +177,14 @@ def _search_group(group: list[Pending]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _listed(served: Recommender, scores: np.ndarray, rows: np.ndarray, hits: set[int] | None = None) -> list[dict]:
-    """[{"item_id", "score", "artist_id", "album_id"(, "hit")}] of one list of index rows (-1: none)."""
+    """[{"item_id", "score", "artist_id", "album_id"(, "hit")}] of one list of index rows (-1: none); an
+    item with no artist or album in the data has null there."""
     found = rows >= 0
     rows, scores = rows[found], scores[found]
     columns = (served.raw_items[rows].tolist(), np.round(scores.astype(np.float64), 6).tolist(),
                served.raw_artists[rows].tolist(), served.raw_albums[rows].tolist())  # Python ints and floats
-    out = [{"item_id": i, "score": s, "artist_id": a, "album_id": b} for i, s, a, b in zip(*columns)]
+    out = [{"item_id": i, "score": s, "artist_id": a if a >= 0 else None, "album_id": b if b >= 0 else None}
+           for i, s, a, b in zip(*columns)]
     if hits is not None:
         for entry in out:
             entry["hit"] = entry["item_id"] in hits
@@ -428,13 +430,13 @@ def _history(served: Recommender, user: int, cut: int, until: int | None) -> lis
         if until is None or ts < until:
             signals.append((ts, int(data["signal_item"][p]), EVENT_TYPES[int(data["signal_type"][p])], None))
     events = sorted(listens + signals, key=lambda e: e[0], reverse=True)[:BROWSE_HISTORY]
-    item_ids = np.asarray(data["item_ids"], dtype=np.int64)
-    artist, album = np.asarray(data["item_artist"]), np.asarray(data["item_album"])
-    artist_ids = np.asarray(data["artist_ids"], dtype=np.int64)
-    album_ids = np.asarray(data["album_ids"], dtype=np.int64)
-    return [{"timestamp": ts, "item_id": int(item_ids[i]) if i >= FIRST_ITEM else None,
-             "artist_id": int(artist_ids[artist[i]]) if i >= FIRST_ITEM else None,
-             "album_id": int(album_ids[album[i]]) if i >= FIRST_ITEM else None,
+
+    def raw(table: np.ndarray, index: int) -> int | None:  # an index row's raw id; None: unknown item, or none
+        value = int(table[index - FIRST_ITEM]) if index >= FIRST_ITEM else -1
+        return value if value >= 0 else None
+
+    return [{"timestamp": ts, "item_id": raw(served.raw_items, i), "artist_id": raw(served.raw_artists, i),
+             "album_id": raw(served.raw_albums, i),
              "event_type": kind, "played_ratio_pct": ratio} for ts, i, kind, ratio in events]
 
 
