@@ -13,7 +13,7 @@ A request's path, start to end::
 
 Other routes: ``GET /health``, ``GET /info`` (export metadata and serving settings), ``POST /reload``
 (loopback clients only; SIGHUP does the same for the served directory), ``GET /`` (the browse page,
-lightning_tt/browse.html), ``GET /api/users`` and ``GET /api/browse`` (what the page reads).
+lightning_tt/browse.html), ``GET /api/users`` and ``GET /api/browse`` (what the page reads: BrowseView).
 
 Reload opens the new export completely (every check of ``open_export``) before it replaces the served
 one; a request holds the Recommender it arrived under, so requests in flight finish on the old one, and
@@ -27,6 +27,7 @@ listener would be (``"fallback": "unknown_user"``); an unknown user with no seed
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import threading
@@ -208,7 +209,8 @@ def create_app(export: str | Path, max_batch_size: int = 64, max_wait_ms: float 
             except InputError as err:
                 raise RequestError(409, f"reload refused, still serving {app.state.served.index_dir}: "
                                         f"{one_line(err)}") from err
-            app.state.served, app.state.generation = fresh, app.state.generation + 1
+            app.state.served, app.state.browse = fresh, BrowseView(fresh)
+            app.state.generation += 1
             app.state.loaded_at = time.time()
             return fresh
 
@@ -235,7 +237,9 @@ def create_app(export: str | Path, max_batch_size: int = 64, max_wait_ms: float 
             print(f"lightning-tt serve: SIGHUP: {err}", flush=True)
 
     app = FastAPI(title="lightning-tt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.served, app.state.generation, app.state.loaded_at = first, 0, time.time()
+    app.state.served, app.state.browse = first, BrowseView(first)
+    app.state.generation, app.state.loaded_at = 0, time.time()
+    page_html = PAGE.read_text()
     app.state.batcher = batcher
 
     def reply(body: dict, status: int = 200) -> Response:
@@ -314,24 +318,24 @@ def create_app(export: str | Path, max_batch_size: int = 64, max_wait_ms: float 
 
     @app.get("/")
     async def page():
-        return HTMLResponse(PAGE.read_text())
+        return HTMLResponse(page_html)
 
     @app.get("/api/users")
     async def users(prefix: str = "", limit: int = Query(default=20, ge=1, le=200)):
-        served: Recommender = app.state.served
-        return reply({"users": _user_list(served, prefix, limit)})
+        return reply({"users": app.state.browse.users(prefix, limit)})
 
     @app.get("/api/browse")
     async def browse(user_id: int = Query(ge=0, le=MAX_ID), k: int = Query(default=20, ge=1, le=1000),
                      exact: bool = False):
-        served: Recommender = app.state.served
+        view: BrowseView = app.state.browse
+        served = view.served
         if k > served.items:
             raise RequestError(422, f"k: {k} is larger than the catalogue of {served.items:,} items")
         user = int(served.user_indices([user_id])[0])
         if user == UNKNOWN:
             raise RequestError(404, f"user_id: {user_id} is not a known user")
-        view = await asyncio.get_running_loop().run_in_executor(batcher.worker, _browse, served, user, k, exact)
-        return reply({"user_id": user_id, **view})
+        shown = await asyncio.get_running_loop().run_in_executor(batcher.worker, view.view, user, k, exact)
+        return reply({"user_id": user_id, **shown})
 
     return app
 
@@ -355,89 +359,97 @@ def _validation_message(errors) -> str:
     return f"{name}: {first.get('msg', 'invalid')}"
 
 
-def _user_list(served: Recommender, prefix: str, limit: int) -> list[dict]:
-    """Up to ``limit`` users whose raw id starts with ``prefix``, those with a test-window case first:
-    [{"user_id", "test_case"}]."""
-    data = served.data
-    raw = np.asarray(data["user_ids"], dtype=np.int64)[FIRST_ITEM:]
-    with_case = np.zeros(len(raw), dtype=bool)
-    with_case[np.asarray(data["paper_test_user"], dtype=np.int64) - FIRST_ITEM] = True
-    text = raw.astype(str)
-    match = np.char.startswith(text, prefix) if prefix else np.ones(len(raw), dtype=bool)
-    chosen = np.flatnonzero(match & with_case)[:limit]
-    if len(chosen) < limit:
-        chosen = np.concatenate([chosen, np.flatnonzero(match & ~with_case)[: limit - len(chosen)]])
-    return [{"user_id": int(raw[i]), "test_case": bool(with_case[i])} for i in chosen]
+class BrowseView:
+    """What the browse page reads of one served export, each table built on first use: the users with
+    their raw ids as text (for the search box), and the paper-protocol test cases."""
 
+    def __init__(self, served: Recommender):
+        self.served = served
 
-def _test_lists(served: Recommender):
-    """The paper-protocol test cases of the served data (one per user: the state at the test window's
-    start, the user's Listen+ of the window as targets), built once per Recommender."""
-    from lightning_tt.data.batches import PaperListDataset
+    @functools.cached_property
+    def user_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw ids [U], the same as text [U], whether each has a test-window case [U]) of the known users."""
+        data = self.served.data
+        raw = np.asarray(data["user_ids"], dtype=np.int64)[FIRST_ITEM:]
+        with_case = np.zeros(len(raw), dtype=bool)
+        with_case[np.asarray(data["paper_test_user"], dtype=np.int64) - FIRST_ITEM] = True
+        return raw, raw.astype(str), with_case
 
-    if getattr(served, "_test_lists", None) is None:
-        hp = served.model.hparams
-        served._test_lists = PaperListDataset(served.data, "test", served.gather.history, feedback=hp.feedback,
-                                              exclude_seen=served.exclude_seen)
-    return served._test_lists
+    @functools.cached_property
+    def test_cases(self):
+        """The paper-protocol test cases (one per user: the state at the test window's start, the user's
+        Listen+ of the window as targets), with evaluation's features (PaperListDataset)."""
+        from lightning_tt.data.batches import PaperListDataset
 
+        served = self.served
+        return PaperListDataset(served.data, "test", served.gather.history, feedback=served.model.hparams.feedback,
+                                exclude_seen=served.exclude_seen)
 
-def _browse(served: Recommender, user: int, k: int, exact: bool) -> dict:
-    """What the page shows for user index ``user``.
+    def users(self, prefix: str, limit: int) -> list[dict]:
+        """Up to ``limit`` users whose raw id starts with ``prefix``, those with a test-window case
+        first: [{"user_id", "test_case"}]."""
+        raw, text, with_case = self.user_table
+        match = np.char.startswith(text, prefix) if prefix else np.ones(len(raw), dtype=bool)
+        chosen = np.flatnonzero(match & with_case)[:limit]
+        if len(chosen) < limit:
+            chosen = np.concatenate([chosen, np.flatnonzero(match & ~with_case)[: limit - len(chosen)]])
+        return [{"user_id": int(raw[i]), "test_case": bool(with_case[i])} for i in chosen]
 
-    With a test-window case: the user as of the test window's start (history before it, the query of
-    that state, evaluation's features: PaperListDataset), with their Listen+ of the window marked as hits.
-    Without: the user now (the query of POST /recommend, seeded by the last listen), no marks."""
-    from lightning_tt.data.batches import to_tensors
+    def view(self, user: int, k: int, exact: bool) -> dict:
+        """What the page shows for user index ``user``.
 
-    data = served.data
-    cases = np.asarray(data["paper_test_user"], dtype=np.int64)
-    row = int(np.searchsorted(cases, user))
-    offsets = np.asarray(data["user_offsets"])
-    lists: dict[str, list] = {}
-    if row < len(cases) and cases[row] == user:
-        arrays = _test_lists(served).arrays(np.array([row]))
-        targets = arrays.pop("target_items")[0][: int(arrays.pop("target_count")[0])]
-        hits = {int(i) for i in np.asarray(data["item_ids"], dtype=np.int64)[targets]}
-        batch = to_tensors(arrays)
-        cut, until = int(data["paper_test_pos"][row]), int(data.boundaries["test_start"])
-        for name, flag in (("ann", False), ("exact", True)):
-            if name == "ann" or exact:
-                scores, rows = served.search(batch, k, exact=flag)
-                lists[name] = _listed(served, scores[0], rows[0], hits)
-        view = {"mode": "test_window", "as_of": until, "targets": sorted(hits)}
-    else:
-        for name, flag in (("ann", False), ("exact", True)):
-            if name == "ann" or exact:
-                scores, rows = served.top_k(np.array([user]), np.array([LAST_LISTEN]), k, exact=flag)
-                lists[name] = _listed(served, scores[0], rows[0])
-        cut, until = int(offsets[user + 1]), None
-        view = {"mode": "now", "as_of": None, "targets": []}
-    return {**view, "history": _history(served, user, cut, until), **lists}
+        With a test-window case: the user as of the test window's start (history before it, the query
+        of that state, evaluation's features), with their Listen+ of the window marked as hits.
+        Without: the user now (the query of POST /recommend, seeded by the last listen), no marks."""
+        from lightning_tt.data.batches import to_tensors
 
+        served, data = self.served, self.served.data
+        cases = np.asarray(data["paper_test_user"], dtype=np.int64)
+        row = int(np.searchsorted(cases, user))
+        searched = ("ann", False), ("exact", True)
+        lists: dict[str, list] = {}
+        if row < len(cases) and cases[row] == user:
+            arrays = self.test_cases.arrays(np.array([row]))
+            targets = arrays.pop("target_items")[0][: int(arrays.pop("target_count")[0])]
+            hits = {int(i) for i in np.asarray(data["item_ids"], dtype=np.int64)[targets]}
+            batch = to_tensors(arrays)
+            for name, flag in searched:
+                if name == "ann" or exact:
+                    scores, rows = served.search(batch, k, exact=flag)
+                    lists[name] = _listed(served, scores[0], rows[0], hits)
+            cut, until = int(data["paper_test_pos"][row]), int(data.boundaries["test_start"])
+            shown = {"mode": "test_window", "as_of": until, "targets": sorted(hits)}
+        else:
+            for name, flag in searched:
+                if name == "ann" or exact:
+                    scores, rows = served.top_k(np.array([user]), np.array([LAST_LISTEN]), k, exact=flag)
+                    lists[name] = _listed(served, scores[0], rows[0])
+            cut, until = int(np.asarray(data["user_offsets"])[user + 1]), None
+            shown = {"mode": "now", "as_of": None, "targets": []}
+        return {**shown, "history": self.history(user, cut, until), **lists}
 
-def _history(served: Recommender, user: int, cut: int, until: int | None) -> list[dict]:
-    """The user's last BROWSE_HISTORY events before stream position ``cut`` (and, for the signals,
-    before time ``until``; None: all), newest first: item, artist, album, event type, play ratio, time."""
-    data = served.data
-    start = int(np.asarray(data["user_offsets"])[user])
-    first = max(start, cut - BROWSE_HISTORY)
-    listens = [(int(data["stream_ts"][p]), int(data["stream_item"][p]), "listen", int(data["stream_ratio"][p]))
-               for p in range(first, cut)]
-    signals = []
-    for p in np.flatnonzero(np.asarray(data["signal_user"]) == user):
-        ts = int(data["signal_ts"][p])
-        if until is None or ts < until:
-            signals.append((ts, int(data["signal_item"][p]), EVENT_TYPES[int(data["signal_type"][p])], None))
-    events = sorted(listens + signals, key=lambda e: e[0], reverse=True)[:BROWSE_HISTORY]
+    def history(self, user: int, cut: int, until: int | None) -> list[dict]:
+        """The user's last BROWSE_HISTORY events before stream position ``cut`` (and, for the signals,
+        before time ``until``; None: all), newest first: item, artist, album, event type, play ratio, time."""
+        served, data = self.served, self.served.data
+        start = int(np.asarray(data["user_offsets"])[user])
+        first = max(start, cut - BROWSE_HISTORY)
+        listens = [(int(data["stream_ts"][p]), int(data["stream_item"][p]), "listen", int(data["stream_ratio"][p]))
+                   for p in range(first, cut)]
+        signals = []
+        for p in np.flatnonzero(np.asarray(data["signal_user"]) == user):
+            ts = int(data["signal_ts"][p])
+            if until is None or ts < until:
+                signals.append((ts, int(data["signal_item"][p]), EVENT_TYPES[int(data["signal_type"][p])], None))
+        events = sorted(listens + signals, key=lambda e: e[0], reverse=True)[:BROWSE_HISTORY]
 
-    def raw(table: np.ndarray, index: int) -> int | None:  # an index row's raw id; None: unknown item, or none
-        value = int(table[index - FIRST_ITEM]) if index >= FIRST_ITEM else -1
-        return value if value >= 0 else None
+        def raw(table: np.ndarray, index: int) -> int | None:  # an index row's raw id; None: unknown item, or none
+            value = int(table[index - FIRST_ITEM]) if index >= FIRST_ITEM else -1
+            return value if value >= 0 else None
 
-    return [{"timestamp": ts, "item_id": raw(served.raw_items, i), "artist_id": raw(served.raw_artists, i),
-             "album_id": raw(served.raw_albums, i),
-             "event_type": kind, "played_ratio_pct": ratio} for ts, i, kind, ratio in events]
+        return [{"timestamp": ts, "item_id": raw(served.raw_items, i), "artist_id": raw(served.raw_artists, i),
+                 "album_id": raw(served.raw_albums, i), "event_type": kind, "played_ratio_pct": ratio}
+                for ts, i, kind, ratio in events]
 
 
 def serve(export: Path, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 64,

@@ -54,13 +54,11 @@ def browser():
 
 
 def test_the_page_lists_a_users_history_and_marks_the_hits(page_server, browser, tmp_path):
-    from lightning_tt.server import _browse
-
     base, app = page_server
     served = app.state.served
     users = np.asarray(served.data["paper_test_user"], dtype=np.int64)
     k = 50
-    views = {int(u): _browse(served, int(u), k, exact=True) for u in users[:20]}
+    views = {int(u): app.state.browse.view(int(u), k, exact=True) for u in users[:20]}
     user, view = max(views.items(), key=lambda item: sum(i["hit"] for i in item[1]["ann"]))
     hits = [i["item_id"] for i in view["ann"] if i["hit"]]
     assert hits, "some test-window user has a hit in the top 50"

@@ -205,7 +205,7 @@ def test_reload_swaps_a_good_export_and_refuses_a_broken_one(served_export, tmp_
 def test_browse_marks_the_test_window_listens_of_the_users_list(client, served):
     data = served.data
     paper_users = np.asarray(data["paper_test_user"], dtype=np.int64)
-    assert (np.diff(paper_users) > 0).all()  # one case per user, sorted: what _browse's search assumes
+    assert (np.diff(paper_users) > 0).all()  # one case per user, sorted: what BrowseView.view's search assumes
     raw_users = np.asarray(data["user_ids"], dtype=np.int64)
     test_start = data.boundaries["test_start"]
     any_hit = False
