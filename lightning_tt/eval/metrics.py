@@ -107,10 +107,14 @@ class NextTrackRecall(Metric):
         self.add_state("hits", torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("cases", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, top_items: torch.Tensor, targets: torch.Tensor) -> None:
-        """top_items [B, K] ranked item indices (K >= max k), targets [B]."""
-        self.hits += next_case_hits(top_items, targets, self.ks).sum(dim=0)
+    def update(self, top_items: torch.Tensor, targets: torch.Tensor, cases: list | None = None) -> None:
+        """top_items [B, K] ranked item indices (K >= max k), targets [B]. ``cases``, when given, receives
+        the per-case hits [B, len(ks)] (next_case_hits), computed once for both."""
+        hits = next_case_hits(top_items, targets, self.ks)
+        self.hits += hits.sum(dim=0)
         self.cases += len(targets)
+        if cases is not None:
+            cases.append(hits)
 
     def compute(self) -> dict[int, torch.Tensor]:
         return {k: self.hits[i] / self.cases.clamp(min=1) for i, k in enumerate(self.ks)}
@@ -212,15 +216,10 @@ class RetrievalMetrics(torch.nn.Module):
         [B, T], ``target_count`` [B] (paper); ``user`` [B] the cases' user indices (for ``keep_cases``)."""
         if self.keep_cases and user is None:
             raise ValueError("RetrievalMetrics(keep_cases=True).update needs the cases' user")
-        if protocol == "next":
-            self.next.update(top_items, *targets)
-            if self.keep_cases:
-                self.next_cases.update(user, next_case_hits(top_items, targets[0], self.ks))
-            return
         parts: list | None = [] if self.keep_cases else None
-        self.paper.update(top_items, *targets, cases=parts)
+        getattr(self, protocol).update(top_items, *targets, cases=parts)
         if self.keep_cases:
-            self.paper_cases.update(user, torch.cat(parts))
+            getattr(self, f"{protocol}_cases").update(user, torch.cat(parts))
 
     def cases(self, protocols: tuple[str, ...] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{protocol: (user [N], values [N, M])} of the kept cases of ``protocols`` (default: the updated
