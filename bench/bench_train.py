@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import time
 import warnings
@@ -97,8 +98,32 @@ def count_host_syncs(run) -> int:
 
 
 class Timer(L.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.examples = warmup, None, 0
+    """Times the training batches after the first ``warmup``, and whole validation and test loops.
+    With ``out``, writes ``{"examples", "seconds"}`` (training) and ``{"validate_seconds"}`` or
+    ``{"test_seconds"}`` there as JSON when a loop ends (bench_scale.py adds it to ``lightning-tt``
+    commands with ``--trainer.callbacks+=bench_train.Timer``)."""
+
+    def __init__(self, warmup: int = 3, out: str | None = None):
+        self.warmup, self.out, self.start, self.examples = warmup, out, None, 0
+        self.times: dict[str, float] = {}
+
+    def _write(self, **values) -> None:
+        self.times.update(values)
+        if self.out:
+            Path(self.out).write_text(json.dumps(self.times))
+
+    def on_validation_start(self, trainer, module):
+        self.loop_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self._write(validate_seconds=time.perf_counter() - self.loop_start)
+
+    def on_test_start(self, trainer, module):
+        self.loop_start = time.perf_counter()
+
+    def on_test_end(self, trainer, module):
+        self._write(test_seconds=time.perf_counter() - self.loop_start)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx == self.warmup:
@@ -112,6 +137,7 @@ class Timer(L.Callback):
     def on_train_end(self, trainer, module):
         sync(module.device)
         self.seconds = time.perf_counter() - self.start
+        self._write(examples=self.examples, seconds=self.seconds)
 
 
 def fit_loop(model: TwoTowerModule, data, accelerator: str, precision: str, warmup: int, steps: int) -> float:

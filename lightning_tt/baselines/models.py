@@ -230,12 +230,18 @@ class Transitions(Baseline):
 
 
 class ItemKNN(Baseline):
+    """Similarity rows are computed only for the items that queries hold (``similarity_rows``), in
+    blocks of at most CHUNK_ENTRIES co-occurrence entries, and kept with their ``neighbours`` best:
+    the whole [I, I] co-occurrence matrix has sum over users of (distinct items)^2 entries, about 2e10
+    already at a quarter of Yambda 50m, so it is never built. ``neighbours=None`` keeps whole rows, for
+    small catalogues only."""
+
     name = "ItemKNN"
     RANK_PARAMS = ("neighbours", "history", "similarity", "shrink", "exclude_seen")
     DENSE = True
     SIMILARITIES = ("cosine", "conditional")
 
-    def __init__(self, neighbours: int | None = None, history: int | None = None, similarity: str = "cosine",
+    def __init__(self, neighbours: int | None = 200, history: int | None = None, similarity: str = "cosine",
                  shrink: float = 0.0, exclude_seen: bool = False):
         super().__init__(exclude_seen)
         if similarity not in self.SIMILARITIES:
@@ -250,32 +256,63 @@ class ItemKNN(Baseline):
 
     def fit(self, data):
         super().fit(data)
-        self.cooccurrence = (self.user_items.T @ self.user_items).tocsr()
-        self.cooccurrence.setdiag(0)
-        self.cooccurrence.eliminate_zeros()
-        self.item_users = np.asarray(self.user_items.sum(axis=0)).ravel()
-        self._similarity_key, self._similarity = None, None
+        self.item_users = np.asarray(self.user_items.sum(axis=0)).ravel()  # n_x: users with item x
+        self.user_rows = self.user_items.T.tocsr()  # [I, U]: the users of each item
+        # An upper bound of the co-occurrence entries of item x's row: the items of all its users.
+        self.row_work = self.user_rows @ np.diff(self.user_items.indptr).astype(np.float64)
+        self._similarity_key, self._rows = None, {}
         return self
 
-    def item_similarity(self) -> sp.csr_matrix:
-        """[I, I] s(i, j) for this instance's similarity, shrink and neighbours (kept per setting)."""
+    def similarity_rows(self, items: np.ndarray) -> sp.csr_matrix:
+        """[I, I] with rows ``items`` of s(i, j) (this instance's similarity, shrink and neighbours;
+        rows of other items empty); s(i, i) = 0 and s(i, j) = c_ij / (sqrt(n_i n_j) + shrink) (cosine)
+        or c_ij / (n_i + shrink) (conditional), c_ij the users with both, n_i those with i, each row
+        keeping its ``neighbours`` largest (ties by lower j). Rows are computed once per setting."""
         key = (self.similarity, self.shrink, self.neighbours)
         if key != self._similarity_key:  # one setting held at a time: tune() visits each setting once
-            c = self.cooccurrence.tocoo()
-            n = self.item_users
-            denominator = np.sqrt(n[c.row] * n[c.col]) if self.similarity == "cosine" else n[c.row]
-            s = sp.csr_matrix((c.data / (denominator + self.shrink), (c.row, c.col)), shape=c.shape)
-            if self.neighbours is not None:
-                s = _keep_largest_per_row(s, self.neighbours)
-            self._similarity_key, self._similarity = key, s
-        return self._similarity
+            self._similarity_key, self._rows = key, {}
+        items = np.unique(items)
+        missing = np.array([x for x in items.tolist() if x not in self._rows], dtype=np.int64)
+        # blocks of rows whose co-occurrence entries stay within CHUNK_ENTRIES (one row at least)
+        start = 0
+        while start < len(missing):
+            work = np.cumsum(self.row_work[missing[start:]])
+            stop = start + max(1, int(np.searchsorted(work, CHUNK_ENTRIES, side="right")))
+            self._compute_rows(missing[start:stop])
+            start = stop
+        indptr = np.zeros(self.num_items + 1, dtype=np.int64)
+        lengths = np.zeros(self.num_items, dtype=np.int64)
+        held = [self._rows[x] for x in items.tolist()]
+        lengths[items] = [len(columns) for columns, _ in held]
+        indptr[1:] = np.cumsum(lengths)
+        cols = np.concatenate([columns for columns, _ in held] or [np.zeros(0, dtype=np.int64)])
+        vals = np.concatenate([values for _, values in held] or [np.zeros(0)])
+        return sp.csr_matrix((vals, cols, indptr), shape=(self.num_items, self.num_items))
+
+    def _compute_rows(self, block: np.ndarray) -> None:
+        """self._rows[x] = (columns, values) of s(x, .) for the items x of ``block``."""
+        c = (self.user_rows[block] @ self.user_items).tocsr()  # [B, I] float32 co-occurrence counts
+        c.sum_duplicates()
+        c = c.tocoo()
+        off_diagonal = c.col != block[c.row]
+        rows, cols, counts = c.row[off_diagonal], c.col[off_diagonal], c.data[off_diagonal]
+        n = self.item_users
+        denominator = np.sqrt(n[block[rows]] * n[cols]) if self.similarity == "cosine" else n[block[rows]]
+        s = sp.csr_matrix((counts / (denominator + self.shrink), (rows, cols)), shape=(len(block), self.num_items))
+        if self.neighbours is not None:
+            s = _keep_largest_per_row(s, self.neighbours)
+        s.sort_indices()
+        for r, x in enumerate(block):
+            lo, hi = s.indptr[r], s.indptr[r + 1]
+            self._rows[int(x)] = (s.indices[lo:hi].astype(np.int64), s.data[lo:hi])
 
     def rank(self, users, seeds, history, k):
         window = np.asarray(history)[:, -self.history:] if self.history else np.asarray(history)
         rows = np.repeat(np.arange(len(window)), window.shape[1])
         query = sp.csr_matrix(((window >= FIRST_ITEM).ravel().astype(np.float64), (rows, window.ravel())),
                               shape=(len(window), self.num_items))
-        return _top_scored(query @ self.item_similarity(), self.popularity, None, k, self.by_popularity)
+        similarity = self.similarity_rows(window[window >= FIRST_ITEM])
+        return _top_scored(query @ similarity, self.popularity, None, k, self.by_popularity)
 
 
 def _keep_largest_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:

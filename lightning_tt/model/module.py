@@ -52,6 +52,8 @@ class TwoTowerModule(L.LightningModule):
 
     #: Items embedded per forward when the whole catalogue is embedded (retrieval_items).
     ITEM_CHUNK = 65536
+    #: (query, item) scores held at once by the exact search (_top_k): 256 MiB of float32.
+    SCORE_ENTRIES = 1 << 26
 
     def __init__(
         self,
@@ -347,8 +349,19 @@ class TwoTowerModule(L.LightningModule):
     def _top_k(self, queries: torch.Tensor, k: int, seen: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k (scores, item indices) [B, k] of retrieval queries [B, o'] over the catalogue;
-        ``seen`` [B, S] (0-padded item indices) are left out of each row's list."""
-        scores = queries @ self.catalogue().T
+        ``seen`` [B, S] (0-padded item indices) are left out of each row's list. Rows are scored in
+        chunks of at most SCORE_ENTRIES (query, item) scores: one [4096, 934k] block alone would be
+        15 GB at the Yambda 50m catalogue."""
+        catalogue = self.catalogue()
+        rows = max(1, self.SCORE_ENTRIES // len(catalogue))
+        chunks = [self._top_k_chunk(queries[i:i + rows], catalogue, k, None if seen is None else seen[i:i + rows])
+                  for i in range(0, len(queries), rows)]
+        return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+
+    @staticmethod
+    def _top_k_chunk(queries: torch.Tensor, catalogue: torch.Tensor, k: int, seen: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = queries @ catalogue.T
         scores[:, :FIRST_ITEM] = float("-inf")
         if seen is not None:
             scores.scatter_(1, seen, float("-inf"))

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from lightning_tt.baselines import (
     BPR,
@@ -63,6 +64,42 @@ def test_item_knn_window_and_neighbours(data):
     assert rec(knn, data, history=((4, 5),), k=4) == [[2, 3, 4, 5]]
     with pytest.raises(InputError, match="similarity"):
         ItemKNN(similarity="jaccard")
+
+
+class _WholeMatrixKNN(ItemKNN):
+    """ItemKNN as it was before its rows were computed in blocks: the whole [I, I] co-occurrence
+    ``user_items.T @ user_items`` built at once, s(i, j) over all of it, then each row's ``neighbours``
+    best (models._keep_largest_per_row). Only the source of the similarity matrix differs."""
+
+    def similarity_rows(self, items):
+        from lightning_tt.baselines.models import _keep_largest_per_row
+
+        c = (self.user_items.T @ self.user_items).tocsr()
+        c.setdiag(0)
+        c.eliminate_zeros()
+        c = c.tocoo()
+        n = self.item_users
+        denominator = np.sqrt(n[c.row] * n[c.col]) if self.similarity == "cosine" else n[c.row]
+        s = sp.csr_matrix((c.data / (denominator + self.shrink), (c.row, c.col)), shape=c.shape)
+        return s if self.neighbours is None else _keep_largest_per_row(s, self.neighbours)
+
+
+@pytest.mark.parametrize("similarity,shrink,neighbours", [("cosine", 0.0, None), ("cosine", 10.0, 3),
+                                                          ("conditional", 0.0, 5), ("conditional", 10.0, 1)])
+def test_item_knn_rows_in_blocks_match_the_whole_matrix(tiny_prepared, monkeypatch, similarity, shrink, neighbours):
+    import lightning_tt.baselines.models as models
+
+    data = PreparedData(tiny_prepared)
+    rng = np.random.default_rng(0)
+    windows = rng.integers(0, data.vocab["num_items"], (40, 6))
+    windows[:5, :3] = 0  # padding
+    options = dict(neighbours=neighbours, similarity=similarity, shrink=shrink)
+    users, seeds = np.zeros(40, dtype=np.int64), windows[:, -1]
+    expected = _WholeMatrixKNN(**options).fit(data).recommend(users, seeds, windows, 10)
+    monkeypatch.setattr(models, "CHUNK_ENTRIES", 2_000)  # many row blocks (and single-row ones)
+    knn = ItemKNN(**options).fit(data)
+    assert np.array_equal(knn.recommend(users, seeds, windows, 10), expected)
+    assert len(knn._rows) == len(np.unique(windows[windows >= 2]))  # rows only for the items queried
 
 
 def test_exclude_seen_drops_the_users_training_positives(data):

@@ -149,6 +149,24 @@ def test_recall_counts_hits_in_the_top_k(data):
     assert recall["val/next/exact_recall@3"] == pytest.approx(12 / 32)
 
 
+def test_the_exact_search_in_chunks_gives_the_whole_matrix_lists(data, monkeypatch):
+    dm, _ = data
+    model = build(dm)
+    torch.manual_seed(0)
+    model._catalogue = torch.randn(dm.num_items, 8)
+    model._catalogue[7] = model._catalogue[9]  # a tie, broken the same way in every chunk
+    queries = torch.randn(50, 8)
+    seen = torch.randint(0, dm.num_items, (50, 4))
+    whole = queries @ model._catalogue.T
+    whole[:, :2] = float("-inf")
+    whole.scatter_(1, seen, float("-inf"))
+    expected = whole.topk(20, dim=1)
+    monkeypatch.setattr(TwoTowerModule, "SCORE_ENTRIES", 7 * dm.num_items)  # 8 chunks of 7 queries, the last of 1
+    scores, items = model._top_k(queries, 20, seen)
+    assert torch.equal(items, expected.indices)
+    torch.testing.assert_close(scores, expected.values)  # the matrix product's blocking can move the last bit
+
+
 @pytest.mark.filterwarnings("ignore:The number of training batches")
 def test_faiss_callback_with_an_exact_index_matches_the_exact_metrics(data, tmp_path):
     import lightning as L
