@@ -15,6 +15,7 @@ demo twin (``lightning-tt demo``'s data, common.DEMO_TWIN) is the reference row.
 - ``tune``: ``baselines --tune`` with the default grids;
 - ``fit``: ``fit`` of configs/demo.yaml for ``--fit_steps`` steps, no validation; examples/s over the
   steps after 3 warm-up ones (bench_train.Timer), and one epoch's time extrapolated from it;
+- ``fit_sparse``: the same with ``--model.sparse_embeddings true`` (SparseAdam for the id tables);
 - ``validate`` and ``test``: the validation and test epochs alone (index build over the catalogue,
   search, both protocols' metrics) on fit's checkpoint;
 - ``export``: ``export`` with calibration to ``--target_overlap``;
@@ -47,7 +48,7 @@ from common import BENCHMARKS, DEMO_TWIN, GIB, ROOT, machine, synthetic_raw, wri
 
 #: Yambda flat/50m: 10k users, 934k items, ~48M events (46.5M listens plus likes and dislikes).
 FULL = {"rows": 48_000_000, "users": 10_000, "items": 934_000}
-STAGES = ("prepare", "baselines", "tune", "fit", "validate", "test", "export", "recommend")
+STAGES = ("prepare", "baselines", "tune", "fit", "fit_sparse", "validate", "test", "export", "recommend")
 #: The large configs' index (configs/yambda-50m.yaml): options chosen from the catalogue, calibrated.
 INDEX = ["--index.kind", "ivfpqfs"]
 
@@ -140,6 +141,10 @@ def run_stages(name: str, size: dict, work: Path, args, results: dict) -> None:
                     "--overwrite", "true"),
         "fit": cli("fit", *model, *timer("fit"), "--trainer.max_steps", str(args.fit_steps),
                    "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"),
+        "fit_sparse": cli("fit", *model, *timer("fit_sparse"), "--trainer.max_steps", str(args.fit_steps),
+                          "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+                          "--model.sparse_embeddings", "true", "--trainer.logger.init_args.save_dir",
+                          str(work / "runs-sparse")),
         "validate": cli("validate", *model, *timer("validate"), "--ckpt_path", str(ckpt)),
         "test": cli("test", *model, *timer("test"), "--ckpt_path", str(ckpt)),
         "export": cli("export", "--ckpt_path", str(ckpt), "--out", str(work / "export"), "--overwrite", "true",
@@ -161,10 +166,11 @@ def run_stages(name: str, size: dict, work: Path, args, results: dict) -> None:
             mine["examples"] = {split: int(prepared.num_examples(split)) for split in ("train", "val", "test")}
         if stage in ("validate", "test"):  # the loop alone, without the process's start and imports
             figures["loop_s"] = round(json.loads((work / f"{stage}_time.json").read_text())[f"{stage}_seconds"], 2)
-        if stage == "fit":
-            speed = json.loads((work / "fit_time.json").read_text())
+        if stage in ("fit", "fit_sparse"):
+            speed = json.loads((work / f"{stage}_time.json").read_text())
             figures["examples_per_s"] = round(speed["examples"] / speed["seconds"], 1)
             figures["epoch_s"] = round(mine["examples"]["train"] / figures["examples_per_s"], 1)
+        if stage == "fit":
             last = next(runs.rglob("last.ckpt"))
             os.replace(last, ckpt)  # one checkpoint for the later stages, whatever the run's id
         mine[stage] = figures
@@ -203,8 +209,10 @@ def report(results: dict, args) -> str:
     row("validation loop alone", lambda r: human(r["validate"]["loop_s"]) if "validate" in r else "")
     row("validation loop ÷ one epoch", lambda r: f"{r['validate']['loop_s'] / r['fit']['epoch_s']:.3f}"
         if "fit" in r and "validate" in r else "")
-    row("fit examples/s ÷ demo's", lambda r: f"{r['fit']['examples_per_s'] / results['demo']['fit']['examples_per_s']:.2f}"
-        if "fit" in r and "fit" in results.get("demo", {}) else "")
+    for stage in ("fit", "fit_sparse"):
+        row(f"{stage}: examples/s ÷ demo's {stage}", lambda r, s=stage: f"{r[s]['examples_per_s'] / results['demo'][s]['examples_per_s']:.2f}"
+            if s in r and s in results.get("demo", {}) else "")
+    row("fit_sparse: examples/s", lambda r: f"{r['fit_sparse']['examples_per_s']:,.0f}" if "fit_sparse" in r else "")
     return "\n".join(lines)
 
 
