@@ -274,10 +274,10 @@ class ItemKNN(Baseline):
         items = np.unique(items)
         missing = np.array([x for x in items.tolist() if x not in self._rows], dtype=np.int64)
         # blocks of rows whose co-occurrence entries stay within CHUNK_ENTRIES (one row at least)
-        start = 0
+        work, start = np.cumsum(self.row_work[missing]), 0
         while start < len(missing):
-            work = np.cumsum(self.row_work[missing[start:]])
-            stop = start + max(1, int(np.searchsorted(work, CHUNK_ENTRIES, side="right")))
+            before = work[start - 1] if start else 0.0
+            stop = max(start + 1, int(np.searchsorted(work, before + CHUNK_ENTRIES, side="right")))
             self._compute_rows(missing[start:stop])
             start = stop
         indptr = np.zeros(self.num_items + 1, dtype=np.int64)
