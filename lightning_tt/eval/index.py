@@ -69,6 +69,9 @@ FAISS_POINTS_PER_CENTROID = 256
 CALIBRATION_QUERIES = 256
 CALIBRATION_K = 100
 MAX_K_FACTOR = 64
+#: search_unseen searches blocks of queries holding at most this many candidates (query x depth x
+#: k_factor) at once: about 200 MB of Faiss's scores and ids.
+SEARCH_ENTRIES = 1 << 24
 Kind = Literal["flat", "ivfflat", "ivfpq", "ivfpqfs", "hnsw", "ivfhnsw"]
 Coarse = Literal["flat", "hnsw"]
 KINDS, COARSE = get_args(Kind), get_args(Coarse)
@@ -200,12 +203,30 @@ def search_unseen(index: faiss.Index, queries: np.ndarray, k: int, seen: np.ndar
     """(scores [Q, k], rows [Q, k]) of the k best rows of ``index`` for each of ``queries`` [Q, d];
     rows are -1 (score -inf) where fewer than k are found. ``seen`` [Q, S] (rows; negative = padding)
     are left out of each query's list: the search goes k + S deep, then drops them, keeping the order.
-    Queries narrower than the index get its zero columns."""
+    Queries narrower than the index get its zero columns.
+
+    Queries are searched in blocks of at most SEARCH_ENTRIES // (depth x f) rows (f: the exact
+    re-ranking's k_factor, else 1): Faiss holds depth x f candidates per query of a call, so one call
+    over 33k queries at depth 200 and k_factor 64 alone held 5 GB. Each query's list is its own, so
+    the blocks give the lists of one call."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.shape[1] < index.d:  # the index's vectors were padded with zero columns (build_index)
         queries = np.pad(queries, ((0, 0), (0, index.d - queries.shape[1])))
-    depth = min(k + (seen.shape[1] if seen is not None else 0), index.ntotal)
-    scores, rows = index.search(queries, max(depth, k))
+    depth = max(min(k + (seen.shape[1] if seen is not None else 0), index.ntotal), k)
+    refine = faiss.downcast_index(index)
+    factor = max(1, int(refine.k_factor)) if isinstance(refine, faiss.IndexRefine) else 1
+    rows = max(1, SEARCH_ENTRIES // (depth * factor))
+    if len(queries) <= rows:
+        return _search_block(index, queries, k, depth, seen)
+    blocks = [_search_block(index, queries[i:i + rows], k, depth, None if seen is None else seen[i:i + rows])
+              for i in range(0, len(queries), rows)]
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+
+def _search_block(index: faiss.Index, queries: np.ndarray, k: int, depth: int, seen: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """search_unseen of one block of queries, searched ``depth`` deep."""
+    scores, rows = index.search(queries, depth)
     if seen is None:
         return scores, rows
     stride = index.ntotal + 1

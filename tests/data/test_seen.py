@@ -12,6 +12,7 @@ from lightning_tt.data.datamodule import YambdaDataModule
 from lightning_tt.data.prepare import prepare
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.data.seen import SeenItems, repeat_share, resolve_exclude_seen
+from lightning_tt.eval import index as index_module
 from lightning_tt.eval.callback import FaissRetrieval
 from lightning_tt.eval.index import IndexConfig, build_index, search_unseen
 from lightning_tt.model.module import TwoTowerModule
@@ -141,3 +142,24 @@ def test_exact_and_ann_lists_leave_the_same_items_out(tiny_prepared):
     built = build_index(model.catalogue()[2:].numpy(), IndexConfig("flat"))
     ann, _ = FaissRetrieval._search(built, queries, 20, batch["seen_items"])
     assert torch.equal(ann, top)
+
+
+def test_search_unseen_in_blocks_gives_the_lists_of_one_call(monkeypatch):
+    # A re-ranked fast-scan index holds depth x k_factor candidates per query: the blocks are sized by both.
+    rng = np.random.default_rng(0)
+    built = build_index(rng.standard_normal((20_000, 32)).astype(np.float32),
+                        IndexConfig(kind="ivfpqfs", nprobe=4, k_factor=8))
+    assert built.factory.endswith("RFlat")
+    queries = rng.standard_normal((1_000, 32)).astype(np.float32)
+    seen = rng.integers(-1, 20_000, (1_000, 30))
+    whole = [search_unseen(built.index, queries, 50, s) for s in (None, seen)]
+    calls = []
+    search = type(built.index).search
+    monkeypatch.setattr(type(built.index), "search", lambda self, x, k, *a, **kw: (calls.append((len(x), k)),
+                                                                                    search(self, x, k, *a, **kw))[1])
+    monkeypatch.setattr(index_module, "SEARCH_ENTRIES", 37 * 80 * 8)  # 37 queries at depth 50 + 30 and k_factor 8
+    for s, (scores, rows) in zip((None, seen), whole):
+        blocked_scores, blocked_rows = search_unseen(built.index, queries, 50, s)
+        assert np.array_equal(blocked_rows, rows) and np.array_equal(blocked_scores, scores)
+    # 23,680 // (50 x 8) = 59 queries a block without seen rows; // ((50 + 30) x 8) = 37 with them.
+    assert calls == [(59, 50)] * 16 + [(56, 50)] + [(37, 80)] * 27 + [(1, 80)]
