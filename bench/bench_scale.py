@@ -32,6 +32,7 @@ measured there (same shape and options) is not run again unless ``--rerun``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -60,10 +61,11 @@ def shape(fraction: float | None) -> dict[str, int]:
     return {k: int(round(v * fraction)) for k, v in FULL.items()}
 
 
-def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
+def measure(cmd: list[str], log: Path, env: dict | None = None, timeout: float | None = None) -> dict:
     """Run ``cmd``; return {"seconds", "peak_gib"} (peak: the largest RSS sum over its process tree,
     sampled every 0.1 s, at least the largest process's ru_maxrss). Its output goes to ``log``; a
-    failure raises with the log's last lines."""
+    failure raises with the log's last lines. Past ``timeout`` seconds the process tree is killed and
+    the figures so far come back with ``"timed_out": True``."""
     import psutil
 
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,7 @@ def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
     with log.open("w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        peak, done = [0], threading.Event()
+        peak, done, killed = [0], threading.Event(), threading.Event()
 
         def sample():
             parent = psutil.Process(proc.pid)
@@ -79,6 +81,11 @@ def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
                 try:
                     tree = [parent, *parent.children(recursive=True)]
                     peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+                    if timeout is not None and time.perf_counter() - start > timeout and not killed.is_set():
+                        killed.set()
+                        for p in reversed(tree):  # children first: no orphaned DataLoader workers
+                            with contextlib.suppress(psutil.Error):
+                                p.kill()
                 except psutil.Error:
                     pass
                 done.wait(0.1)
@@ -89,10 +96,13 @@ def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
+    peak_bytes = max(peak[0], usage.ru_maxrss * 1024)
+    if killed.is_set():
+        print(f"  stopped after {seconds:.1f} s (--timeout), peak {peak_bytes / GIB:.2f} GiB", flush=True)
+        return {"seconds": round(seconds, 2), "peak_gib": round(peak_bytes / GIB, 3), "timed_out": True}
     if status != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise SystemExit(f"{' '.join(cmd)} failed (status {status}); the end of {log}:\n{tail}")
-    peak_bytes = max(peak[0], usage.ru_maxrss * 1024)
     print(f"  {seconds:.1f} s, peak {peak_bytes / GIB:.2f} GiB", flush=True)
     return {"seconds": round(seconds, 2), "peak_gib": round(peak_bytes / GIB, 3)}
 
@@ -159,7 +169,11 @@ def run_stages(name: str, size: dict, work: Path, args, results: dict) -> None:
         if stage == "recommend":
             write_requests(data, work / "requests.parquet", args.requests)
         env = {"WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT / "bench")}
-        figures = measure(commands[stage], work / "logs" / f"{stage}.log", env)
+        figures = measure(commands[stage], work / "logs" / f"{stage}.log", env, args.timeout)
+        if figures.get("timed_out"):  # kept as measured (a lower bound): --rerun runs it again
+            mine[stage] = figures
+            save(results, args)
+            continue
         if stage == "prepare":
             prepared = PreparedData(data)
             mine["vocab"] = {k: int(prepared.vocab[k]) for k in ("num_users", "num_items")}
@@ -202,17 +216,26 @@ def report(results: dict, args) -> str:
         f"{r['shape']['rows'] / 1e6:g}M")
     row("training examples", lambda r: f"{r['examples']['train']:,}" if "examples" in r else "")
     for stage in STAGES:
-        row(f"{stage}: time, peak GiB", lambda r, s=stage: f"{human(r[s]['seconds'])}, {r[s]['peak_gib']:.2f}"
-            if s in r else "")
-    row("fit: examples/s", lambda r: f"{r['fit']['examples_per_s']:,.0f}" if "fit" in r else "")
-    row("fit: one epoch (extrapolated)", lambda r: human(r["fit"]["epoch_s"]) if "fit" in r else "")
-    row("validation loop alone", lambda r: human(r["validate"]["loop_s"]) if "validate" in r else "")
-    row("validation loop ÷ one epoch", lambda r: f"{r['validate']['loop_s'] / r['fit']['epoch_s']:.3f}"
-        if "fit" in r and "validate" in r else "")
+        row(f"{stage}: time, peak GiB", lambda r, s=stage: f"{'> ' if r[s].get('timed_out') else ''}"
+            f"{human(r[s]['seconds'])}, {r[s]['peak_gib']:.2f}" if s in r else "")
+    def figure(r: dict, stage: str, name: str):  # None where the stage was not measured or was stopped
+        return r.get(stage, {}).get(name)
+
+    demo = results.get("demo", {})
     for stage in ("fit", "fit_sparse"):
-        row(f"{stage}: examples/s ÷ demo's {stage}", lambda r, s=stage: f"{r[s]['examples_per_s'] / results['demo'][s]['examples_per_s']:.2f}"
-            if s in r and s in results.get("demo", {}) else "")
-    row("fit_sparse: examples/s", lambda r: f"{r['fit_sparse']['examples_per_s']:,.0f}" if "fit_sparse" in r else "")
+        row(f"{stage}: examples/s", lambda r, s=stage: f"{figure(r, s, 'examples_per_s'):,.0f}"
+            if figure(r, s, "examples_per_s") else "")
+        row(f"{stage}: one epoch (extrapolated)", lambda r, s=stage: human(figure(r, s, "epoch_s"))
+            if figure(r, s, "epoch_s") else "")
+        row(f"{stage}: examples/s ÷ the demo's dense fit", lambda r, s=stage:
+            f"{figure(r, s, 'examples_per_s') / figure(demo, 'fit', 'examples_per_s'):.2f}"
+            if figure(r, s, "examples_per_s") and figure(demo, "fit", "examples_per_s") else "")
+    row("validation loop alone", lambda r: human(figure(r, "validate", "loop_s")) if figure(r, "validate", "loop_s")
+        else "")
+    for stage in ("fit", "fit_sparse"):
+        row(f"validation loop ÷ one {stage} epoch", lambda r, s=stage:
+            f"{figure(r, 'validate', 'loop_s') / figure(r, s, 'epoch_s'):.3f}"
+            if figure(r, "validate", "loop_s") and figure(r, s, "epoch_s") else "")
     return "\n".join(lines)
 
 
@@ -225,6 +248,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--target_overlap", type=float, default=0.98)
     p.add_argument("--workdir", default="runs/bench/scale")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="stop a stage after this many seconds; the table shows '> time' (default: no limit)")
     p.add_argument("--rerun", action="store_true", help="run stages already in --workdir/results.json again")
     p.add_argument("--out", default=str(BENCHMARKS))
     args = p.parse_args()
