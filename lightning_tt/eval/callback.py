@@ -9,7 +9,9 @@ for every evaluation query of the epoch (leaving out the items the model's exact
     parameters used: resolved or calibrated)
     {stage}/index/warm_start (1 when the build reused the trained quantizer), {stage}/index/drift (with
     ``warm_start``: the mean cosine of the items' vectors to those the quantizer was trained on)
-    test/tradeoff/{nprobe|efSearch}_{value}/{queries_per_second,recall@K}   the speed/recall trade-off
+    test/tradeoff/{nprobe|efSearch}_{value}/{queries_per_second,recall@K}   the speed/recall trade-off, on
+        a seeded sample of at most TRADEOFF_QUERIES next-track queries (one search per value: over
+        all 80k test queries of the 50m shape the sweep took longer than the epoch's exact metrics)
 
 The queries come forward from the model: each validation and test step returns them with its targets
 (TwoTowerModule._evaluate), and on_*_batch_end keeps them. The model logs the exact (brute-force)
@@ -42,6 +44,8 @@ class FaissRetrieval(L.Callback):
 
     #: Items whose vectors measure the drift from the last index that trained (``warm_start``).
     DRIFT_SAMPLE = 10_000
+    #: Next-track queries (a seeded sample) the test trade-off sweep searches at each value.
+    TRADEOFF_QUERIES = 10_000
 
     def __init__(self, index: IndexConfig = IndexConfig(), warm_start: float | None = None):  # noqa: B008
         """
@@ -156,7 +160,12 @@ class FaissRetrieval(L.Callback):
                   k: int) -> tuple[str, list[tuple]]:
         """(parameter, [(value, queries/s, Recall@k)]): the speed/recall trade-off of the search
         parameter, ``nprobe`` (IVF: 1, 2, 4, ... up to the configured value) or ``efSearch`` (HNSW: 16,
-        32, ... up to it); the configured value is set again afterwards."""
+        32, ... up to it), on a seeded sample of at most TRADEOFF_QUERIES of the queries; the configured
+        value is set again afterwards."""
+        if len(queries) > self.TRADEOFF_QUERIES:
+            rows = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(queries), self.TRADEOFF_QUERIES,
+                                                                            replace=False)))
+            queries, targets, seen = queries[rows], targets[rows], seen[rows]
         params, points = faiss.ParameterSpace(), []
         if built.factory.startswith("HNSW"):
             name, configured, first = "efSearch", built.config.ef_search, 16

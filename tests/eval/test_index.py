@@ -213,3 +213,29 @@ def test_target_overlap_calibrates_nprobe_and_k_factor_on_the_queries():
     assert value == 1.0 or (probe, factor) == (64, MAX_K_FACTOR)
     with pytest.raises(InputError, match="target_overlap"):
         IndexConfig(target_overlap=1.5)
+
+
+def test_the_tradeoff_sweep_searches_a_seeded_sample_of_the_queries(monkeypatch):
+    import torch
+
+    from lightning_tt.eval.callback import FaissRetrieval
+
+    items, queries = unit(4_000, 16, clusters=50), unit(300, 16, seed=1, clusters=50)
+    built = build_index(items, IndexConfig(kind="ivfflat", nlist=16, nprobe=4))
+    targets = torch.from_numpy(build_index(items, IndexConfig(kind="flat")).search(queries, 1)[1][:, 0] + 2)
+    seen = torch.zeros(300, 1, dtype=torch.int64)
+    searched = []
+    search = type(built).search
+    monkeypatch.setattr(type(built), "search", lambda self, q, k, s=None: (searched.append(len(q)),
+                                                                          search(self, q, k, s))[1])
+    monkeypatch.setattr(FaissRetrieval, "TRADEOFF_QUERIES", 50)
+    _, points = FaissRetrieval()._tradeoff(built, torch.from_numpy(queries), targets, seen, 10)
+    assert searched == [50, 50, 50]  # nprobe 1, 2, 4 on the sample
+    # The recall is the one of the sampled queries: the same rows searched directly.
+    rows = np.sort(np.random.default_rng(0).choice(300, 50, replace=False))
+    top = build_index(items, IndexConfig(kind="ivfflat", nlist=16, nprobe=4)).search(queries[rows], 10)[1] + 2
+    assert points[-1][2] == float((top == targets.numpy()[rows, None]).any(axis=1).mean())
+    monkeypatch.setattr(FaissRetrieval, "TRADEOFF_QUERIES", 10_000)
+    searched.clear()
+    FaissRetrieval()._tradeoff(built, torch.from_numpy(queries), targets, seen, 10)
+    assert searched == [300, 300, 300]  # fewer queries than the sample: all of them
