@@ -16,7 +16,7 @@ catalogue (padding and unknown never recommended) for a query = (user, seed trac
 - ItemKNN: ``score(x) = sum over the last ``history`` listens h of s(h, x)``, from the co-occurrence
   ``c_ij`` (users with both items among their training positives) and ``n_i`` (users with item i):
   ``cosine`` ``s = c_ij / (sqrt(n_i n_j) + shrink)`` or ``conditional`` ``s = c_ij / (n_i + shrink)``;
-  each item keeps its ``neighbours`` most similar items (default 200; None: all, small catalogues only),
+  each item keeps its ``neighbours`` most similar items (default None: all, up to 100,000 items; 200 above),
   ``s(i, i) = 0``. Only the rows of items that queries hold are computed, in bounded blocks.
 - iALS, BPR: matrix factorisation of the binary user x item positives with the ``implicit`` library;
   they rank for the user (seed and history are not used). iALS weighs a positive ``1 + alpha``

@@ -5,6 +5,7 @@ small grids ``tune`` searches. SASRec is in its own module (sasrec.py); ``regist
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -233,15 +234,20 @@ class ItemKNN(Baseline):
     """Similarity rows are computed only for the items that queries hold (``similarity_rows``), in
     blocks of at most CHUNK_ENTRIES co-occurrence entries, and kept with their ``neighbours`` best:
     the whole [I, I] co-occurrence matrix has sum over users of (distinct items)^2 entries, about 2e10
-    already at a quarter of Yambda 50m, so it is never built. ``neighbours=None`` keeps whole rows, for
-    small catalogues only."""
+    already at a quarter of Yambda 50m, so it is never built. ``neighbours=None`` (the default) keeps
+    whole rows on catalogues of up to WHOLE_ROWS_MAX_ITEMS items; on larger ones each row keeps its
+    LARGE_CATALOGUE_NEIGHBOURS best, with a warning (whole rows of the queried items would not fit:
+    a popular item co-occurs with most of the catalogue)."""
 
     name = "ItemKNN"
     RANK_PARAMS = ("neighbours", "history", "similarity", "shrink", "exclude_seen")
     DENSE = True
     SIMILARITIES = ("cosine", "conditional")
+    #: neighbours=None keeps whole rows up to this many items, and LARGE_CATALOGUE_NEIGHBOURS above.
+    WHOLE_ROWS_MAX_ITEMS = 100_000
+    LARGE_CATALOGUE_NEIGHBOURS = 200
 
-    def __init__(self, neighbours: int | None = 200, history: int | None = None, similarity: str = "cosine",
+    def __init__(self, neighbours: int | None = None, history: int | None = None, similarity: str = "cosine",
                  shrink: float = 0.0, exclude_seen: bool = False):
         super().__init__(exclude_seen)
         if similarity not in self.SIMILARITIES:
@@ -260,15 +266,30 @@ class ItemKNN(Baseline):
         self.user_rows = self.user_items.T.tocsr()  # [I, U]: the users of each item
         # An upper bound of the co-occurrence entries of item x's row: the items of all its users.
         self.row_work = self.user_rows @ np.diff(self.user_items.indptr).astype(np.float64)
+        if self.neighbours is None and self.num_items > self.WHOLE_ROWS_MAX_ITEMS:
+            warnings.warn(f"ItemKNN neighbours=None keeps whole similarity rows only up to "
+                          f"{self.WHOLE_ROWS_MAX_ITEMS:,} items; this catalogue has {self.num_items:,}, so each row "
+                          f"keeps its {self.LARGE_CATALOGUE_NEIGHBOURS} best (set ItemKNN neighbours to choose)",
+                          stacklevel=2)
         self._similarity_key, self._rows = None, {}
         return self
+
+    @property
+    def row_limit(self) -> int | None:
+        """The neighbours each computed row keeps (None: all): ``neighbours``, or for None on a catalogue
+        of more than WHOLE_ROWS_MAX_ITEMS items LARGE_CATALOGUE_NEIGHBOURS (read at ranking time: tune()
+        sets ``neighbours`` on a fitted instance)."""
+        if self.neighbours is None and self.num_items > self.WHOLE_ROWS_MAX_ITEMS:
+            return self.LARGE_CATALOGUE_NEIGHBOURS
+        return self.neighbours
 
     def similarity_rows(self, items: np.ndarray) -> sp.csr_matrix:
         """[I, I] with rows ``items`` of s(i, j) (this instance's similarity, shrink and neighbours;
         rows of other items empty); s(i, i) = 0 and s(i, j) = c_ij / (sqrt(n_i n_j) + shrink) (cosine)
         or c_ij / (n_i + shrink) (conditional), c_ij the users with both, n_i those with i, each row
-        keeping its ``neighbours`` largest (ties by lower j). Rows are computed once per setting."""
-        key = (self.similarity, self.shrink, self.neighbours)
+        keeping its ``row_limit`` largest (``neighbours``, see the class docstring; ties by lower j). Rows
+        are computed once per setting."""
+        key = (self.similarity, self.shrink, self.row_limit)
         if key != self._similarity_key:  # one setting held at a time: tune() visits each setting once
             self._similarity_key, self._rows = key, {}
         items = np.unique(items)
@@ -299,8 +320,8 @@ class ItemKNN(Baseline):
         n = self.item_users
         denominator = np.sqrt(n[block[rows]] * n[cols]) if self.similarity == "cosine" else n[block[rows]]
         s = sp.csr_matrix((counts / (denominator + self.shrink), (rows, cols)), shape=(len(block), self.num_items))
-        if self.neighbours is not None:
-            s = _keep_largest_per_row(s, self.neighbours)
+        if self.row_limit is not None:
+            s = _keep_largest_per_row(s, self.row_limit)
         s.sort_indices()
         for r, x in enumerate(block):
             lo, hi = s.indptr[r], s.indptr[r + 1]

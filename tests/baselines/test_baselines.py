@@ -102,6 +102,30 @@ def test_item_knn_rows_in_blocks_match_the_whole_matrix(tiny_prepared, monkeypat
     assert len(knn._rows) == len(np.unique(windows[windows >= 2]))  # rows only for the items queried
 
 
+def test_item_knn_keeps_whole_rows_by_default_and_caps_them_on_large_catalogues(tiny_prepared, monkeypatch):
+    data = PreparedData(tiny_prepared)
+    rng = np.random.default_rng(0)
+    windows = rng.integers(2, data.vocab["num_items"], (40, 6))
+    users, seeds = np.zeros(40, dtype=np.int64), windows[:, -1]
+    assert ItemKNN().neighbours is None  # whole rows: measured better than 200 on the development sets
+    whole = ItemKNN().fit(data)
+    assert whole.row_limit is None
+    whole.recommend(users, seeds, windows, 10)
+    assert max(len(columns) for columns, _ in whole._rows.values()) > 3
+    # A catalogue above WHOLE_ROWS_MAX_ITEMS: None keeps LARGE_CATALOGUE_NEIGHBOURS per row, with a warning,
+    # and ranks as that explicit limit does; an explicit neighbours is kept as it is.
+    monkeypatch.setattr(ItemKNN, "WHOLE_ROWS_MAX_ITEMS", data.vocab["num_items"] - 1)
+    monkeypatch.setattr(ItemKNN, "LARGE_CATALOGUE_NEIGHBOURS", 3)
+    with pytest.warns(UserWarning, match="neighbours=None keeps whole similarity rows only up to"):
+        capped = ItemKNN().fit(data)
+    assert capped.row_limit == 3
+    assert np.array_equal(capped.recommend(users, seeds, windows, 10),
+                          ItemKNN(neighbours=3).fit(data).recommend(users, seeds, windows, 10))
+    assert max(len(columns) for columns, _ in capped._rows.values()) == 3
+    capped.neighbours = 5  # as tune() sets it on a fitted instance
+    assert capped.row_limit == 5
+
+
 def test_exclude_seen_drops_the_users_training_positives(data):
     assert rec(MostPop(exclude_seen=True), data, users=(2, 3), k=2) == [[3, 2], [2, 4]]  # 2: {2, 4, 5}; 3: {3}
     lists = rec(IALS(exclude_seen=True), data, users=(2,), k=1)
