@@ -4,6 +4,7 @@ peak memory of every command a user runs, on this machine.
     python bench/bench_scale.py                       # the demo twin, then 1/4, 1/2 and the full 50m shape
     python bench/bench_scale.py --fractions 0.25      # one size only (the demo reference always runs)
     python bench/bench_scale.py --stages prepare fit  # some stages only (each needs the ones before it)
+    python bench/bench_scale.py --timeout 1800        # stop any stage after 30 min (its row shows "> 30 min")
 
 Shapes: ``FULL`` is Yambda flat/50m's (10,000 users, 934,000 items, 48M events with the real event mix
 and 82% audio coverage, common.synthetic_raw); a fraction f scales users, items and rows by f; the
@@ -268,7 +269,9 @@ Measured {dt.date.today().isoformat()} on {machine()}; `python bench/bench_scale
 recommend {args.requests:,} requests, index calibrated to {args.target_overlap}). Columns: the demo twin and
 fractions of Yambda flat/50m's shape (x1 = 10,000 users, 934,000 items, 48M events). Every stage is the
 `lightning-tt` command in a fresh process (imports included); time is its wall time, peak the
-largest RSS of its process tree.
+largest RSS of its process tree. A time with `>`: the stage was stopped there (`--timeout`). Blank:
+not measured. `fit_sparse` is `fit` with `--model.sparse_embeddings true`. What the figures showed,
+what was fixed and the 500m/5b model: [scaling.md](scaling.md).
 
 {report(results, args)}
 """

@@ -207,8 +207,8 @@ def search_unseen(index: faiss.Index, queries: np.ndarray, k: int, seen: np.ndar
 
     Queries are searched in blocks of at most SEARCH_ENTRIES // (depth x f) rows (f: the exact
     re-ranking's k_factor, else 1): Faiss holds depth x f candidates per query of a call, so one call
-    over 33k queries at depth 200 and k_factor 64 alone held 5 GB. Each query's list is its own, so
-    the blocks give the lists of one call."""
+    over 33k queries at depth 200 and k_factor 64 held 5 GB of them (a 12.6 GiB peak). Each query's
+    list is its own, so the blocks give the lists of one call."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.shape[1] < index.d:  # the index's vectors were padded with zero columns (build_index)
         queries = np.pad(queries, ((0, 0), (0, index.d - queries.shape[1])))
