@@ -282,6 +282,10 @@ def case_table(cases: dict[str, tuple[np.ndarray, np.ndarray]], ks: list[int], u
         n = len(user)
         if n == 0:
             continue
+        width = len(ks) * (len(CASE_VALUES) if protocol == "paper" else 1)
+        if values.ndim != 2 or values.shape[1] != width:  # else a column would silently hold another k's values
+            raise ValueError(f"case_table: {protocol} values are {values.shape[1:]} wide, but ks {ks} need "
+                             f"{width} columns; pass the cut-offs the cases were kept with")
         columns = {"system": pa.array([system] * n, pa.string()), "split": pa.array([split] * n, pa.string()),
                    "protocol": pa.array([protocol] * n, pa.string()), "case": pa.array(np.arange(n), pa.int64()),
                    "uid": pa.array(np.asarray(user_ids)[user].astype(np.int64), pa.int64())}

@@ -102,3 +102,22 @@ def test_per_case_values_by_hand():
     assert recall.tolist() == [[0.0, pytest.approx(2 / 3)], [0.0, 0.0]]
     assert dcg.tolist() == [[0.0, pytest.approx(1 / math.log2(3))], [0.0, 0.0]]
     assert idcg.tolist() == [[1.0, pytest.approx(1 + 1 / math.log2(3))], [0.0, 0.0]]
+
+
+def test_case_table_refuses_cutoffs_that_do_not_match_the_kept_values():
+    import numpy as np
+
+    from lightning_tt.eval.metrics import case_table
+
+    user_ids = np.array([0, 0, 10, 11])
+    # Next-track hits kept at k = 10, 50, 100: the column recall@100 is the third one.
+    cases = {"next": (np.array([2, 3]), np.array([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]))}
+    table = case_table(cases, [10, 50, 100], user_ids, "m", "test")
+    assert table["recall@100"].to_pylist() == [1.0, 1.0] and table["recall@50"].to_pylist() == [1.0, 0.0]
+    assert table["uid"].to_pylist() == [10, 11]
+    with pytest.raises(ValueError, match="next values are \\(3,\\) wide, but ks \\[10, 100\\] need 2"):
+        case_table(cases, [10, 100], user_ids, "m", "test")  # would have called the k=50 hits recall@100
+    paper = {"paper": (np.array([2]), np.zeros((1, 6)))}  # recall, dcg, idcg at 2 cut-offs
+    assert case_table(paper, [10, 100], user_ids, "m", "test").num_rows == 1
+    with pytest.raises(ValueError, match="paper values"):
+        case_table(paper, [10, 50, 100], user_ids, "m", "test")
