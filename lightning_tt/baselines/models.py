@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from lightning_tt.data.batches import NextTrackDataset
+from lightning_tt.data.popularity import item_popularity
 from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.data.schema import DAY
 from lightning_tt.data.seen import positives
@@ -136,14 +137,15 @@ class Baseline:
 
 
 class Popularity(Baseline):
-    """A fixed ranking by (weighted) counts of training positives, ties by lower index."""
+    """A fixed ranking by (decayed) counts of training positives (lightning_tt.data.popularity), ties
+    by lower index."""
 
-    def weights(self) -> np.ndarray:
-        return np.ones(len(self.items))
+    #: DecayPop's half-life in days; None: plain counts.
+    half_life_days: float | None = None
 
     def fit(self, data):
         super().fit(data)
-        counts = np.bincount(self.items, weights=self.weights(), minlength=self.num_items)
+        counts = item_popularity(data, self.half_life_days)
         counts[:FIRST_ITEM] = -1
         self.ranking = np.argsort(-counts, kind="stable")
         return self
@@ -169,9 +171,6 @@ class DecayPop(Popularity):
         window = (data.boundaries["val_end"] - data.boundaries["val_start"]) / DAY
         return {"half_life_days": [round(window * f, 4) for f in (1 / 16, 1 / 4, 1, 4, 16)],
                 **super().grid(data)}
-
-    def weights(self):
-        return 0.5 ** ((self.train_max - self.ts.astype(np.float64)) / (self.half_life_days * DAY))
 
 
 class Random(Baseline):

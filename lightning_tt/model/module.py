@@ -17,8 +17,12 @@ predict_step:   top-k item indices and scores per case.
 
 Retrieval ranks items by ``s(u, i) = u . v_i + beta * tau * (log q(i) - mean_j log q(j))``, the same
 order as ``(u . v_i) / tau + beta * log q(i)``, with ``beta = popularity_weight`` and ``q`` the
-frequency estimator's probability: one more column of both vectors (retrieval_items,
-retrieval_query), so exact search, the Faiss index and serving all rank by it. Why each option exists
+popularity prior (``popularity_prior``): the frequency estimator's probability (``estimator``), or
+``q(i) ~ c_i + 1`` with ``c_i`` the item's training positives, each weighted ``0.5 ** (age / h)``
+(``counts``; lightning_tt.data.popularity; ``h = popularity_half_life`` validation windows, none: plain
+counts; the + 1 is one positive at the training cut, so an item never seen is not at -inf). It is one
+more column of both vectors (retrieval_items, retrieval_query), so exact search, the Faiss index and
+serving all rank by it. Why each option exists
 and how the shipped values were chosen: docs/design.md §10 and docs/ablations.md.
 """
 
@@ -30,7 +34,8 @@ from typing import Literal, get_args
 import lightning as L
 import torch
 
-from lightning_tt.data.prepared import FIRST_ITEM
+from lightning_tt.data.popularity import log_prior
+from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import PROTOCOLS, RetrievalMetrics, metric_name
 from lightning_tt.model.estimator import StreamingFrequencyEstimator
@@ -40,6 +45,7 @@ from lightning_tt.model.towers import Embeddings, ItemTable, ItemTower, QueryTow
 from lightning_tt.provenance import check_same_data
 
 QueryTraining = Literal["example", "sequence"]
+PopularityPrior = Literal["estimator", "counts"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]  # torch.compile's
 COMPILE_MODES = get_args(CompileMode)
 
@@ -100,6 +106,8 @@ class TwoTowerModule(L.LightningModule):
         paper_seed: bool = True,
         use_organic: bool = False,
         popularity_weight: float = 0.0,
+        popularity_prior: PopularityPrior = "estimator",
+        popularity_half_life: float | None = None,
         exclude_seen: bool = False,
         query_tower: QueryTraining = "example",
         sequence_positions: int = 8,
@@ -153,6 +161,10 @@ class TwoTowerModule(L.LightningModule):
             use_organic: the query sees whether the seed listen was the user's own choice (1 at serving)
             popularity_weight: beta, how much of log q retrieval puts back (0: rank by u.v; 1: by the
                 logits before the logQ correction)
+            popularity_prior: what retrieval's popularity term reads: ``estimator`` (the streaming frequency
+                estimator's q) or ``counts`` (the training positives' counts, decayed by popularity_half_life)
+            popularity_half_life: the counts prior's half-life, in validation windows of the prepared data
+                (its test window when it has none), so one value serves data of any time scale; None: no decay
             exclude_seen: leave the user's past positives out of the lists (linked from data.exclude_seen)
             query_tower: how the query tower is trained: ``example`` (one query per training example) or
                 ``sequence`` (a query at each of the last ``sequence_positions`` slots of every example's
@@ -187,6 +199,12 @@ class TwoTowerModule(L.LightningModule):
             raise InputError(f"need model.mixed_negatives >= 0, 0 <= model.dropout < 1, model.learning_rate > 0 and "
                              f"0 < model.estimator_alpha <= 1; got {mixed_negatives}, {dropout}, {learning_rate}, "
                              f"{estimator_alpha}")
+        if popularity_prior not in get_args(PopularityPrior):
+            raise InputError(f"model.popularity_prior must be one of {', '.join(get_args(PopularityPrior))}, "
+                             f"got {popularity_prior!r}")
+        if popularity_half_life is not None and not popularity_half_life > 0:
+            raise InputError(f"model.popularity_half_life must be > 0 (validation windows) or null, "
+                             f"got {popularity_half_life}")
         if query_tower not in ("example", "sequence"):
             raise InputError(f"model.query_tower must be example or sequence, got {query_tower!r}")
         if query_tower == "sequence" and (history_encoder != "attention" or not use_history or feedback
@@ -199,8 +217,6 @@ class TwoTowerModule(L.LightningModule):
         # min(pct, 100) / 100 >= this (sequence training's targets inside the history window).
         self._positive_weight = 0.5
         if data_dir:
-            from lightning_tt.data.prepared import PreparedData
-
             self._positive_weight = min(PreparedData(data_dir).meta["config"]["min_played_pct"], 100) / 100
         item_ids = Embeddings(num_items, num_artists, num_albums, embedding_dim, sparse_embeddings)
         query_ids = item_ids if share_tables else Embeddings(num_items, num_artists, num_albums, embedding_dim,
@@ -214,6 +230,11 @@ class TwoTowerModule(L.LightningModule):
                                       attention_blocks=attention_blocks, attention_heads=attention_heads,
                                       use_play_ratio=use_play_ratio, feedback=feedback, use_organic=use_organic)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
+        if popularity_prior == "counts":  # [V] log(c_i + 1); like the item table, reloaded from data_dir
+            prior = torch.zeros(num_items)  # no data attached (a bare model): every item alike
+            if data_dir:
+                prior = torch.from_numpy(log_prior(PreparedData(data_dir), popularity_half_life))
+            self.register_buffer("log_popularity", prior, persistent=False)
         # Every case's values are kept, per stage, for intervals: ``cases[stage]`` after each evaluation
         # epoch (RetrievalMetrics.cases); RunReport writes the test window's, sweeps the validation's.
         self.metrics = torch.nn.ModuleDict({stage: RetrievalMetrics(stage, recall_k, num_items, exact=True,
@@ -298,8 +319,8 @@ class TwoTowerModule(L.LightningModule):
             negatives = torch.randint(FIRST_ITEM, hp.num_items, (hp.mixed_negatives,), device=targets.device)
             candidates = torch.cat([candidates, self.item_tower(negatives)])
             columns = torch.cat([targets, negatives])
-        if hp.logq_correction or hp.popularity_weight:  # retrieval's popularity term reads the estimator too
-            self.estimator.update(targets)
+        if hp.logq_correction or (hp.popularity_weight and hp.popularity_prior == "estimator"):
+            self.estimator.update(targets)  # retrieval's popularity term may read it too
         if hp.logq_correction:
             log_q = torch.log(self.estimator.probability(targets))
             if hp.mixed_negatives > 0:
@@ -327,7 +348,8 @@ class TwoTowerModule(L.LightningModule):
     def retrieval_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """[n, o'] the vectors of item indices ``items`` [n] (default: the whole catalogue) that
         retrieval searches: the item tower's [n, o], with the column ``beta * tau * (log q(i) - mean_j
-        log q(j))`` (j over the catalogue) when ``beta = popularity_weight`` != 0 (see the class docstring)."""
+        log q(j))`` (j over the catalogue) when ``beta = popularity_weight`` != 0, q the popularity prior
+        (see the module docstring)."""
         hp = self.hparams
         if items is None:
             return self.retrieval_items(torch.arange(hp.num_items, device=self.device))
@@ -335,9 +357,15 @@ class TwoTowerModule(L.LightningModule):
         if hp.popularity_weight == 0:
             return vectors
         catalogue = torch.arange(FIRST_ITEM, hp.num_items, device=self.device)
-        centre = torch.log(self.estimator.probability(catalogue)).mean()
-        prior = hp.popularity_weight * hp.temperature * (torch.log(self.estimator.probability(items)) - centre)
+        centre = self.log_q(catalogue).mean()
+        prior = hp.popularity_weight * hp.temperature * (self.log_q(items) - centre)
         return torch.cat([vectors, prior[:, None].to(vectors.dtype)], dim=1)
+
+    def log_q(self, items: torch.Tensor) -> torch.Tensor:
+        """[n] log q(i) of item indices [n] under ``popularity_prior``, up to a constant (see the module docstring)."""
+        if self.hparams.popularity_prior == "counts":
+            return self.log_popularity[items]
+        return torch.log(self.estimator.probability(items))
 
     def catalogue(self) -> torch.Tensor:
         """retrieval_items(), computed once per evaluation or predict epoch (the towers do not change

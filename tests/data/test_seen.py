@@ -12,6 +12,7 @@ from lightning_tt.data.datamodule import YambdaDataModule
 from lightning_tt.data.prepare import prepare
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.data.seen import SeenItems, repeat_share, resolve_exclude_seen
+from lightning_tt.errors import InputError
 from lightning_tt.eval import index as index_module
 from lightning_tt.eval.callback import FaissRetrieval
 from lightning_tt.eval.index import IndexConfig, build_index, search_unseen
@@ -122,6 +123,33 @@ def test_popularity_weight_adds_beta_tau_log_q(tiny_prepared):
     assert torch.allclose(score, dot + 0.5 * 0.1 * (log_q - centre), atol=1e-5)
     assert abs(float(model.retrieval_items()[2:, -1].sum())) < 1e-4  # centred over the catalogue
     assert plain.retrieval_items(items).shape == (3, 8)
+
+
+def test_counts_prior_adds_beta_tau_log_of_the_decayed_training_counts(tiny_prepared):
+    from lightning_tt.data.seen import positives
+
+    torch.manual_seed(0)
+    data = PreparedData(tiny_prepared)
+    _, items, times = positives(data)  # the training positives (user, item, time), counted here by hand
+    num_items, train_max = data.vocab["num_items"], data.boundaries["train_max_timestamp"]
+    window = (data.boundaries["val_end"] - data.boundaries["val_start"]) / 86_400  # 2 days
+    for half_life, weights in ((None, np.ones(len(items))),
+                               (1.5, 0.5 ** ((train_max - times) / (1.5 * window * 86_400)))):
+        model = tiny_model(tiny_prepared, popularity_weight=0.5, popularity_prior="counts",
+                           popularity_half_life=half_life)
+        log_c = np.log(np.bincount(items, weights=weights, minlength=num_items) + 1.0)
+        expected = 0.5 * 0.1 * (log_c - log_c[2:].mean())  # beta tau (log(c + 1) - the catalogue's mean)
+        assert model.retrieval_items()[:, -1].numpy() == pytest.approx(expected, abs=1e-5)
+        assert "log_popularity" not in model.state_dict()  # reloaded from the data, like the item table
+    assert 0 < expected[2:].max() - expected[2:].min()
+    model.estimator.update(torch.tensor([5, 5, 6]))  # the estimator no longer moves the column
+    assert model.retrieval_items()[:, -1].numpy() == pytest.approx(expected, abs=1e-5)
+    bare = TwoTowerModule(num_items=num_items, popularity_weight=0.5, popularity_prior="counts")
+    assert bare.retrieval_items()[:, -1].abs().max() == 0  # no data: every item alike
+    for bad, match in (({"popularity_prior": "recent"}, "model.popularity_prior must be one of estimator, counts"),
+                       ({"popularity_half_life": 0.0}, "model.popularity_half_life must be > 0")):
+        with pytest.raises(InputError, match=match):
+            TwoTowerModule(num_items=num_items, **bad)
 
 
 def test_exact_and_ann_lists_leave_the_same_items_out(tiny_prepared):
