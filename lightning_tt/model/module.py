@@ -16,14 +16,15 @@ validation/test: exact metrics of both protocols by brute force: the whole catal
 predict_step:   top-k item indices and scores per case.
 
 Retrieval ranks items by ``s(u, i) = u . v_i + beta * tau * (log q(i) - mean_j log q(j))``, the same
-order as ``(u . v_i) / tau + beta * log q(i)``, with ``beta = popularity_weight`` and ``q`` the
-popularity prior (``popularity_prior``): the frequency estimator's probability (``estimator``), or
-``q(i) ~ c_i + 1`` with ``c_i`` the item's training positives, each weighted ``0.5 ** (age / h)``
-(``counts``; lightning_tt.data.popularity; ``h = popularity_half_life`` validation windows, none: plain
-counts; the + 1 is one positive at the training cut, so an item never seen is not at -inf). It is one
-more column of both vectors (retrieval_items, retrieval_query), so exact search, the Faiss index and
-serving all rank by it. Why each option exists
-and how the shipped values were chosen: docs/design.md §10 and docs/ablations.md.
+order as ``(u . v_i) / tau + beta * log q(i)``. ``beta = popularity_weight``; a query without a seed
+track (the paper protocol's, with paper_seed false) takes ``seedless_popularity_weight`` when it is set.
+``q`` is the popularity prior (``popularity_prior``): the frequency estimator's probability
+(``estimator``), or ``q(i) ~ c_i + 1`` with ``c_i`` the item's training positives, each weighted
+``0.5 ** (age / h)`` (``counts``, lightning_tt.data.popularity; ``h = popularity_half_life`` validation
+windows, none: plain counts; the + 1 is one positive at the training cut, so an unseen item is not at
+-inf). The term is one more column of both vectors (retrieval_items, retrieval_query), so exact search,
+the Faiss index and serving all rank by it. Why each option exists and how the shipped values were
+chosen: docs/design.md §10 and docs/ablations.md.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class TwoTowerModule(L.LightningModule):
         paper_seed: bool = True,
         use_organic: bool = False,
         popularity_weight: float = 0.0,
+        seedless_popularity_weight: float | None = None,
         popularity_prior: PopularityPrior = "estimator",
         popularity_half_life: float | None = None,
         exclude_seen: bool = False,
@@ -161,6 +163,8 @@ class TwoTowerModule(L.LightningModule):
             use_organic: the query sees whether the seed listen was the user's own choice (1 at serving)
             popularity_weight: beta, how much of log q retrieval puts back (0: rank by u.v; 1: by the
                 logits before the logQ correction)
+            seedless_popularity_weight: beta for queries without a seed track (the paper protocol's with
+                paper_seed false: the next day's list rather than the next track); None: popularity_weight
             popularity_prior: what retrieval's popularity term reads: ``estimator`` (the streaming frequency
                 estimator's q) or ``counts`` (the training positives' counts, decayed by popularity_half_life)
             popularity_half_life: the counts prior's half-life, in validation windows of the prepared data
@@ -268,16 +272,31 @@ class TwoTowerModule(L.LightningModule):
         return self.retrieval_query(batch)
 
     @property
+    def _column_weight(self) -> float:
+        """beta_c, the weight the items' popularity column carries: popularity_weight, or
+        seedless_popularity_weight when only that one is set; 0: no column."""
+        hp = self.hparams
+        return hp.popularity_weight or (hp.seedless_popularity_weight or 0.0)
+
+    @property
     def retrieval_dim(self) -> int:
         """o' = output_dim, and one more with a popularity weight (the log q column)."""
-        return self.hparams.output_dim + (self.hparams.popularity_weight != 0)
+        return self.hparams.output_dim + (self._column_weight != 0)
 
     def retrieval_query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, o'] the query tower's [B, o], with a column of ones when popularity_weight != 0."""
+        """[B, o'] the query tower's [B, o], with the column beta_q / beta_c when a popularity weight is
+        set: beta_q = popularity_weight, or seedless_popularity_weight for a query without a seed track
+        (``seed_item`` = padding: the paper protocol's queries with paper_seed false), so that the score's
+        popularity term is beta_q * tau * (log q(i) - mean log q) (retrieval_items)."""
+        hp, column = self.hparams, self._column_weight
         query = self.query_tower(batch)
-        if self.hparams.popularity_weight == 0:
+        if column == 0:
             return query
-        return torch.cat([query, query.new_ones(len(query), 1)], dim=1)
+        weight = query.new_full((len(query), 1), hp.popularity_weight / column)
+        if hp.seedless_popularity_weight is not None:
+            seedless = (batch["seed_item"] == 0)[:, None]
+            weight = weight.masked_fill(seedless, hp.seedless_popularity_weight / column)
+        return torch.cat([query, weight], dim=1)
 
     def sequence_queries(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sequence training's (queries [Q, o], targets [Q], weights [Q]) of a next-track batch.
@@ -319,7 +338,7 @@ class TwoTowerModule(L.LightningModule):
             negatives = torch.randint(FIRST_ITEM, hp.num_items, (hp.mixed_negatives,), device=targets.device)
             candidates = torch.cat([candidates, self.item_tower(negatives)])
             columns = torch.cat([targets, negatives])
-        if hp.logq_correction or (hp.popularity_weight and hp.popularity_prior == "estimator"):
+        if hp.logq_correction or (self._column_weight and hp.popularity_prior == "estimator"):
             self.estimator.update(targets)  # retrieval's popularity term may read it too
         if hp.logq_correction:
             log_q = torch.log(self.estimator.probability(targets))
@@ -347,18 +366,18 @@ class TwoTowerModule(L.LightningModule):
     @torch.no_grad()
     def retrieval_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """[n, o'] the vectors of item indices ``items`` [n] (default: the whole catalogue) that
-        retrieval searches: the item tower's [n, o], with the column ``beta * tau * (log q(i) - mean_j
-        log q(j))`` (j over the catalogue) when ``beta = popularity_weight`` != 0, q the popularity prior
+        retrieval searches: the item tower's [n, o], with the column ``beta_c * tau * (log q(i) - mean_j
+        log q(j))`` (j over the catalogue) when ``beta_c`` (_column_weight) != 0, q the popularity prior
         (see the module docstring)."""
         hp = self.hparams
         if items is None:
             return self.retrieval_items(torch.arange(hp.num_items, device=self.device))
         vectors = torch.cat([self.item_tower(chunk) for chunk in items.split(self.ITEM_CHUNK)])
-        if hp.popularity_weight == 0:
+        if self._column_weight == 0:
             return vectors
         catalogue = torch.arange(FIRST_ITEM, hp.num_items, device=self.device)
         centre = self.log_q(catalogue).mean()
-        prior = hp.popularity_weight * hp.temperature * (self.log_q(items) - centre)
+        prior = self._column_weight * hp.temperature * (self.log_q(items) - centre)
         return torch.cat([vectors, prior[:, None].to(vectors.dtype)], dim=1)
 
     def log_q(self, items: torch.Tensor) -> torch.Tensor:

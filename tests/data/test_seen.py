@@ -152,6 +152,32 @@ def test_counts_prior_adds_beta_tau_log_of_the_decayed_training_counts(tiny_prep
             TwoTowerModule(num_items=num_items, **bad)
 
 
+def test_seedless_queries_take_their_own_popularity_weight(tiny_prepared):
+    torch.manual_seed(0)
+    data = PreparedData(tiny_prepared)
+    batch = {k: torch.from_numpy(np.asarray(v)) for k, v in
+             NextTrackDataset(data, "val", 5).arrays(np.arange(4)).items()}
+    batch["seed_item"][2:] = 0  # rows 2 and 3 ask without a seed track
+    plain = tiny_model(tiny_prepared)
+    items = torch.arange(2, 40)
+    with torch.no_grad():
+        dot = plain.query_tower(batch) @ plain.item_tower(items).T
+    for beta, seedless in ((0.5, 2.0), (0.0, 1.5), (0.5, None)):
+        model = tiny_model(tiny_prepared, popularity_weight=beta, seedless_popularity_weight=seedless,
+                           popularity_prior="counts", popularity_half_life=2.0)
+        model.load_state_dict(plain.state_dict())
+        log_q = model.log_popularity
+        term = 0.1 * (log_q[items] - log_q[2:].mean())  # tau (log q(i) - the catalogue's mean)
+        asked_without = beta if seedless is None else seedless
+        weights = torch.tensor([beta, beta, asked_without, asked_without])
+        with torch.no_grad():
+            score = model.retrieval_query(batch) @ model.retrieval_items(items).T
+        assert model.retrieval_dim == 9
+        assert torch.allclose(score, dot + weights[:, None] * term[None, :], atol=1e-5)
+    assert term.abs().max() > 0.01
+    assert tiny_model(tiny_prepared, seedless_popularity_weight=0.0).retrieval_dim == 8  # no weight, no column
+
+
 def test_exact_and_ann_lists_leave_the_same_items_out(tiny_prepared):
     torch.manual_seed(0)
     model = tiny_model(tiny_prepared, popularity_weight=1.0)
