@@ -57,12 +57,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DEV_SET_VARIABLE = "LIGHTNING_TT_DEV_SET"
 #: The first design every row starts from, whatever configs/demo.yaml ships today: temperature 0.05, no
 #: mixed negatives, the masked-mean history, no feedback, next-track targets, the seed always shown,
-#: ranking by u . v over the whole catalogue (no popularity term, the user's past kept).
+#: ranking by u . v over the whole catalogue (no popularity term, the user's past kept; the estimator's q
+#: for the rows that add a popularity weight).
 BASE = ["--model.temperature", "0.05", "--model.mixed_negatives", "0", "--model.history_encoder", "mean",
         "--model.use_play_ratio", "false", "--data.feedback", "0", "--data.target_horizon", "0",
         "--model.seed_dropout", "0", "--model.paper_seed", "true", "--model.embedding_dim", "64",
         "--model.dropout", "0", "--model.weight_decay", "0", "--data.exclude_seen", "false",
-        "--model.popularity_weight", "0"]
+        "--model.popularity_weight", "0", "--model.seedless_popularity_weight", "null",
+        "--model.popularity_prior", "estimator", "--model.popularity_half_life", "null"]
 #: The second round's starting point: the two cheapest gains over the first design together.
 NT = ["--model.mixed_negatives", "256", "--model.temperature", "0.1"]
 ATTENTION = ["--model.history_encoder", "attention", "--model.use_play_ratio", "true"]
@@ -124,6 +126,10 @@ VARIANTS = {
     "shipped + popularity weight 1": OnShipped(["--model.popularity_weight", "1"]),
     "shipped + temperature 0.05": OnShipped(["--model.temperature", "0.05"]),
     "shipped + dropout 0.2": OnShipped(["--model.dropout", "0.2"]),
+    # The popularity prior of part 4: the shipped config before it (the estimator's q, one weight).
+    "shipped with the estimator prior (before part 4)": OnShipped(
+        ["--model.popularity_prior", "estimator", "--model.popularity_half_life", "null",
+         "--model.seedless_popularity_weight", "null"]),
     # The sequence-trained query tower against the per-example one, same epochs: both need the
     # attention encoder and no likes (their state is the example's, later than a window's earlier slots).
     "shipped + attention, no likes (per example)": OnShipped([*ATTENTION, "--data.feedback", "0"]),
