@@ -255,8 +255,12 @@ class ItemKNN(Baseline):
 
     @classmethod
     def grid(cls, data):
+        """Whole rows (None, the default) too, where they are not capped to LARGE_CATALOGUE_NEIGHBOURS."""
         # history innermost: tune() visits each similarity setting once
-        return {"similarity": list(cls.SIMILARITIES), "shrink": [0.0, 10.0], "neighbours": [20, 200],
+        neighbours = [20, cls.LARGE_CATALOGUE_NEIGHBOURS]
+        if data.vocab["num_items"] <= cls.WHOLE_ROWS_MAX_ITEMS:
+            neighbours.append(None)
+        return {"similarity": list(cls.SIMILARITIES), "shrink": [0.0, 10.0], "neighbours": neighbours,
                 "history": [10, None], **super().grid(data)}
 
     def fit(self, data):

@@ -110,12 +110,14 @@ def test_item_knn_keeps_whole_rows_by_default_and_caps_them_on_large_catalogues(
     assert ItemKNN().neighbours is None  # whole rows: measured better than 200 on the development sets
     whole = ItemKNN().fit(data)
     assert whole.row_limit is None
+    assert ItemKNN.grid(data)["neighbours"] == [20, 200, None]  # --tune tries the default too
     whole.recommend(users, seeds, windows, 10)
     assert max(len(columns) for columns, _ in whole._rows.values()) > 3
     # A catalogue above WHOLE_ROWS_MAX_ITEMS: None keeps LARGE_CATALOGUE_NEIGHBOURS per row, with a warning,
     # and ranks as that explicit limit does; an explicit neighbours is kept as it is.
     monkeypatch.setattr(ItemKNN, "WHOLE_ROWS_MAX_ITEMS", data.vocab["num_items"] - 1)
     monkeypatch.setattr(ItemKNN, "LARGE_CATALOGUE_NEIGHBOURS", 3)
+    assert ItemKNN.grid(data)["neighbours"] == [20, 3]  # None would be the capped 3 again
     with pytest.warns(UserWarning, match="neighbours=None keeps whole similarity rows only up to"):
         capped = ItemKNN().fit(data)
     assert capped.row_limit == 3
