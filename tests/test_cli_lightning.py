@@ -351,7 +351,9 @@ def _cli(cwd, *args) -> subprocess.CompletedProcess:
 
 
 NEW_INPUTS = ["--model.history_encoder", "attention", "--model.use_play_ratio", "true", "--data.feedback", "3",
-              "--model.paper_seed", "false", "--data.exclude_seen", "true", "--model.popularity_weight", "1"]
+              "--model.paper_seed", "false", "--data.exclude_seen", "true", "--model.popularity_weight", "1",
+              "--model.popularity_prior", "counts", "--model.popularity_half_life", "2",
+              "--model.seedless_popularity_weight", "3"]
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
@@ -369,6 +371,8 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["history"], hparams["feedback"], hparams["history_encoder"]) == (5, 3, "attention")  # linked
     assert hparams["exclude_seen"] is True and hparams["popularity_weight"] == 1
+    assert (hparams["popularity_prior"], hparams["popularity_half_life"], hparams["seedless_popularity_weight"]) == (
+        "counts", 2, 3)
     resumed = fit(prepared, tmp_path, *NEW_INPUTS, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "2")
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     main(["test", "--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.enable_progress_bar", "false",
@@ -378,6 +382,10 @@ def test_the_query_inputs_of_part_two_survive_checkpoint_reuse(prepared, tmp_pat
     served = Recommender(tmp_path / "export")  # the checkpoint that export.json names
     model, data, gather = served.model, served.data, served.gather
     assert served.ckpt_path == ckpt.resolve() and served.exclude_seen
+    from lightning_tt.data.popularity import log_prior
+
+    # The counts prior is rebuilt from the prepared data when the checkpoint is loaded, not stored in it.
+    assert torch.equal(model.log_popularity, torch.from_numpy(log_prior(PreparedData(prepared), 2.0)))
     assert (gather.history, gather.feedback) == (5, 3)  # what training used
     requests = tmp_path / "requests.csv"
     users = [int(u) for u in np.asarray(PreparedData(prepared)["user_ids"])[2:6]]
