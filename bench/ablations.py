@@ -52,6 +52,7 @@ from lightning_tt.data.prepared import PreparedData  # noqa: E402
 from lightning_tt.eval.intervals import compare  # noqa: E402
 from lightning_tt.eval.metrics import case_table  # noqa: E402
 from lightning_tt.lightning_cli import CONFIGS, lightning_cli  # noqa: E402
+from lightning_tt.outputs import Output  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SET_VARIABLE = "LIGHTNING_TT_DEV_SET"
@@ -342,7 +343,8 @@ def report(results: list[dict], cases: dict[str, pa.Table], seeds: list[int], wi
     # What a person wrote under the findings marker of the previous report is kept.
     previous = out.read_text() if out.exists() else ""
     lines += [FINDINGS, previous.split(FINDINGS, 1)[1].lstrip("\n")] if FINDINGS in previous else [FINDINGS, ""]
-    out.write_text("\n".join(lines))
+    with Output(out, "file", overwrite=True).writing() as tmp:  # one rename: never half written
+        tmp.write_text("\n".join(lines))
     print(f"wrote {out} and {figure}")
 
 
