@@ -219,9 +219,10 @@ class TwoTowerModule(L.LightningModule):
         self.table = ItemTable(num_items, audio_dim, data_dir)
         # A listen is a positive (a training target) at played_ratio_pct >= min_played_pct: as a play weight,
         # min(pct, 100) / 100 >= this (sequence training's targets inside the history window).
+        data = PreparedData(data_dir) if data_dir else None
         self._positive_weight = 0.5
-        if data_dir:
-            self._positive_weight = min(PreparedData(data_dir).meta["config"]["min_played_pct"], 100) / 100
+        if data is not None:
+            self._positive_weight = min(data.meta["config"]["min_played_pct"], 100) / 100
         item_ids = Embeddings(num_items, num_artists, num_albums, embedding_dim, sparse_embeddings)
         query_ids = item_ids if share_tables else Embeddings(num_items, num_artists, num_albums, embedding_dim,
                                                                sparse_embeddings)
@@ -235,9 +236,9 @@ class TwoTowerModule(L.LightningModule):
                                       use_play_ratio=use_play_ratio, feedback=feedback, use_organic=use_organic)
         self.estimator = StreamingFrequencyEstimator(num_items, estimator_hashes, estimator_buckets, estimator_alpha)
         if popularity_prior == "counts":  # [V] log(c_i + 1); like the item table, reloaded from data_dir
-            prior = torch.zeros(num_items)  # no data attached (a bare model): every item alike
-            if data_dir:
-                prior = torch.from_numpy(log_prior(PreparedData(data_dir), popularity_half_life))
+            prior = torch.zeros(num_items)  # no data attached (a bare model), or no popularity term: every item alike
+            if data is not None and self._column_weight:
+                prior = torch.from_numpy(log_prior(data, popularity_half_life))
             self.register_buffer("log_popularity", prior, persistent=False)
         # Every case's values are kept, per stage, for intervals: ``cases[stage]`` after each evaluation
         # epoch (RetrievalMetrics.cases); RunReport writes the test window's, sweeps the validation's.
