@@ -212,7 +212,7 @@ class Recommender:
     defaults to the checkpoint that export.json names.
 
     ``top_k`` is the one path from vocabulary indices to top-k lists that ``recommend``,
-    ``recommend_batch`` and the HTTP server share. The gatherer carries every split's positives (all
+    ``recommend_batch`` and the HTTP server share. The gatherer carries every item of each user's listens (all
     are past at serving time), so each request can choose whether to leave them out; the default is the
     model's ``exclude_seen``."""
 
@@ -224,7 +224,7 @@ class Recommender:
         self.meta = json.loads((self.index_dir / "export.json").read_text())
         self.exclude_seen = bool(self.model.hparams.get("exclude_seen"))
         self.gather = FeatureGatherer(self.data, history or self.model.hparams.history,
-                                      feedback=self.model.hparams.feedback, seen=("train", "val", "test"))
+                                      feedback=self.model.hparams.feedback, seen="all")
         self.raw_items = np.asarray(self.rows, dtype=np.int64)
         catalogue = np.arange(len(self.rows)) + FIRST_ITEM
         artist, album = np.asarray(self.data["item_artist"])[catalogue], np.asarray(self.data["item_album"])[catalogue]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -13,6 +14,7 @@ from lightning_tt.baselines.models import Baseline
 from lightning_tt.baselines.registry import ALL
 from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
 from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
+from lightning_tt.data.seen import SeenItems, seen_items
 from lightning_tt.errors import InputError
 from lightning_tt.eval.metrics import PROTOCOLS, RetrievalMetrics, metric_name, parse_metric_name
 
@@ -23,22 +25,43 @@ DEFAULT_TUNE_METRIC = metric_name("val", "next", "recall", 100)
 TUNE_CASES = 5_000
 
 
+#: Queries whose seen items (lightning_tt.data.seen) are gathered at a time, for exclude_seen.
+SEEN_ROWS = 4096
+
+
 class _Cases:
     """The next-track cases and paper lists of one split, gathered once for every baseline; with
-    ``limit``, a seeded sample of at most that many of each, in their order."""
+    ``limit``, a seeded sample of at most that many of each, in their order. What each query has seen
+    (``exclude_seen``) is gathered by blocks of SEEN_ROWS queries when a baseline asks for it, from the
+    same table as the model's (lightning_tt.data.seen)."""
 
     def __init__(self, data: PreparedData, split: str, history: int, limit: int | None = None):
-        self.split = split
+        self.data, self.split = data, split
         rng = np.random.default_rng(0)
 
         def chosen(n: int) -> np.ndarray:
             return np.sort(rng.choice(n, limit, replace=False)) if limit and n > limit else np.arange(n)
 
         nxt = NextTrackDataset(data, split, history)
-        self.next = nxt.arrays(chosen(len(nxt)))
+        index = chosen(len(nxt))
+        self.next = {**nxt.arrays(index), "pos": np.asarray(nxt.pos[index], dtype=np.int64)}
         paper = PaperListDataset(data, split, history)
-        self.paper = paper.arrays(chosen(len(paper)))
+        index = chosen(len(paper))
+        self.paper = {**paper.arrays(index), "pos": np.asarray(data[f"paper_{split}_pos"][index], dtype=np.int64)}
         self.num_items = data.vocab["num_items"]
+
+    @functools.cached_property
+    def seen(self) -> SeenItems:
+        return seen_items(self.data, self.split)
+
+    def lists(self, baseline: Baseline, queries: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """[Q, k] of ``baseline`` for ``queries`` (``self.next`` or ``self.paper``)."""
+        user, seed, history = queries["user"], queries["seed_item"], queries["history_item"]
+        if not baseline.exclude_seen:
+            return baseline.recommend(user, seed, history, k)
+        blocks = [baseline.recommend(user[at], seed[at], history[at], k, self.seen.padded(user[at], queries["pos"][at]))
+                  for at in (slice(start, start + SEEN_ROWS) for start in range(0, len(user), SEEN_ROWS))]
+        return np.concatenate(blocks) if blocks else np.zeros((0, k), dtype=np.int64)
 
     def score(self, baseline: Baseline, ks: list[int], protocols: tuple[str, ...] = PROTOCOLS,
               cases: dict | None = None) -> dict[str, float]:
@@ -50,14 +73,13 @@ class _Cases:
                                    sync_on_compute=False)
         if "next" in protocols:
             nxt = self.next
-            top = baseline.recommend(nxt["user"], nxt["seed_item"], nxt["history_item"], k)
-            metrics.update("next", torch.from_numpy(top), torch.from_numpy(nxt["target_item"]),
-                           user=torch.from_numpy(nxt["user"]))
+            metrics.update("next", torch.from_numpy(self.lists(baseline, nxt, k)),
+                           torch.from_numpy(nxt["target_item"]), user=torch.from_numpy(nxt["user"]))
         if "paper" in protocols:
             paper = self.paper
-            top = baseline.recommend(paper["user"], paper["seed_item"], paper["history_item"], k)
-            metrics.update("paper", torch.from_numpy(top), torch.from_numpy(paper["target_items"]),
-                           torch.from_numpy(paper["target_count"]), user=torch.from_numpy(paper["user"]))
+            metrics.update("paper", torch.from_numpy(self.lists(baseline, paper, k)),
+                           torch.from_numpy(paper["target_items"]), torch.from_numpy(paper["target_count"]),
+                           user=torch.from_numpy(paper["user"]))
         if cases is not None:
             cases.update(metrics.cases())
         return metrics.compute(protocols)

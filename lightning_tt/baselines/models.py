@@ -113,25 +113,27 @@ class Baseline:
         """[Q, k] item indices, best first (k at most the catalogue)."""
         raise NotImplementedError
 
-    def recommend(self, users: np.ndarray, seeds: np.ndarray, history: np.ndarray, k: int) -> np.ndarray:
-        """[Q, k] item indices, best first. With ``exclude_seen`` the user's training positives are
-        dropped: rows are ranked ``k + (the most such items of any queried user)`` deep, then filtered.
-        Queries go in chunks of at most CHUNK_ENTRIES ranked entries (and scored items, for ``DENSE``)."""
+    def recommend(self, users: np.ndarray, seeds: np.ndarray, history: np.ndarray, k: int,
+                  seen: np.ndarray | None = None) -> np.ndarray:
+        """[Q, k] item indices, best first. With ``exclude_seen`` the items of ``seen`` [Q, S] (each
+        query's past, 0-padded: lightning_tt.data.seen, the model's own) are dropped: rows are ranked
+        ``k + S`` deep, then filtered. Queries go in chunks of at most CHUNK_ENTRIES ranked entries (and
+        scored items, for ``DENSE``)."""
+        if self.exclude_seen and seen is None:
+            raise ValueError(f"{self.name} has exclude_seen: recommend needs each query's seen items")
         catalogue = self.num_items - FIRST_ITEM
-        seen_count = np.diff(self.user_items.indptr)[users]
-        depth = min(k + (int(seen_count.max(initial=0)) if self.exclude_seen else 0), catalogue)
+        depth = min(k + (seen.shape[1] if self.exclude_seen else 0), catalogue)
         rows = max(1, CHUNK_ENTRIES // (max(depth, self.num_items) if self.DENSE else depth))
         out = [np.zeros((0, k), dtype=np.int64)]
         for start in range(0, len(users), rows):
             chunk = slice(start, start + rows)
             lists = self.rank(users[chunk], seeds[chunk], history[chunk], depth)
             if self.exclude_seen:  # stable: unseen items first, in their order
-                seen = self.user_items[users[chunk]].tocoo()
-                seen_keys = np.sort(users[chunk][seen.row] * self.num_items + seen.col)
-                keys = users[chunk, None] * self.num_items + lists
+                row = np.arange(len(lists), dtype=np.int64)[:, None]
+                seen_keys = np.sort((row * self.num_items + seen[chunk]).ravel())
+                keys = row * self.num_items + lists
                 where = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
-                is_seen = seen_keys[where] == keys if len(seen_keys) else np.zeros(keys.shape, dtype=bool)
-                lists = np.take_along_axis(lists, np.argsort(is_seen, axis=1, kind="stable"), axis=1)
+                lists = np.take_along_axis(lists, np.argsort(seen_keys[where] == keys, axis=1, kind="stable"), axis=1)
             out.append(lists[:, :k])
         return np.concatenate(out)
 
@@ -369,8 +371,8 @@ class Factorization(Baseline):
             self.model.fit(self.user_items, show_progress=False)
         return self
 
-    def recommend(self, users, seeds, history, k):
-        ids, _ = self.model.recommend(users, self.user_items[users], N=k, filter_already_liked_items=self.exclude_seen,
+    def rank(self, users, seeds, history, k):
+        ids, _ = self.model.recommend(users, self.user_items[users], N=k, filter_already_liked_items=False,
                                       filter_items=np.arange(FIRST_ITEM))
         return np.asarray(ids, dtype=np.int64)
 

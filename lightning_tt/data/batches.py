@@ -18,10 +18,10 @@ length, audio) on its device and looks every other item feature up there::
                                                            strictly before the query time and not
                                                            cancelled by then (data/feedback.py),
                                                            right-aligned; only with ``feedback`` K > 0
-    seen_items                             [B, S]  int64   the user's distinct positives, 0-padded
-                                                           (data/seen.py): the training ones for
-                                                           evaluation with exclude_seen, every split's
-                                                           when serving; the lists leave them out
+    seen_items                             [B, S]  int64   the items of every listen of the user
+                                                           before the query (data/seen.py), 0-padded;
+                                                           only with exclude_seen (evaluation) and when
+                                                           serving; the lists leave them out
     seed_item                              [B]     int64   the previous listen; 0 when there is none
     seed_organic                           [B]     int64   is_organic of the seed listen (0 without one)
     example_age                            [B]     float32 seconds: train_max_timestamp - timestamp
@@ -60,10 +60,11 @@ def play_weight(played_ratio_pct: np.ndarray) -> np.ndarray:
 
 class FeatureGatherer:
     """Gathers the query's and the target's indices from one prepared dataset's event stream.
-    ``feedback`` K > 0 adds the user's last K likes and dislikes to every query; ``seen`` (split names)
-    adds the user's distinct positives of those splits as ``seen_items``."""
+    ``feedback`` K > 0 adds the user's last K likes and dislikes to every query; ``seen`` (a
+    lightning_tt.data.seen scope: "val" or "test" for that split's cases, "all" for serving) adds the
+    items of the user's listens before each query as ``seen_items``."""
 
-    def __init__(self, data: PreparedData, history: int, feedback: int = 0, seen: tuple[str, ...] = ()):
+    def __init__(self, data: PreparedData, history: int, feedback: int = 0, seen: str | None = None):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         if feedback < 0:
@@ -71,7 +72,7 @@ class FeatureGatherer:
         self.data = data
         self.history = history
         self.feedback = feedback
-        self.seen = tuple(seen)
+        self.seen = seen
         self.stream_item = data["stream_item"]
         self.stream_ts = data["stream_ts"]
         self.stream_ratio = data["stream_ratio"]
@@ -107,7 +108,7 @@ class FeatureGatherer:
         for kind, signals in self.signals.items():
             out[f"{kind}_item"] = signals.recent(user, time, self.feedback)
         if self.seen_items is not None:
-            out["seen_items"] = self.seen_items.padded(user)
+            out["seen_items"] = self.seen_items.padded(user, pos)
         out["seed_item"] = history[:, -1]
         out["seed_organic"] = np.where(mask[:, -1], self.stream_organic[safe[:, -1]], 0)
         return out
@@ -133,7 +134,8 @@ class NextTrackDataset(torch.utils.data.Dataset):
     ``split="train"`` gives training examples (``example_age`` = train_max_timestamp - timestamp);
     ``"val"``/``"test"`` give evaluation cases (age 0). ``target_horizon`` (seconds, training only)
     draws each target from the user's Listen+ examples within that horizon (see the module docstring).
-    ``exclude_seen`` (evaluation only) adds each case's ``seen_items``, its user's training positives.
+    ``exclude_seen`` (evaluation only) adds each case's ``seen_items``: the items of its user's listens
+    before it, the window's earlier ones included.
     Use with :class:`BatchIndexSampler` and ``DataLoader(batch_size=None)``.
     """
 
@@ -143,7 +145,7 @@ class NextTrackDataset(torch.utils.data.Dataset):
             raise ValueError(f"target_horizon must be >= 0 and only for training, got {target_horizon} for {split}")
         if exclude_seen and split == "train":
             raise ValueError("exclude_seen is for evaluation cases, not training examples")
-        self.gather = FeatureGatherer(data, history, feedback, ("train",) if exclude_seen else ())
+        self.gather = FeatureGatherer(data, history, feedback, split if exclude_seen else None)
         self.split = split
         self.target_horizon = target_horizon
         self.age_reference = data.boundaries["train_max_timestamp"] if split == "train" else None
@@ -201,10 +203,10 @@ class NextTrackDataset(torch.utils.data.Dataset):
 class PaperListDataset(torch.utils.data.Dataset):
     """Paper-protocol lists of an evaluation split: one query per user, from the state at the window
     start, with that user's Listen+ targets in the window (repeats kept); ``exclude_seen`` adds
-    ``seen_items`` as for NextTrackDataset."""
+    ``seen_items``: the items of the user's listens before the window start."""
 
     def __init__(self, data: PreparedData, split: str, history: int, feedback: int = 0, exclude_seen: bool = False):
-        self.gather = FeatureGatherer(data, history, feedback, ("train",) if exclude_seen else ())
+        self.gather = FeatureGatherer(data, history, feedback, split if exclude_seen else None)
         self.split = split
 
     def __len__(self) -> int:

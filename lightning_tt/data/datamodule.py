@@ -42,8 +42,9 @@ class YambdaDataModule(L.LightningDataModule):
         target_horizon: seconds; > 0 draws each training target from the user's Listen+ listens
             within this horizon after the example's time (the day-ahead protocol's question), 0
             trains on the next track only. Evaluation cases are unchanged.
-        exclude_seen: leave each user's training positives out of the model's evaluation lists (the
-            batches carry them as ``seen_items``), as the baselines' ``exclude_seen`` does; None (auto):
+        exclude_seen: leave out of each evaluation list every item its user listened to before the case,
+            the window's earlier listens included (the batches carry them as ``seen_items``), as the
+            baselines' ``exclude_seen`` does; None (auto):
             when fewer than 1% of the training positives repeat one of their user's earlier positives
             (data consumed once, such as films; lightning_tt.data.seen). Linked into the model, which
             then also leaves the past out when serving.

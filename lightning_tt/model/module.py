@@ -169,7 +169,7 @@ class TwoTowerModule(L.LightningModule):
                 estimator's q) or ``counts`` (the training positives' counts, decayed by popularity_half_life)
             popularity_half_life: the counts prior's half-life, in validation windows of the prepared data
                 (its test window when it has none), so one value serves data of any time scale; None: no decay
-            exclude_seen: leave the user's past positives out of the lists (linked from data.exclude_seen)
+            exclude_seen: leave what the user listened to before out of the lists (linked from data.exclude_seen)
             query_tower: how the query tower is trained: ``example`` (one query per training example) or
                 ``sequence`` (a query at each of the last ``sequence_positions`` slots of every example's
                 history window, each predicting the next listen; needs history_encoder attention)

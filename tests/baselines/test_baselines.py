@@ -29,8 +29,9 @@ def data(hand_prepared):
     return PreparedData(hand_prepared)
 
 
-def rec(baseline, data, users=(2,), seeds=(0,), history=((0,),), k=2):
-    return baseline.fit(data).recommend(np.array(users), np.array(seeds), np.array(history), k).tolist()
+def rec(baseline, data, users=(2,), seeds=(0,), history=((0,),), k=2, seen=None):
+    seen = None if seen is None else np.array(seen)
+    return baseline.fit(data).recommend(np.array(users), np.array(seeds), np.array(history), k, seen).tolist()
 
 
 def test_popularity(data):
@@ -128,10 +129,15 @@ def test_item_knn_keeps_whole_rows_by_default_and_caps_them_on_large_catalogues(
     assert capped.row_limit == 5
 
 
-def test_exclude_seen_drops_the_users_training_positives(data):
-    assert rec(MostPop(exclude_seen=True), data, users=(2, 3), k=2) == [[3, 2], [2, 4]]  # 2: {2, 4, 5}; 3: {3}
-    lists = rec(IALS(exclude_seen=True), data, users=(2,), k=1)
-    assert lists == [[3]]
+def test_exclude_seen_drops_each_querys_seen_items(data):
+    # MostPop ranks 2, 3, 4, 5 (one positive each); the seen items go last, in their order.
+    seen = [[2, 4, 5], [3, 0, 0]]
+    assert rec(MostPop(exclude_seen=True), data, users=(2, 3), k=2, seen=seen) == [[3, 2], [2, 4]]
+    assert rec(MostPop(exclude_seen=True), data, users=(2, 2), k=2, seen=[[2, 0], [3, 2]]) == [[3, 4], [4, 5]]
+    assert rec(MostPop(), data, users=(2,), k=2, seen=[[2, 3]]) == [[2, 3]]  # without exclude_seen: ignored
+    assert rec(IALS(exclude_seen=True), data, users=(2,), k=1, seen=[[2, 4, 5]]) == [[3]]
+    with pytest.raises(ValueError, match="MostPop has exclude_seen: recommend needs each query's seen items"):
+        rec(MostPop(exclude_seen=True), data)
 
 
 def test_scored_ranking_matches_a_full_sort():
@@ -188,7 +194,9 @@ def test_ials_recommends_the_users_taste_not_their_past(tmp_path):
     past = seen.recommend(users, users * 0, np.zeros((len(users), 1), dtype=np.int64), 10)
     assert np.mean([seen.user_items[u, i] for u, row in zip(users, past) for i in row]) > 0.75  # the user's past
     model = IALS(factors=8, regularization=0.01, alpha=1.0, exclude_seen=True).fit(data)
-    lists = model.recommend(users, users * 0, np.zeros((len(users), 1), dtype=np.int64), 10)
+    trained = [model.user_items[u].indices for u in users]
+    seen = np.array([np.pad(row, (0, max(map(len, trained)) - len(row))) for row in trained])
+    lists = model.recommend(users, users * 0, np.zeros((len(users), 1), dtype=np.int64), 10, seen)
     assert all(model.user_items[u, i] == 0 for u, row in zip(users, lists) for i in row)
     assert np.mean(group[lists] == user_group[users][:, None]) > 0.9
     # Tuned on the validation day, every baseline that can drops the past; iALS then finds the targets.

@@ -27,16 +27,30 @@ def prepared(tmp_path, rows) -> PreparedData:
 
 
 def test_seen_items_and_repeat_share_by_hand(tmp_path):
-    # The hand data's training positives (test_prepare.py): user index 2 has items 2, 4, 5 (raw 10, 12,
-    # 13), user 3 has item 3 (raw 11); no user repeats one, so auto leaves the past out.
+    # The hand data (test_prepare.py): user index 2 (raw 5) listens to raw 10, 11 (30%: not a positive),
+    # 12, 13 in training (items 2, 3, 4, 5), then raw 14 in the gap, 15 in the val window and 16 in the
+    # gap before the test window, all three outside the training vocabulary (item 1, unknown); then in
+    # the test window raw 99 (unknown) at stream position 7, 10 at 8 and 12 at 9. User 3 (raw 9) listens
+    # to raw 11 (item 3) in training and 12 (item 4) in the test window. Nobody repeats a training
+    # positive, so auto leaves the past out.
     data = prepared(tmp_path / "a", hand_rows())
-    seen = SeenItems(data)
-    assert seen.padded(np.array([2, 3, 0])).tolist() == [[2, 4, 5], [3, 0, 0], [0, 0, 0]]
     assert repeat_share(data) == 0.0 and resolve_exclude_seen(data, None) is True
     assert resolve_exclude_seen(data, False) is False
-    # Every split's positives (serving): user 2 adds the val window's raw 15 and the test window's raw 99,
-    # both outside the training vocabulary (item 1, unknown).
-    assert SeenItems(data, ("train", "val", "test")).padded(np.array([2])).tolist() == [[1, 2, 4, 5]]
+    # Every listen before the test window, Listen+ or not; at the window start (paper lists).
+    test = SeenItems(data, "test")
+    assert test.padded(np.array([2, 3, 0])).tolist() == [[1, 2, 3, 4, 5], [3, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+    # A test case adds the window's own listens before it: the case at position 9 (raw 12) has seen
+    # positions 7 and 8 (items 1 and 2) too, the case at 7 nothing more; user 3's case at 11 nothing more.
+    start = int(np.asarray(data["user_offsets"])[2])
+    assert test.padded(np.array([2, 2, 3]), np.array([start + 9, start + 7, start + 11])).tolist() == [
+        [1, 2, 3, 4, 5, 1, 2], [1, 2, 3, 4, 5, 0, 0], [3, 0, 0, 0, 0, 0, 0]]
+    # The val window starts before raw 15 (position 5): only raw 14 of the gap is before it.
+    assert SeenItems(data, "val").padded(np.array([2])).tolist() == [[1, 2, 3, 4, 5]]
+    assert SeenItems(data, "val").padded(np.array([2]), np.array([start + 6])).tolist() == [[1, 2, 3, 4, 5, 1]]
+    # Serving: the whole stream.
+    assert SeenItems(data, "all").padded(np.array([2, 3])).tolist() == [[1, 2, 3, 4, 5], [3, 4, 0, 0, 0]]
+    with pytest.raises(ValueError, match="scope must be one of val, test, all"):
+        SeenItems(data, "train")
 
     # User 5 plays raw item 10 again at t=500 (90%): 5 training positives, 4 distinct pairs.
     rows = hand_rows()
@@ -45,21 +59,25 @@ def test_seen_items_and_repeat_share_by_hand(tmp_path):
     assert resolve_exclude_seen(data, None) is False and resolve_exclude_seen(data, True) is True
     # With a cap, whole users only: the first 4 positives are all user 2's (10, 12, 10, 13): 1 - 3/4.
     assert repeat_share(data, limit=4) == pytest.approx(1 - 3 / 4)
-    assert SeenItems(data).padded(np.array([2])).tolist() == [[2, 4, 5]]  # distinct
+    assert SeenItems(data, "test").padded(np.array([2])).tolist() == [[1, 2, 3, 4, 5]]  # distinct
 
 
-def test_evaluation_batches_carry_only_training_positives(tiny_prepared):
+def test_evaluation_batches_carry_every_listen_before_the_case_and_nothing_later(tiny_prepared):
     data = PreparedData(tiny_prepared)
-    train_end = data.boundaries["train_max_timestamp"]
-    users, items, ts = (np.asarray(a) for a in (data["user_offsets"], data["stream_item"], data["stream_ts"]))
-    train = set(np.asarray(data["train_pos"]).tolist())
-    for dataset in (NextTrackDataset(data, "test", 5, exclude_seen=True),
-                    PaperListDataset(data, "val", 5, exclude_seen=True)):
-        batch = dataset.arrays(np.arange(len(dataset)))
+    offsets, items, ts = (np.asarray(a) for a in (data["user_offsets"], data["stream_item"], data["stream_ts"]))
+    for split in ("val", "test"):
+        cases = NextTrackDataset(data, split, 5, exclude_seen=True)
+        batch = cases.arrays(np.arange(len(cases)))
+        later = 0
+        for user, pos, row in zip(batch["user"], np.asarray(cases.pos), batch["seen_items"]):
+            assert set(row[row > 0].tolist()) == set(items[offsets[user]:pos].tolist())
+            later += pos > offsets[user] and ts[pos - 1] >= data.boundaries[f"{split}_start"]
+        assert later > 0  # some cases leave out listens of their own window
+        lists = PaperListDataset(data, split, 5, exclude_seen=True)
+        batch = lists.arrays(np.arange(len(lists)))
         for user, row in zip(batch["user"], batch["seen_items"]):
-            expected = {int(items[p]) for p in range(users[user], users[user + 1]) if p in train}
-            assert set(row[row > 0].tolist()) == expected
-            assert all(ts[p] <= train_end for p in range(users[user], users[user + 1]) if p in train)
+            past = [p for p in range(offsets[user], offsets[user + 1]) if ts[p] < data.boundaries[f"{split}_start"]]
+            assert set(row[row > 0].tolist()) == set(items[past].tolist())
     assert "seen_items" not in NextTrackDataset(data, "test", 5).arrays(np.arange(3))
     with pytest.raises(ValueError, match="evaluation"):
         NextTrackDataset(data, "train", 5, exclude_seen=True)
