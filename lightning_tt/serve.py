@@ -13,7 +13,7 @@
 
 ``recommend`` embeds the query from the user's current state in the prepared stream (the last N
 listens, example age 0), with the given seed track, and searches the exported index (leaving the user's
-past positives out when the model was trained with ``exclude_seen``), after checking
+past listens out when the model was trained with ``exclude_seen``), after checking
 that the export, the checkpoint and the prepared data belong together (``open_export``).
 ``recommend_batch`` does the same for every row of a requests file, a chunk of requests at a time.
 
@@ -258,7 +258,7 @@ class Recommender:
               exclude_seen: np.ndarray | bool | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores [R, k] float32, index rows [R, k]; -inf and -1 where fewer than k were found) for R
         requests (vocabulary indices [R]; a seed of LAST_LISTEN seeds from the user's last listen).
-        ``exclude_seen`` [R] (or one bool; None: the model's) leaves each user's past positives out;
+        ``exclude_seen`` [R] (or one bool; None: the model's) leaves each user's past listens out;
         ``exact`` searches all items by brute force instead of the exported index."""
         batch = _query_batch(self.gather, user_index, seed_index)
         return self.search(batch, k, exclude_seen, exact)
