@@ -30,8 +30,9 @@ catalogue (padding and unknown never recommended) for a query = (user, seed trac
 
 Items scored equally (e.g. no successor of the seed) are ranked by ``pop``. Every baseline but Random
 has ``exclude_seen``: drop what the user listened to before the case from the list
-(lightning_tt.data.seen, the model's own). It matters on data without repeats: on the development set (MovieLens) no evaluation target is a training positive of its
-user, so a list that keeps them wastes its places (docs/ablations.md, Part 1 findings).
+(lightning_tt.data.seen, the model's own). It matters on data without repeats: on the development
+set (MovieLens) no evaluation target is an item its user rated before, so a list that keeps them
+wastes its places (docs/ablations.md, Part 1 findings).
 
 ``tune`` chooses each baseline's hyperparameters on the validation window (the model's protocol: fit
 on the training positives only, select by one validation metric) from the small grids of

@@ -300,3 +300,27 @@ def test_on_the_development_set_no_target_is_a_past_item_and_ials_finds_them(dev
     model.exclude_seen = True
     after = val.score(model, [100], ("next",))["val/next/recall@100"]
     assert after > 2 * before and after > 0.05
+
+
+def test_tuned_lists_leave_out_what_the_model_leaves_out(tiny_prepared):
+    """The baselines' exclude_seen reads the model's table (lightning_tt.data.seen): no test list holds an
+    item its user listened to before the case, the window's own earlier listens included, and some lists
+    would have held one."""
+    from lightning_tt.baselines.evaluation import _Cases
+
+    data = PreparedData(tiny_prepared)
+    offsets, items, ts = (np.asarray(data[name]) for name in ("user_offsets", "stream_item", "stream_ts"))
+    test = _Cases(data, "test", data.default_history)
+    model = MostPop().fit(data)
+    kept = test.lists(model, test.next, 20)
+    model.exclude_seen = True
+    lists = test.lists(model, test.next, 20)
+    window_start = data.boundaries["test_start"]
+    dropped_from_the_window = 0
+    for user, pos, row, before in zip(test.next["user"], test.next["pos"], lists, kept):
+        span = np.arange(offsets[user], pos)
+        assert not set(items[span].tolist()) & set(row.tolist())
+        inside = ts[span] >= window_start
+        only_in_window = set(items[span[inside]].tolist()) - set(items[span[~inside]].tolist())
+        dropped_from_the_window += bool(only_in_window & set(before.tolist()))
+    assert dropped_from_the_window > 0
