@@ -42,7 +42,7 @@ from lightning_tt.lightning_cli import CONFIGS, lightning_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The half-lives (validation windows; None: no decay) and the paired (beta, seedless weight) grid.
-HALF_LIVES = [1.0, 2.0, 4.0, 8.0, None]
+HALF_LIVES = [0.5, 1.0, 2.0, 4.0, 8.0, None]
 WEIGHTS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
 SEEDLESS = [0.5, 1.0, 2.0, 3.0, 4.0, 6.0]
 #: What configs/demo.yaml ships: (h, beta, seedless weight).
