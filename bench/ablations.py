@@ -161,14 +161,24 @@ def dev_sets(paths: list[Path]) -> dict[str, Path]:
     return found
 
 
+def run_tag(dataset: str, variant: str, window: int, seed: int) -> str:
+    """The name of one run's directory under ``WORKDIR/runs`` and of its case table under ``WORKDIR/cases``."""
+    return f"{dataset}-{variant}-w{window}-{seed}".replace(" ", "_").replace("/", "_")
+
+
+def prepared_dir(workdir: Path, dataset: str, window: int) -> Path:
+    """Where ``dataset``'s prepared arrays for test window ``window`` live in ``workdir``."""
+    return workdir / f"{'twin' if dataset == 'embedded default' else dataset}-prepared-w{window}"
+
+
 def datasets(workdir: Path, dev: list[Path], windows: int) -> dict[str, list[Path]]:
     """{name: [prepared directory of window 0, 1, ...]}: the embedded default and every development set."""
-    found = {"embedded default": [prepared_twin(workdir / f"twin-prepared-w{k}", workdir / "twin-raw",
+    found = {"embedded default": [prepared_twin(prepared_dir(workdir, "embedded default", k), workdir / "twin-raw",
                                                 config=SplitConfig(window=k)) for k in range(windows)]}
     for name, raw in dev_sets(dev).items():
         split, found[name] = SPLITS.get(name, SPLITS["movielens-small"]), []
         for k in range(windows):
-            prepared = workdir / f"{name}-prepared-w{k}"
+            prepared = prepared_dir(workdir, name, k)
             if not is_current(prepared):
                 prepare(raw, prepared, config=SplitConfig(**{**split.__dict__, "window": k}), progress=False,
                         overwrite=True)
@@ -389,7 +399,7 @@ def main() -> None:
                 if args.only and variant not in args.only:
                     continue
                 for seed in args.seeds:
-                    tag = f"{dataset}-{variant}-w{window}-{seed}".replace(" ", "_").replace("/", "_")
+                    tag = run_tag(dataset, variant, window, seed)
                     case_file = args.workdir / "cases" / f"{tag}.parquet"
                     if (dataset, variant, window, seed) not in done and not args.report_only:
                         found, kept = run(data, flags, seed, EPOCHS.get(dataset, DEV_EPOCHS),

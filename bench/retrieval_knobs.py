@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import EPOCHS, SHIPPED  # noqa: E402
+from ablations import EPOCHS, SHIPPED, prepared_dir, run_tag  # noqa: E402
 from common import machine, write_section  # noqa: E402
 
 from lightning_tt.lightning_cli import CONFIGS, lightning_cli  # noqa: E402
@@ -59,11 +59,11 @@ def checkpoints(workdir: Path) -> list[tuple[str, int, int, Path, Path]]:
         r = json.loads(line)
         if r["variant"] != SHIPPED:
             continue
-        tag = f"{r['dataset']}-{r['variant']}-w{r['window']}-{r['seed']}".replace(" ", "_").replace("/", "_")
-        best = sorted((workdir / "runs" / tag).rglob("best-epoch=*.ckpt"))
-        prefix = "twin" if r["dataset"] == "embedded default" else r["dataset"]
+        best = sorted((workdir / "runs" / run_tag(r["dataset"], r["variant"], r["window"], r["seed"]))
+                      .rglob("best-epoch=*.ckpt"))
         if best:
-            found.append((r["dataset"], r["window"], r["seed"], workdir / f"{prefix}-prepared-w{r['window']}", best[-1]))
+            found.append((r["dataset"], r["window"], r["seed"], prepared_dir(workdir, r["dataset"], r["window"]),
+                          best[-1]))
     return found
 
 
