@@ -136,6 +136,10 @@ VARIANTS = {
     "shipped + attention, no likes (per example)": OnShipped([*ATTENTION, "--data.feedback", "0"]),
     "shipped + attention, no likes, sequence-trained (8 slots)": OnShipped(
         [*ATTENTION, "--data.feedback", "0", "--model.query_tower", "sequence", "--model.sequence_positions", "8"]),
+    # Part 7: the retrieval knobs bench/retrieval_knobs.py chose on validation, pooled over both sets.
+    "shipped + knobs chosen on validation (h 1, beta 1, seedless 3)": OnShipped(
+        ["--model.popularity_half_life", "1", "--model.popularity_weight", "1",
+         "--model.seedless_popularity_weight", "3"]),
 }
 #: Each dataset's split (the development set's from its README) and epoch budget; unknown development
 #: sets get the development split.
