@@ -140,6 +140,10 @@ VARIANTS = {
     "shipped + knobs chosen on validation (h 1, beta 1, seedless 3)": OnShipped(
         ["--model.popularity_half_life", "1", "--model.popularity_weight", "1",
          "--model.seedless_popularity_weight", "3"]),
+    # Part 7: the optimiser's step and the history's length, not varied on the shipped config before.
+    "shipped + learning rate 0.003": OnShipped(["--model.learning_rate", "0.003"]),
+    "shipped + history 20": OnShipped(["--data.history", "20"]),
+    "shipped + history 100": OnShipped(["--data.history", "100"]),
 }
 #: Each dataset's split (the development set's from its README) and epoch budget; unknown development
 #: sets get the development split.
