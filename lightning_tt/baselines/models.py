@@ -238,7 +238,14 @@ class ItemKNN(Baseline):
     already at a quarter of Yambda 50m, so it is never built. ``neighbours=None`` (the default) keeps
     whole rows on catalogues of up to WHOLE_ROWS_MAX_ITEMS items; on larger ones each row keeps its
     LARGE_CATALOGUE_NEIGHBOURS best, with a warning (whole rows of the queried items would not fit:
-    a popular item co-occurs with most of the catalogue)."""
+    a popular item co-occurs with most of the catalogue).
+
+    ``recent_items`` M bounds the work: c and n count, per user, only their M most recently listened
+    distinct training items (``recent_user_items``), so the co-occurrence has at most sum over users of
+    min(distinct items, M)^2 entries. ``None`` (the default) counts every item on catalogues of up to
+    WHOLE_ROWS_MAX_ITEMS items and LARGE_CATALOGUE_RECENT_ITEMS above, with a warning: at a quarter of
+    Yambda 50m's shape the test queries' rows alone held 7e9 co-occurrence entries (12 minutes on 2
+    cores), and at 1,000 the whole co-occurrence holds 2e9 (docs/baselines.md)."""
 
     name = "ItemKNN"
     RANK_PARAMS = ("neighbours", "history", "similarity", "shrink", "exclude_seen")
@@ -247,13 +254,18 @@ class ItemKNN(Baseline):
     #: neighbours=None keeps whole rows up to this many items, and LARGE_CATALOGUE_NEIGHBOURS above.
     WHOLE_ROWS_MAX_ITEMS = 100_000
     LARGE_CATALOGUE_NEIGHBOURS = 200
+    #: recent_items=None counts every item up to WHOLE_ROWS_MAX_ITEMS items, and this many per user above.
+    LARGE_CATALOGUE_RECENT_ITEMS = 1000
 
     def __init__(self, neighbours: int | None = None, history: int | None = None, similarity: str = "cosine",
-                 shrink: float = 0.0, exclude_seen: bool = False):
+                 shrink: float = 0.0, recent_items: int | None = None, exclude_seen: bool = False):
         super().__init__(exclude_seen)
         if similarity not in self.SIMILARITIES:
             raise InputError(f"ItemKNN similarity must be one of {self.SIMILARITIES}, got {similarity!r}")
+        if recent_items is not None and recent_items < 1:
+            raise InputError(f"ItemKNN recent_items must be at least 1 (or null: the default), got {recent_items}")
         self.neighbours, self.history, self.similarity, self.shrink = neighbours, history, similarity, shrink
+        self.recent_items = recent_items
 
     @classmethod
     def grid(cls, data):
@@ -267,15 +279,25 @@ class ItemKNN(Baseline):
 
     def fit(self, data):
         super().fit(data)
-        self.item_users = np.asarray(self.user_items.sum(axis=0)).ravel()  # n_x: users with item x
-        self.user_rows = self.user_items.T.tocsr()  # [I, U]: the users of each item
+        large = self.num_items > self.WHOLE_ROWS_MAX_ITEMS
+        recent = self.LARGE_CATALOGUE_RECENT_ITEMS if self.recent_items is None and large else self.recent_items
+        # [U, I] binary: what c and n count (every training positive's item, or each user's `recent` latest)
+        self.cooccurring = (self.user_items if recent is None else
+                            recent_user_items(self.users, self.items, self.user_items.shape, recent))
+        self.item_users = np.asarray(self.cooccurring.sum(axis=0)).ravel()  # n_x: users with item x
+        self.user_rows = self.cooccurring.T.tocsr()  # [I, U]: the users of each item
         # An upper bound of the co-occurrence entries of item x's row: the items of all its users.
-        self.row_work = self.user_rows @ np.diff(self.user_items.indptr).astype(np.float64)
-        if self.neighbours is None and self.num_items > self.WHOLE_ROWS_MAX_ITEMS:
+        self.row_work = self.user_rows @ np.diff(self.cooccurring.indptr).astype(np.float64)
+        if self.neighbours is None and large:
             warnings.warn(f"ItemKNN neighbours=None keeps whole similarity rows only up to "
                           f"{self.WHOLE_ROWS_MAX_ITEMS:,} items; this catalogue has {self.num_items:,}, so each row "
                           f"keeps its {self.LARGE_CATALOGUE_NEIGHBOURS} best (set ItemKNN neighbours to choose)",
                           stacklevel=2)
+        if self.recent_items is None and large:
+            warnings.warn(f"ItemKNN recent_items=None counts every item of a user only up to "
+                          f"{self.WHOLE_ROWS_MAX_ITEMS:,} items; this catalogue has {self.num_items:,}, so the "
+                          f"co-occurrence counts each user's {recent} most recent distinct items (set ItemKNN "
+                          f"recent_items to choose)", stacklevel=2)
         self._similarity_key, self._rows = None, {}
         return self
 
@@ -317,14 +339,15 @@ class ItemKNN(Baseline):
 
     def _compute_rows(self, block: np.ndarray) -> None:
         """self._rows[x] = (columns, values) of s(x, .) for the items x of ``block``."""
-        c = (self.user_rows[block] @ self.user_items).tocsr()  # [B, I] float32 co-occurrence counts
-        c.sum_duplicates()
-        c = c.tocoo()
-        off_diagonal = c.col != block[c.row]
-        rows, cols, counts = c.row[off_diagonal], c.col[off_diagonal], c.data[off_diagonal]
+        c = (self.user_rows[block] @ self.cooccurring).tocsr()  # [B, I] float32 co-occurrence counts
+        # csr_matmat gives each row's columns once (not in order): no sum_duplicates, whose sort is the cost
+        rows = np.repeat(np.arange(len(block)), np.diff(c.indptr))
+        off_diagonal = c.indices != block[rows]
+        rows, cols, counts = rows[off_diagonal], c.indices[off_diagonal], c.data[off_diagonal]
         n = self.item_users
         denominator = np.sqrt(n[block[rows]] * n[cols]) if self.similarity == "cosine" else n[block[rows]]
-        s = sp.csr_matrix((counts / (denominator + self.shrink), (rows, cols)), shape=(len(block), self.num_items))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(block)))])
+        s = sp.csr_matrix((counts / (denominator + self.shrink), cols, indptr), shape=(len(block), self.num_items))
         if self.row_limit is not None:
             s = _keep_largest_per_row(s, self.row_limit)
         s.sort_indices()
@@ -341,15 +364,33 @@ class ItemKNN(Baseline):
         return _top_scored(query @ similarity, self.popularity, None, k, self.by_popularity)
 
 
+def recent_user_items(users: np.ndarray, items: np.ndarray, shape: tuple[int, int], limit: int) -> sp.csr_matrix:
+    """Binary [U, I]: each user's ``limit`` most recently listened distinct items, from positives
+    ``users``, ``items`` [P] ordered by user, then time (lightning_tt.data.seen.positives). An item's
+    recency is its last positive; of equal recency, the later positive in that order counts as newer."""
+    key = users * np.int64(shape[1]) + items
+    _, first_from_end = np.unique(key[::-1], return_index=True)
+    last = np.sort(len(key) - 1 - first_from_end)  # each (user, item)'s last positive, by user, then time
+    owner = users[last]
+    newer = np.searchsorted(owner, owner, side="right") - 1 - np.arange(len(last))  # the user's later items
+    keep = last[newer < limit]
+    return sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (users[keep], items[keep])), shape=shape)
+
+
 def _keep_largest_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    """``matrix`` with only the ``n`` largest entries of each row (ties by lower column)."""
+    """``matrix`` with only the ``n`` largest entries of each row (ties by lower column). A longer row
+    is cut in linear time: its n-th largest value v (np.partition), every entry above v, and of those
+    equal to v the lowest columns. Each column at most once per row; in any order."""
     matrix = matrix.tocsr()
-    matrix.sort_indices()
     keep = np.ones(matrix.nnz, dtype=bool)
     for row in np.flatnonzero(np.diff(matrix.indptr) > n):
         lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
-        order = np.lexsort((matrix.indices[lo:hi], -matrix.data[lo:hi]))
-        keep[lo + order[n:]] = False
+        values = matrix.data[lo:hi]
+        nth = np.partition(values, len(values) - n)[len(values) - n]
+        kept = values > nth
+        ties = np.flatnonzero(values == nth)
+        kept[ties[np.argsort(matrix.indices[lo:hi][ties], kind="stable")[:n - int(kept.sum())]]] = True
+        keep[lo:hi] = kept
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
     return sp.csr_matrix((matrix.data[keep], (rows[keep], matrix.indices[keep])), shape=matrix.shape)
 

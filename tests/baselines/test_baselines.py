@@ -75,7 +75,7 @@ class _WholeMatrixKNN(ItemKNN):
     def similarity_rows(self, items):
         from lightning_tt.baselines.models import _keep_largest_per_row
 
-        c = (self.user_items.T @ self.user_items).tocsr()
+        c = (self.cooccurring.T @ self.cooccurring).tocsr()
         c.setdiag(0)
         c.eliminate_zeros()
         c = c.tocoo()
@@ -85,22 +85,72 @@ class _WholeMatrixKNN(ItemKNN):
         return s if self.neighbours is None else _keep_largest_per_row(s, self.neighbours)
 
 
-@pytest.mark.parametrize("similarity,shrink,neighbours", [("cosine", 0.0, None), ("cosine", 10.0, 3),
-                                                          ("conditional", 0.0, 5), ("conditional", 10.0, 1)])
-def test_item_knn_rows_in_blocks_match_the_whole_matrix(tiny_prepared, monkeypatch, similarity, shrink, neighbours):
+@pytest.mark.parametrize("similarity,shrink,neighbours,recent", [
+    ("cosine", 0.0, None, None), ("cosine", 10.0, 3, None), ("conditional", 0.0, 5, None),
+    ("conditional", 10.0, 1, None), ("cosine", 0.0, None, 30), ("conditional", 10.0, 5, 30)])
+def test_item_knn_rows_in_blocks_match_the_whole_matrix(tiny_prepared, monkeypatch, similarity, shrink, neighbours,
+                                                        recent):
     import lightning_tt.baselines.models as models
 
     data = PreparedData(tiny_prepared)
     rng = np.random.default_rng(0)
     windows = rng.integers(0, data.vocab["num_items"], (40, 6))
     windows[:5, :3] = 0  # padding
-    options = dict(neighbours=neighbours, similarity=similarity, shrink=shrink)
+    options = dict(neighbours=neighbours, similarity=similarity, shrink=shrink, recent_items=recent)
     users, seeds = np.zeros(40, dtype=np.int64), windows[:, -1]
     expected = _WholeMatrixKNN(**options).fit(data).recommend(users, seeds, windows, 10)
     monkeypatch.setattr(models, "CHUNK_ENTRIES", 2_000)  # many row blocks (and single-row ones)
     knn = ItemKNN(**options).fit(data)
     assert np.array_equal(knn.recommend(users, seeds, windows, 10), expected)
     assert len(knn._rows) == len(np.unique(windows[windows >= 2]))  # rows only for the items queried
+
+
+def test_keep_largest_per_row_breaks_ties_by_lower_column():
+    from lightning_tt.baselines.models import _keep_largest_per_row
+
+    rng = np.random.default_rng(0)
+    dense = rng.integers(0, 4, (30, 40)).astype(np.float64)  # few values: many ties
+    for n in (1, 3, 10, 40):
+        shuffled = sp.csr_matrix(dense)
+        for row in range(len(dense)):  # columns in any order within a row
+            lo, hi = shuffled.indptr[row], shuffled.indptr[row + 1]
+            order = lo + rng.permutation(hi - lo)
+            shuffled.indices[lo:hi], shuffled.data[lo:hi] = shuffled.indices[order], shuffled.data[order]
+        shuffled.has_sorted_indices = False
+        kept = _keep_largest_per_row(shuffled, n).toarray()
+        for row, out in zip(dense, kept):
+            order = sorted(np.flatnonzero(row), key=lambda j: (-row[j], j))[:n]  # by value, then lower column
+            assert np.flatnonzero(out).tolist() == sorted(order)
+            assert np.array_equal(out[order], row[order])
+
+
+def test_recent_user_items_by_hand():
+    from lightning_tt.baselines.models import recent_user_items
+
+    # By user, then time. User 0 listened to 5, 3, 5, 7: by last listen 7 (newest), 5, then 3. User 1: 4, 3.
+    users, items = np.array([0, 0, 0, 0, 1, 1]), np.array([5, 3, 5, 7, 3, 4])
+    for limit, expected in ((1, {(0, 7), (1, 4)}), (2, {(0, 7), (0, 5), (1, 3), (1, 4)}),
+                            (3, {(0, 7), (0, 5), (0, 3), (1, 3), (1, 4)})):
+        matrix = recent_user_items(users, items, (2, 8), limit).tocoo()
+        assert set(zip(matrix.row.tolist(), matrix.col.tolist())) == expected
+        assert set(matrix.data.tolist()) == {1.0}  # binary: the two listens of 5 count once
+
+
+def test_item_knn_recent_items_bounds_the_cooccurrence(tiny_prepared):
+    data = PreparedData(tiny_prepared)
+    rng = np.random.default_rng(0)
+    windows = rng.integers(2, data.vocab["num_items"], (40, 6))
+    users, seeds = np.zeros(40, dtype=np.int64), windows[:, -1]
+    every = ItemKNN().fit(data)
+    most = int(np.diff(every.user_items.indptr).max())  # the most distinct items a user has
+    assert np.array_equal(ItemKNN(recent_items=most).fit(data).recommend(users, seeds, windows, 10),
+                          every.recommend(users, seeds, windows, 10))  # a cap nobody reaches changes nothing
+    capped = ItemKNN(recent_items=30).fit(data)
+    assert np.diff(capped.cooccurring.indptr).max() == 30 < most
+    assert capped.cooccurring.nnz < every.cooccurring.nnz
+    assert not np.array_equal(capped.recommend(users, seeds, windows, 10), every.recommend(users, seeds, windows, 10))
+    with pytest.raises(InputError, match="recent_items must be at least 1"):
+        ItemKNN(recent_items=0)
 
 
 def test_item_knn_keeps_whole_rows_by_default_and_caps_them_on_large_catalogues(tiny_prepared, monkeypatch):
@@ -118,12 +168,16 @@ def test_item_knn_keeps_whole_rows_by_default_and_caps_them_on_large_catalogues(
     # and ranks as that explicit limit does; an explicit neighbours is kept as it is.
     monkeypatch.setattr(ItemKNN, "WHOLE_ROWS_MAX_ITEMS", data.vocab["num_items"] - 1)
     monkeypatch.setattr(ItemKNN, "LARGE_CATALOGUE_NEIGHBOURS", 3)
+    monkeypatch.setattr(ItemKNN, "LARGE_CATALOGUE_RECENT_ITEMS", 30)
     assert ItemKNN.grid(data)["neighbours"] == [20, 3]  # None would be the capped 3 again
     with pytest.warns(UserWarning, match="neighbours=None keeps whole similarity rows only up to"):
-        capped = ItemKNN().fit(data)
+        with pytest.warns(UserWarning, match="co-occurrence counts each user's 30 most recent distinct items"):
+            capped = ItemKNN().fit(data)
     assert capped.row_limit == 3
+    assert np.diff(capped.cooccurring.indptr).max() == 30
     assert np.array_equal(capped.recommend(users, seeds, windows, 10),
-                          ItemKNN(neighbours=3).fit(data).recommend(users, seeds, windows, 10))
+                          ItemKNN(neighbours=3, recent_items=30).fit(data).recommend(users, seeds, windows, 10))
+    assert ItemKNN(recent_items=60).fit(data).cooccurring.nnz > capped.cooccurring.nnz  # an explicit one is kept
     assert max(len(columns) for columns, _ in capped._rows.values()) == 3
     capped.neighbours = 5  # as tune() sets it on a fitted instance
     assert capped.row_limit == 5
