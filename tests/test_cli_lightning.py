@@ -559,3 +559,23 @@ def test_a_sequence_tower_without_attention_is_one_line(prepared, tmp_path, caps
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert "model.query_tower sequence needs model.history_encoder attention" in err and "Traceback" not in err
+
+
+def test_validate_on_a_sample_of_the_validation_window(prepared, tmp_path):
+    """--data.val_cases: the validation epoch scores that many next-track cases and paper lists."""
+    from lightning_tt.data.batches import case_sample
+    from lightning_tt.lightning_cli import lightning_cli
+
+    args = ["--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false"]
+    every = lightning_cli(args, run=False)
+    every.trainer.validate(every.model, datamodule=every.datamodule)
+    some = lightning_cli([*args, "--data.val_cases", "30"], run=False)
+    some.model.load_state_dict(every.model.state_dict())
+    some.trainer.validate(some.model, datamodule=some.datamodule)
+    for protocol in ("next", "paper"):
+        users, values = every.model.cases["val"][protocol]
+        chosen = case_sample(len(users), 30)
+        assert len(users) > 30 and len(some.model.cases["val"][protocol][0]) == 30
+        assert np.array_equal(some.model.cases["val"][protocol][0], users[chosen])  # the same model, those cases
+        np.testing.assert_allclose(some.model.cases["val"][protocol][1], values[chosen])

@@ -32,6 +32,7 @@ SIZED = {
     "data.eval_batch_size": "sized to the device's memory",
     "data.num_workers": "loader processes, sized to the machine's cores",
     "data.pin_memory": "only useful with a GPU",
+    "data.val_cases": "the validation epoch costs cases x items: sampled on the large datasets only",
 }
 
 MISSING = object()

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from lightning_tt.baselines.models import Baseline
 from lightning_tt.baselines.registry import ALL
-from lightning_tt.data.batches import NextTrackDataset, PaperListDataset
+from lightning_tt.data.batches import NextTrackDataset, PaperListDataset, case_sample
 from lightning_tt.data.prepared import FIRST_ITEM, PreparedData
 from lightning_tt.data.seen import SeenItems, seen_items
 from lightning_tt.errors import InputError
@@ -37,16 +37,11 @@ class _Cases:
 
     def __init__(self, data: PreparedData, split: str, history: int, limit: int | None = None):
         self.data, self.split = data, split
-        rng = np.random.default_rng(0)
-
-        def chosen(n: int) -> np.ndarray:
-            return np.sort(rng.choice(n, limit, replace=False)) if limit and n > limit else np.arange(n)
-
         nxt = NextTrackDataset(data, split, history)
-        index = chosen(len(nxt))
+        index = case_sample(len(nxt), limit)
         self.next = {**nxt.arrays(index), "pos": np.asarray(nxt.pos[index], dtype=np.int64)}
         paper = PaperListDataset(data, split, history)
-        index = chosen(len(paper))
+        index = case_sample(len(paper), limit)
         self.paper = {**paper.arrays(index), "pos": np.asarray(data[f"paper_{split}_pos"][index], dtype=np.int64)}
         self.num_items = data.vocab["num_items"]
 

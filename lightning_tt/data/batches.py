@@ -233,6 +233,29 @@ class PaperListDataset(torch.utils.data.Dataset):
         return to_tensors(self.arrays(index))
 
 
+def case_sample(num_cases: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """[min(num_cases, limit)] int64: a seeded sample of case indices without repeats, ascending (every
+    index when ``limit`` is None or at least ``num_cases``). The same arguments give the same sample, so
+    runs and epochs that sample a window score the same cases."""
+    if limit is None or limit >= num_cases:
+        return np.arange(num_cases, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(num_cases, limit, replace=False)).astype(np.int64)
+
+
+class CaseSample(torch.utils.data.Dataset):
+    """``dataset`` (indexed by arrays of indices, as NextTrackDataset and PaperListDataset are) seen
+    through ``indices``: entry j of this dataset is entry ``indices[j]`` of ``dataset``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        return self.dataset[self.indices[np.asarray(index, dtype=np.int64)]]
+
+
 class BatchIndexSampler(torch.utils.data.Sampler):
     """Yields arrays of example indices, one per batch; reshuffled each epoch from ``seed + epoch``.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
-from lightning_tt.data.batches import BatchIndexSampler, NextTrackDataset, PaperListDataset
+from lightning_tt.data.batches import BatchIndexSampler, CaseSample, NextTrackDataset, PaperListDataset, case_sample
 from lightning_tt.data.prepared import PreparedData
 from lightning_tt.data.seen import resolve_exclude_seen
 from lightning_tt.errors import InputError
@@ -48,12 +48,16 @@ class YambdaDataModule(L.LightningDataModule):
             when fewer than 1% of the training positives repeat one of their user's earlier positives
             (data consumed once, such as films; lightning_tt.data.seen). Linked into the model, which
             then also leaves the past out when serving.
+        val_cases: at most this many validation next-track cases, and at most this many paper lists, a
+            seeded sample of each (``batches.case_sample``: the same cases in every epoch and run),
+            kept in their order; None: every case. It bounds the validation epoch, whose exact metrics
+            score each case against the whole catalogue (cases x items); the test window is never sampled.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 4096, eval_batch_size: int | None = None,
                  history: int | None = None, num_workers: int = 0, seed: int = 0,
                  pin_memory: bool = False, feedback: int = 0, target_horizon: int = 0,
-                 exclude_seen: bool | None = None):
+                 exclude_seen: bool | None = None, val_cases: int | None = None):
         super().__init__()
         self.data = PreparedData(data_dir)
         # The model holds the resolved value (linked); loggers refuse a key the two hold with different values.
@@ -68,6 +72,8 @@ class YambdaDataModule(L.LightningDataModule):
         for name, value in (("num_workers", num_workers), ("feedback", feedback), ("target_horizon", target_horizon)):
             if value < 0:
                 raise InputError(f"data.{name} must be >= 0, got {value}")
+        if val_cases is not None and val_cases < 1:
+            raise InputError(f"data.val_cases must be >= 1 (or null: every validation case), got {val_cases}")
         self.feedback = feedback
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -139,8 +145,11 @@ class YambdaDataModule(L.LightningDataModule):
         return self._loader(self.dataset("train"), self.batch_size, train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        """[next-track cases, paper-protocol lists] of the validation window."""
-        return [self._loader(self.dataset("val"), self.eval_batch_size, train=False), self.paper_dataloader("val")]
+        """[next-track cases, paper-protocol lists] of the validation window (each sampled to at most
+        ``val_cases``)."""
+        cases = self.dataset("val")
+        cases = CaseSample(cases, case_sample(len(cases), self.hparams.val_cases))
+        return [self._loader(cases, self.eval_batch_size, train=False), self.paper_dataloader("val")]
 
     def test_dataloader(self) -> list[DataLoader]:
         """[next-track cases, paper-protocol lists] of the test window."""
@@ -154,4 +163,6 @@ class YambdaDataModule(L.LightningDataModule):
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets; batches of
         ``eval_batch_size // 16`` users, since each carries all its targets)."""
         dataset = PaperListDataset(self.data, split, self.history, self.feedback, self.exclude_seen)
+        if split == "val":
+            dataset = CaseSample(dataset, case_sample(len(dataset), self.hparams.val_cases))
         return self._loader(dataset, max(1, self.eval_batch_size // 16), train=False)

@@ -124,3 +124,58 @@ def test_datasets_pickle_without_their_arrays(prepared):
         assert isinstance(copy.gather.stream_item, np.memmap)  # reopened, not copied into the pickle
         after = copy[index]
         assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_case_sample_is_seeded_sorted_and_without_repeats():
+    from lightning_tt.data.batches import case_sample
+
+    sample = case_sample(1_000, 100)
+    assert len(sample) == len(np.unique(sample)) == 100
+    assert np.all(np.diff(sample) > 0) and 0 <= sample.min() and sample.max() < 1_000
+    assert np.array_equal(sample, case_sample(1_000, 100))  # the same cases in every run
+    assert not np.array_equal(sample, case_sample(1_000, 100, seed=1))
+    assert np.array_equal(case_sample(7, None), np.arange(7))
+    assert np.array_equal(case_sample(7, 7), np.arange(7)) and np.array_equal(case_sample(7, 50), np.arange(7))
+
+
+def _cases(loader) -> dict:
+    """Every batch's keys concatenated; those padded per batch (seen_items, target_items) as each
+    case's sorted non-padding items."""
+    batches, ragged = list(loader), ("seen_items", "target_items")
+    out = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key not in ragged}
+    for key in ragged:
+        if key in batches[0]:
+            out[key] = [sorted(row[row > 0].tolist()) for b in batches for row in b[key]]
+    return out
+
+
+def test_val_cases_samples_the_validation_window_only(tiny_prepared):
+    from lightning_tt.data.batches import case_sample
+
+    full = YambdaDataModule(str(tiny_prepared), batch_size=64, eval_batch_size=32, history=5, exclude_seen=True)
+    sampled = YambdaDataModule(str(tiny_prepared), batch_size=64, eval_batch_size=32, history=5, exclude_seen=True,
+                               val_cases=40)
+    assert len(full.paper_dataloader("val").dataset) > 40  # both protocols are really sampled
+    (full_next, full_paper), (next_, paper) = full.val_dataloader(), sampled.val_dataloader()
+    every, some = _cases(full_next), _cases(next_)
+    assert len(every["target_item"]) > 40 == len(some["target_item"])
+    chosen = torch.from_numpy(case_sample(len(every["target_item"]), 40))
+    for key in ("user", "target_item", "seed_item", "history_item"):  # the cases at those indices
+        assert torch.equal(some[key], every[key][chosen]), key
+    assert some["seen_items"] == [every["seen_items"][i] for i in chosen.tolist()]
+    assert any(some["seen_items"])
+    every_paper, some_paper = _cases(full_paper), _cases(paper)
+    lists = len(every_paper["user"])
+    assert len(some_paper["user"]) == min(lists, 40)
+    chosen = case_sample(lists, 40)
+    assert torch.equal(some_paper["user"], every_paper["user"][torch.from_numpy(chosen)])
+    assert some_paper["target_items"] == [every_paper["target_items"][i] for i in chosen.tolist()]
+    # the test window is never sampled
+    assert len(_cases(sampled.test_dataloader()[0])["user"]) == len(_cases(full.test_dataloader()[0])["user"])
+
+
+def test_val_cases_must_be_positive(prepared):
+    from lightning_tt.errors import InputError
+
+    with pytest.raises(InputError, match="data.val_cases must be >= 1"):
+        YambdaDataModule(str(prepared), val_cases=0)
