@@ -35,3 +35,18 @@ def test_measure_stops_the_whole_process_tree_at_the_timeout(tmp_path):
 def test_a_failing_command_raises_with_the_end_of_its_log(tmp_path):
     with pytest.raises(SystemExit, match="status"):
         bench_scale.measure([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log")
+
+
+def test_the_report_gives_both_validation_loops_against_an_epoch():
+    from types import SimpleNamespace
+
+    shape = {"rows": 100, "users": 10, "items": 50}
+    results = {"demo": {"shape": shape, "fit": {"seconds": 1, "peak_gib": 1, "examples_per_s": 100.0, "epoch_s": 1000}},
+               "x1": {"shape": shape, "fit": {"seconds": 1, "peak_gib": 1, "examples_per_s": 50.0, "epoch_s": 2000},
+                      "validate": {"seconds": 9, "peak_gib": 1, "loop_s": 400.0},
+                      "validate_sampled": {"seconds": 9, "peak_gib": 1, "loop_s": 100.0}}}
+    text = bench_scale.report(results, SimpleNamespace(fractions=[1.0]))
+    assert "| validation loop alone ÷ one fit epoch |  | 0.200 |" in text
+    sampled = f"validation loop, {bench_scale.large_config_val_cases():,} sampled cases"
+    assert f"| {sampled} ÷ one fit epoch |  | 0.050 |" in text
+    assert "| fit: examples/s ÷ the demo's dense fit | 1.00 | 0.50 |" in text
