@@ -100,7 +100,7 @@ def _checked(data_dir: str, split: str, ks: list[int], names: list[str] | None) 
 
 def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], names: list[str] | None = None,  # noqa: B006
              history: int | None = None, params: dict[str, dict] | None = None,
-             cases: dict | None = None) -> dict[str, dict]:
+             cases: dict | None = None, progress: bool = True) -> dict[str, dict]:
     """{baseline name: {metric name: value, ..., "params": {hyperparameter: value}}} on ``split``'s
     next-track cases and paper lists, each baseline with its defaults updated by ``params[name]``;
     ``cases``, when given, receives {baseline name: its per-case values} (_Cases.score).
@@ -110,9 +110,10 @@ def evaluate(data_dir: str, split: str = "test", ks: list[int] = [10, 100], name
     data = _checked(data_dir, split, ks, names)
     split_cases = _Cases(data, split, history or data.default_history)
     results = {}
-    for cls in ALL:
-        if names and cls.name not in names:
-            continue
+    chosen = [cls for cls in ALL if not names or cls.name in names]
+    bar = tqdm(chosen, desc="baselines", disable=not progress, leave=False)
+    for cls in bar:
+        bar.set_postfix_str(cls.name)
         baseline = cls(**(params or {}).get(cls.name, {})).fit(data)
         kept = {} if cases is not None else None
         results[cls.name] = {**split_cases.score(baseline, ks, cases=kept), "params": baseline.params()}
