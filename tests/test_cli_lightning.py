@@ -567,7 +567,7 @@ def test_validate_on_a_sample_of_the_validation_window(prepared, tmp_path):
     from lightning_tt.lightning_cli import lightning_cli
 
     args = ["--config", str(CONF), "--data.data_dir", str(prepared), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false"]
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]
     every = lightning_cli(args, run=False)
     every.trainer.validate(every.model, datamodule=every.datamodule)
     some = lightning_cli([*args, "--data.val_cases", "30"], run=False)
