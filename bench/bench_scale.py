@@ -192,9 +192,8 @@ def run_stages(name: str, size: dict, work: Path, args, results: dict) -> None:
             mine["vocab"] = {k: int(prepared.vocab[k]) for k in ("num_users", "num_items")}
             mine["examples"] = {split: int(prepared.num_examples(split)) for split in ("train", "val", "test")}
         if stage in ("validate", "validate_sampled", "test"):  # the loop alone, without start and imports
-            trainer_stage = "validate" if stage == "validate_sampled" else stage  # the Timer's key
-            figures["loop_s"] = round(json.loads((work / f"{stage}_time.json").read_text())[f"{trainer_stage}_seconds"],
-                                      2)
+            key = f"{'validate' if stage == 'validate_sampled' else stage}_seconds"  # the Timer's: by loop
+            figures["loop_s"] = round(json.loads((work / f"{stage}_time.json").read_text())[key], 2)
         if stage in ("fit", "fit_sparse"):
             speed = json.loads((work / f"{stage}_time.json").read_text())
             figures["examples_per_s"] = round(speed["examples"] / speed["seconds"], 1)

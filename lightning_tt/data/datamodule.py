@@ -147,8 +147,7 @@ class YambdaDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         """[next-track cases, paper-protocol lists] of the validation window (each sampled to at most
         ``val_cases``)."""
-        cases = self.dataset("val")
-        cases = CaseSample(cases, case_sample(len(cases), self.hparams.val_cases))
+        cases = self._sampled(self.dataset("val"), "val")
         return [self._loader(cases, self.eval_batch_size, train=False), self.paper_dataloader("val")]
 
     def test_dataloader(self) -> list[DataLoader]:
@@ -163,6 +162,11 @@ class YambdaDataModule(L.LightningDataModule):
         """Paper-protocol lists of ``split`` in {val, test} (one query per user with targets; batches of
         ``eval_batch_size // 16`` users, since each carries all its targets)."""
         dataset = PaperListDataset(self.data, split, self.history, self.feedback, self.exclude_seen)
-        if split == "val":
-            dataset = CaseSample(dataset, case_sample(len(dataset), self.hparams.val_cases))
-        return self._loader(dataset, max(1, self.eval_batch_size // 16), train=False)
+        return self._loader(self._sampled(dataset, split), max(1, self.eval_batch_size // 16), train=False)
+
+    def _sampled(self, dataset, split: str):
+        """``dataset`` (cases or paper lists of ``split``) seen through the ``val_cases`` sample when
+        ``split`` is val and a sample is asked for; as it is otherwise."""
+        if split != "val" or self.hparams.val_cases is None:
+            return dataset
+        return CaseSample(dataset, case_sample(len(dataset), self.hparams.val_cases))
